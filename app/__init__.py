@@ -1,0 +1,1 @@
+"""Nepenthe HTTP service."""

@@ -1,0 +1,56 @@
+"""One settings object; every field can be set as an environment variable with NEPENTHE_ prefix."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Environment(StrEnum):
+    development = "development"
+    testing = "testing"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEPENTHE_", env_file=".env", extra="ignore")
+
+    env: Environment = Field(Environment.development, description="deployment environment")
+    database_url: str = Field(
+        "sqlite:///var/nepenthe.db",
+        description="SQLAlchemy URL; production uses postgresql+psycopg://user@host/db",
+    )
+    broker_url: str = Field(
+        "filesystem://",
+        description="Celery broker; production uses redis://host:6379/0",
+    )
+    broker_dir: Path = Field(
+        Path("var/broker"), description="queue folder of the filesystem:// broker"
+    )
+    store_dir: Path = Field(Path("models_store"), description="root of the checkpoint store")
+    upload_dir: Path = Field(
+        Path("var/uploads"), description="where uploaded dataset archives are kept"
+    )
+    max_upload_bytes: int = Field(2 * 1024**3, description="largest accepted upload (413 above)")
+    progress_interval_s: float = Field(
+        0.5, description="least time between two progress writes of a running job"
+    )
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'")
+    task_queue: str = Field("unlearning", description="Celery queue that carries unlearning jobs")
+    job_time_limit_s: int = Field(6 * 3600, description="hard limit for one unlearning job")
+    redis_visibility_timeout_s: int = Field(
+        7 * 3600, description="Redis redelivery delay for unacknowledged jobs (above the limit)"
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class DatasetCreate(BaseModel):
+    """A dataset read from where it lies; upload .npz archives to ``/v1/datasets/npz``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
+    kind: Literal["sklearn_digits", "fashion_mnist", "image_folder"]
+    location: str | None = Field(
+        None, max_length=4096,
+        description="root folder (Fashion-MNIST root holding FashionMNIST/raw, or ImageFolder)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _location_needed(self) -> DatasetCreate:
+        if self.kind != "sklearn_digits" and not self.location:
+            raise ValueError(f"a {self.kind} dataset needs a location")
+        if self.kind == "sklearn_digits" and self.location:
+            raise ValueError("sklearn_digits ships with scikit-learn and takes no location")
+        return self
+
+
+class DatasetRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    kind: str
+    location: str | None
+    class_names: list[str]
+    image_shape: list[int] | None
+    train_count: int
+    test_count: int
+    created_at: datetime

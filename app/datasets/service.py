@@ -1,0 +1,98 @@
+"""Dataset registration: the source is opened once to prove it reads and to count it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.errors import DatasetNotFound, InvalidDataset, NameTaken
+from app.orm import Dataset
+from app.storage import LocalArtifactStore
+from unlearning import data
+
+STORE_PREFIX = "store:"
+
+
+def register(
+    session: Session, name: str, kind: str, location: str | None, client: str | None
+) -> Dataset:
+    if session.scalar(select(func.count()).where(Dataset.name == name)):
+        raise NameTaken(f"a dataset named {name!r} already exists")
+    if location is not None and not location.startswith(STORE_PREFIX):
+        location = str(Path(location).expanduser().resolve())
+    train, test = _open_both(kind, resolve_location(location))
+    dataset = Dataset(
+        name=name,
+        kind=kind,
+        location=location,
+        class_names=list(train.classes),
+        image_shape=_image_shape(train),
+        train_count=len(train),
+        test_count=len(test),
+    )
+    session.add(dataset)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise NameTaken(f"a dataset named {name!r} already exists") from exc
+    audit.record(
+        session, "dataset.registered", dataset_id=dataset.id, client_address=client,
+        details={"name": name, "kind": kind, "train": len(train), "test": len(test)},
+    )  # fmt: skip
+    return dataset
+
+
+def register_npz(
+    session: Session, store: LocalArtifactStore, name: str, upload: Path, client: str | None
+) -> Dataset:
+    # Validate before storing, so a bad archive leaves nothing on disk.
+    _open_both("npz", str(upload))
+    if session.scalar(select(func.count()).where(Dataset.name == name)):
+        raise NameTaken(f"a dataset named {name!r} already exists")
+    stored = store.put_bytes(upload.read_bytes(), ".npz")
+    return register(session, name, "npz", STORE_PREFIX + stored.key, client)
+
+
+def _open_both(kind: str, location: str | None) -> tuple[data.ImageSource, data.ImageSource]:
+    try:
+        train = data.open_split(kind, location, "train")
+        test = data.open_split(kind, location, "test")
+    except data.DatasetError as exc:
+        raise InvalidDataset(str(exc), code=exc.code) from exc
+    if len(train) == 0 or len(test) == 0:
+        raise InvalidDataset(
+            f"the dataset needs both splits: {len(train)} train and {len(test)} held-out samples",
+            code="dataset_split_empty",
+        )
+    return train, test
+
+
+def _image_shape(source: data.ImageSource) -> list[int] | None:
+    if isinstance(source, data.ArrayImages):
+        return [int(s) for s in source.data.shape[1:]]
+    return None  # folder images vary in size; they are resized to the model's input
+
+
+def resolve_location(location: str | None, store: LocalArtifactStore | None = None) -> str | None:
+    """Turn a stored location into a path the data loaders can open."""
+    if location is None or not location.startswith(STORE_PREFIX):
+        return location
+    from app.storage import get_store
+
+    return str((store or get_store()).path(location.removeprefix(STORE_PREFIX)))
+
+
+def get(session: Session, ref: str) -> Dataset:
+    found = session.scalars(select(Dataset).where(or_(Dataset.id == ref, Dataset.name == ref)))
+    dataset = found.first()
+    if dataset is None:
+        raise DatasetNotFound(f"no dataset {ref!r}")
+    return dataset
+
+
+def list_all(session: Session) -> list[Dataset]:
+    return list(session.scalars(select(Dataset).order_by(Dataset.created_at, Dataset.id)))

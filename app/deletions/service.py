@@ -1,0 +1,190 @@
+"""Deletion requests: validate, record, create the job, enqueue after commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app import queue
+from app.audit import service as audit
+from app.datasets import service as datasets
+from app.deletions import methods
+from app.deletions.schemas import DeletionRequestCreate, DeletionRequestRead
+from app.errors import (
+    DeletionRequestNotFound,
+    IdempotencyKeyReused,
+    IncompatibleDataset,
+    InvalidForgetSet,
+    ModelVersionNotFound,
+    SampleUnlearningUnavailable,
+    UnknownClass,
+    UnknownSample,
+)
+from app.jobs import service as jobs
+from app.jobs import states
+from app.orm import Dataset, DeletionRequest, Job, Model, ModelVersion
+from unlearning import data
+
+
+def body_digest(body: DeletionRequestCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit(
+    session: Session, body: DeletionRequestCreate, idempotency_key: str | None, client: str | None
+) -> tuple[DeletionRequest, bool]:
+    """Returns the request and whether it was created now (False: an idempotent replay)."""
+    digest = body_digest(body)
+    if idempotency_key is not None:
+        existing = _replay(session, idempotency_key, digest)
+        if existing is not None:
+            return existing, False
+    version, model, dataset = _targets(session, body)
+    forget_classes = _resolve_classes(model, body.forget_classes) if body.forget_classes else None
+    if body.forget_samples is not None:
+        _check_samples(dataset, body.forget_samples)
+        raise SampleUnlearningUnavailable(
+            "forget_samples are valid, but no installed method removes individual samples from a "
+            "classifier yet: UNSIR is class-level. Name forget_classes instead; sample-level "
+            "methods (e.g. SCRUB, SalUn) are planned.",
+            missing="a sample-level unlearning method",
+        )
+    assert forget_classes is not None
+    method = body.method or methods.DEFAULT_CLASS_METHOD
+    params = methods.resolve_params(method, body.params)
+    request = DeletionRequest(
+        model_version_id=version.id, dataset_id=dataset.id, forget_classes=forget_classes,
+        forget_samples=None, method=method, params=params,
+        caller_reference=body.caller_reference, idempotency_key=idempotency_key,
+        body_sha256=digest,
+    )  # fmt: skip
+    try:
+        with session.begin_nested():
+            session.add(request)
+    except IntegrityError:
+        # Another request with the same key committed between our check and our insert.
+        assert idempotency_key is not None
+        existing = _replay(session, idempotency_key, digest)
+        if existing is None:
+            raise
+        return existing, False
+    job = Job(request_id=request.id)
+    session.add(job)
+    session.flush()
+    audit.record(
+        session, "deletion_request.created", model_id=model.id, model_version_id=version.id,
+        dataset_id=dataset.id, request_id=request.id, job_id=job.id,
+        caller_reference=body.caller_reference, client_address=client,
+        details={
+            "forget_classes": forget_classes,
+            "forget_class_names": [model.class_names[c] for c in forget_classes],
+            "method": method, "params": params, "idempotency_key": idempotency_key,
+        },
+    )  # fmt: skip
+    states.record_created(session, job, reason="deletion request accepted")
+    queue.enqueue_after_commit(session, job.id)
+    return request, True
+
+
+def _replay(session: Session, key: str, digest: str) -> DeletionRequest | None:
+    existing = session.scalars(
+        select(DeletionRequest).where(DeletionRequest.idempotency_key == key)
+    ).first()
+    if existing is not None and existing.body_sha256 != digest:
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return existing
+
+
+def _targets(session: Session, body: DeletionRequestCreate) -> tuple[ModelVersion, Model, Dataset]:
+    version = session.get(ModelVersion, body.model_version_id)
+    if version is None:
+        raise ModelVersionNotFound(f"no model version {body.model_version_id!r}")
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    dataset = datasets.get(session, body.dataset_id)
+    if len(dataset.class_names) != len(model.class_names):
+        raise IncompatibleDataset(
+            f"dataset {dataset.name!r} has {len(dataset.class_names)} classes, model "
+            f"{model.name!r} has {len(model.class_names)}"
+        )
+    return version, model, dataset
+
+
+def _resolve_classes(model: Model, wanted: list[int | str]) -> list[int]:
+    resolved: list[int] = []
+    for item in wanted:
+        if isinstance(item, int):
+            if not 0 <= item < len(model.class_names):
+                raise UnknownClass(
+                    f"class index {item} is out of range: the model has "
+                    f"{len(model.class_names)} classes", unknown=item,
+                )  # fmt: skip
+            index = item
+        elif item in model.class_names:
+            index = model.class_names.index(item)
+        else:
+            raise UnknownClass(
+                f"the model has no class named {item!r}; classes: {model.class_names[:20]}",
+                unknown=item,
+            )
+        if index not in resolved:
+            resolved.append(index)
+    if len(resolved) >= len(model.class_names):
+        raise InvalidForgetSet("forgetting every class leaves nothing to retain")
+    return sorted(resolved)
+
+
+def _check_samples(dataset: Dataset, sample_ids: list[str]) -> None:
+    location = datasets.resolve_location(dataset.location)
+    known = set(data.open_split(dataset.kind, location, "train").ids)
+    missing = [s for s in sample_ids if s not in known]
+    if missing:
+        raise UnknownSample(
+            f"{len(missing)} sample ids are not in the training split of {dataset.name!r}, "
+            f"e.g. {missing[:5]}", unknown=missing[:20],
+        )  # fmt: skip
+
+
+def get(session: Session, request_id: str) -> DeletionRequest:
+    request = session.get(DeletionRequest, request_id)
+    if request is None:
+        raise DeletionRequestNotFound(f"no deletion request {request_id!r}")
+    return request
+
+
+def list_requests(
+    session: Session, model_id: str | None, caller_reference: str | None, limit: int
+) -> list[DeletionRequest]:
+    query = select(DeletionRequest)
+    if model_id:
+        query = query.join(ModelVersion).where(ModelVersion.model_id == model_id)
+    if caller_reference:
+        query = query.where(DeletionRequest.caller_reference == caller_reference)
+    return list(session.scalars(query.order_by(DeletionRequest.created_at).limit(limit)))
+
+
+def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
+    version = session.get(ModelVersion, request.model_version_id)
+    model = session.get(Model, version.model_id) if version else None
+    assert version is not None
+    assert model is not None
+    classes: list[int] | None = request.forget_classes
+    extra: dict[str, Any] = {
+        "forget_class_names": [model.class_names[c] for c in classes] if classes else None,
+        "forget_samples_count": len(request.forget_samples) if request.forget_samples else None,
+    }
+    return DeletionRequestRead(
+        id=request.id, model_version_id=request.model_version_id, model_id=model.id,
+        dataset_id=request.dataset_id, forget_classes=classes, method=request.method,
+        params=request.params, caller_reference=request.caller_reference,
+        created_at=request.created_at,
+        job=jobs.to_read(session, jobs.for_request(session, request.id)), **extra,
+    )  # fmt: skip

@@ -1,0 +1,212 @@
+"""Domain errors and their RFC 9457 ``application/problem+json`` rendering.
+
+Services raise ``ServiceError`` subclasses; only the handlers here know about HTTP. Each error has a
+stable ``code`` that clients can branch on; the ``detail`` text is for people.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @classmethod
+    def openapi(cls) -> dict[str, Any]:
+        return {
+            "description": f"{cls.title} (code `{cls.code}`)",
+            "content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}},
+        }
+
+
+class NotFound(ServiceError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class ModelVersionNotFound(NotFound):
+    code = "model_version_not_found"
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class DeletionRequestNotFound(NotFound):
+    code = "deletion_request_not_found"
+
+
+class JobNotFound(NotFound):
+    code = "job_not_found"
+
+
+class Conflict(ServiceError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class NameTaken(Conflict):
+    code = "name_taken"
+
+
+class JobNotCancelable(Conflict):
+    code = "job_not_cancelable"
+
+
+class Unprocessable(ServiceError):
+    status, code, title = 422, "unprocessable", "Unprocessable request"
+
+
+class InvalidArchitecture(Unprocessable):
+    code = "invalid_architecture"
+
+
+class InvalidCheckpoint(Unprocessable):
+    code = "invalid_checkpoint"  # refined per instance: checkpoint_mismatch, checkpoint_unsafe, ...
+
+    def __init__(self, detail: str, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.instance_code = code or self.code
+
+
+class InvalidDataset(Unprocessable):
+    code = "invalid_dataset"
+
+    def __init__(self, detail: str, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.instance_code = code or self.code
+
+
+class UnknownClass(Unprocessable):
+    code = "unknown_class"
+
+
+class IncompatibleDataset(Unprocessable):
+    code = "incompatible_dataset"
+
+
+class UnknownMethod(Unprocessable):
+    code = "unknown_method"
+
+
+class InvalidMethodParams(Unprocessable):
+    code = "invalid_method_params"
+
+
+class InvalidForgetSet(Unprocessable):
+    code = "invalid_forget_set"
+
+
+class UnknownSample(Unprocessable):
+    code = "unknown_sample"
+
+
+class SampleUnlearningUnavailable(Unprocessable):
+    code = "sample_unlearning_unavailable"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused with another body"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document; ``code`` is the stable machine-readable error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    code: str
+    request_id: str | None = None
+
+
+def problem_response(
+    request: Request, status: int, code: str, title: str, detail: str, **extra: Any
+) -> JSONResponse:
+    body = {
+        "type": f"https://nepenthe.dev/problems/{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": str(request.url.path),
+        "code": code,
+        **extra,
+    }
+    request_id = getattr(request.state, "request_id", None)
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(jsonable_encoder(body), status_code=status, media_type=PROBLEM_JSON)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    code = getattr(exc, "instance_code", exc.code)
+    return problem_response(request, exc.status, code, exc.title, exc.detail, **exc.extra)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+        for e in exc.errors()
+    ]
+    if any(e["type"] == "json_invalid" for e in errors):
+        return problem_response(
+            request, 400, "malformed_json", "Malformed JSON", "the request body is not valid JSON",
+            errors=errors,
+        )  # fmt: skip
+    summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+    return problem_response(
+        request, 422, "validation_error", "Invalid request", summary, errors=errors
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    code = codes.get(exc.status_code, f"http_{exc.status_code}")
+    title = code.replace("_", " ").capitalize()
+    return problem_response(request, exc.status_code, code, title, str(exc.detail))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s", request.url.path, exc_info=exc)
+    return problem_response(
+        request, 500, "internal_error", "Internal error", "an unexpected error occurred"
+    )
+
+
+def install_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

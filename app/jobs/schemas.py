@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from app.models.schemas import ModelVersionRead
+
+
+class JobRead(BaseModel):
+    id: str
+    request_id: str
+    status: str
+    phase: str | None
+    progress: float
+    error: str | None
+    metrics: dict[str, Any] | None
+    output_version: ModelVersionRead | None
+    cancel_requested: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobEventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    from_status: str | None
+    to_status: str
+    reason: str | None
+    at: datetime

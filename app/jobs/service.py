@@ -1,0 +1,80 @@
+"""Reading, cancelling and reporting progress on jobs (the database is the source of truth)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.errors import JobNotCancelable, JobNotFound
+from app.jobs import states
+from app.jobs.schemas import JobRead
+from app.models.service import version_read
+from app.orm import Job, JobEvent, JobStatus, ModelVersion, utcnow
+
+
+def get(session: Session, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    return job
+
+
+def for_request(session: Session, request_id: str) -> Job:
+    job = session.scalars(select(Job).where(Job.request_id == request_id)).one()
+    return job
+
+
+def to_read(session: Session, job: Job) -> JobRead:
+    output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
+    return JobRead(
+        id=job.id,
+        request_id=job.request_id,
+        status=job.status,
+        phase=job.phase,
+        progress=job.progress,
+        error=job.error,
+        metrics=job.metrics,
+        output_version=version_read(output) if output else None,
+        cancel_requested=job.cancel_requested_at is not None,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+    )
+
+
+def events(session: Session, job_id: str) -> list[JobEvent]:
+    get(session, job_id)
+    return list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
+
+
+def cancel(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once; ask a running job's worker to stop at its next check."""
+    job = get(session, job_id)
+    if job.status == JobStatus.queued and states.transition(
+        session, job, JobStatus.canceled, reason="canceled by the client before it started"
+    ):
+        return job
+    if job.status == JobStatus.running:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.cancel_requested_at.is_(None))
+            .values(cancel_requested_at=utcnow(), updated_at=utcnow())
+        )
+        session.refresh(job)
+        return job
+    raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
+
+
+def report_progress(session: Session, job_id: str, phase: str, progress: float) -> bool:
+    """Write progress of a running job; returns True when the client asked to cancel it."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.running)
+        .values(phase=phase, progress=round(progress, 4), updated_at=utcnow())
+    )
+    requested = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
+    return requested is not None

@@ -1,0 +1,81 @@
+"""The job lifecycle. Every status change goes through ``transition``.
+
+A transition is a conditional UPDATE (``WHERE status = <expected>``): of two processes racing to
+move the same job (a duplicate delivery, a cancel during completion), exactly one wins, and only
+the winner writes the history row and the audit event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.orm import DeletionRequest, Job, JobEvent, JobStatus, ModelVersion, utcnow
+
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
+    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}),
+}
+
+
+def record_created(session: Session, job: Job, reason: str) -> None:
+    """The first history row of a new job (status ``queued``)."""
+    session.add(JobEvent(job_id=job.id, from_status=None, to_status=job.status, reason=reason))
+    _audit(session, job, None, JobStatus(job.status), reason, {})
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to: JobStatus,
+    *,
+    reason: str | None = None,
+    values: dict[str, Any] | None = None,
+    details: dict[str, Any] | None = None,
+) -> bool:
+    """Move ``job`` from its current status to ``to``; False when another process moved it first."""
+    current = JobStatus(job.status)
+    if to not in ALLOWED.get(current, frozenset()):
+        return False
+    now = utcnow()
+    changes: dict[str, Any] = {"status": to, "updated_at": now, **(values or {})}
+    if to is JobStatus.running:
+        changes.setdefault("started_at", now)
+    if to.is_terminal:
+        changes.setdefault("finished_at", now)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == current)
+        .values(**changes)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(job)
+        return False
+    session.add(JobEvent(job_id=job.id, from_status=current, to_status=to, reason=reason))
+    _audit(session, job, current, to, reason, details or {})
+    session.refresh(job)
+    return True
+
+
+def _audit(
+    session: Session,
+    job: Job,
+    from_status: JobStatus | None,
+    to: JobStatus,
+    reason: str | None,
+    details: dict[str, Any],
+) -> None:
+    row = session.execute(
+        select(DeletionRequest.caller_reference, ModelVersion.model_id, ModelVersion.id)
+        .join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id)
+        .where(DeletionRequest.id == job.request_id)
+    ).one()
+    audit.record(
+        session, f"job.{to}", model_id=row.model_id, model_version_id=row.id,
+        request_id=job.request_id, job_id=job.id, caller_reference=row.caller_reference,
+        details={"from": from_status, "to": to, "reason": reason, **details},
+    )  # fmt: skip

@@ -1,0 +1,176 @@
+"""Model registration, checkpoint versions and their validation against the architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.audit import service as audit
+from app.errors import (
+    InvalidArchitecture,
+    InvalidCheckpoint,
+    ModelNotFound,
+    ModelVersionNotFound,
+    NameTaken,
+    Unprocessable,
+)
+from app.models import repository as repo
+from app.models.schemas import ModelCreate, ModelVersionRead
+from app.orm import Model, ModelVersion
+from app.storage import LocalArtifactStore
+from unlearning import architectures, checkpoints
+
+
+class TaskUnsupported(Unprocessable):
+    code = "task_unsupported"
+
+
+def create_model(session: Session, body: ModelCreate, client: str | None) -> Model:
+    if body.task != "classification":
+        raise TaskUnsupported(
+            f"task {body.task!r} is not served yet; only 'classification' models can be registered"
+        )
+    if repo.name_exists(session, body.name):
+        raise NameTaken(f"a model named {body.name!r} already exists")
+    channels = body.input_shape[0]
+    for field in ("mean", "std"):
+        if len(getattr(body.normalization, field)) not in (1, channels):
+            raise Unprocessable(f"normalization.{field} needs 1 or {channels} values")
+    _check_architecture(body)
+    model = Model(
+        name=body.name,
+        task=body.task,
+        architecture=body.architecture.name,
+        architecture_args=body.architecture.args,
+        input_shape=body.input_shape,
+        normalization=body.normalization.model_dump(),
+        class_names=body.class_names,
+    )
+    session.add(model)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent registration took the name
+        raise NameTaken(f"a model named {body.name!r} already exists") from exc
+    audit.record(
+        session, "model.registered", model_id=model.id, client_address=client,
+        details={"name": model.name, "architecture": model.architecture},
+    )  # fmt: skip
+    return model
+
+
+def _check_architecture(body: ModelCreate) -> None:
+    try:
+        net = architectures.build_on_meta(
+            body.architecture.name, len(body.class_names), body.architecture.args
+        )
+        architectures.check_input_shape(net, tuple(body.input_shape), len(body.class_names))
+    except architectures.ArchitectureError as exc:
+        raise InvalidArchitecture(str(exc)) from exc
+
+
+def get_model(session: Session, ref: str) -> Model:
+    model = repo.find_model(session, ref)
+    if model is None:
+        raise ModelNotFound(f"no model {ref!r}")
+    return model
+
+
+def get_version(session: Session, model_ref: str, number: int) -> ModelVersion:
+    model = get_model(session, model_ref)
+    version = repo.find_version(session, model.id, number)
+    if version is None:
+        raise ModelVersionNotFound(f"model {model.name!r} has no version {number}")
+    return version
+
+
+def upload_version(
+    session: Session,
+    store: LocalArtifactStore,
+    model_ref: str,
+    upload: Path,
+    parent_version_id: str | None,
+    client: str | None,
+) -> ModelVersion:
+    """Validate an uploaded checkpoint, store it as safetensors and record a new version."""
+    model = get_model(session, model_ref)
+    if parent_version_id is not None:
+        parent = repo.get_version(session, parent_version_id)
+        if parent is None or parent.model_id != model.id:
+            raise ModelVersionNotFound(f"model {model.name!r} has no version {parent_version_id!r}")
+    state, source_format = read_and_check(model, upload)
+    stored = store.put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
+    version = add_version(
+        session, model, stored.key, stored.sha256, stored.size, source_format,
+        parent_version_id=parent_version_id, produced_by_request_id=None,
+    )  # fmt: skip
+    audit.record(
+        session, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
+        client_address=client,
+        details={"number": version.number, "sha256": version.sha256, "format": source_format},
+    )  # fmt: skip
+    return version
+
+
+def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, str]:
+    try:
+        with upload.open("rb") as fh:
+            source_format = checkpoints.sniff_format(fh.read(16))
+        state = checkpoints.read_state_dict(upload)
+        net = architectures.build_on_meta(
+            model.architecture, len(model.class_names), model.architecture_args
+        )
+    except checkpoints.CheckpointError as exc:
+        raise InvalidCheckpoint(str(exc), code=exc.code) from exc
+    problems = checkpoints.fit_problems(net, state)
+    if problems:
+        raise InvalidCheckpoint(
+            f"the weights do not fit architecture {model.architecture!r}: "
+            + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
+            code="checkpoint_mismatch",
+            problems=problems[:50],
+        )  # fmt: skip
+    return state, source_format
+
+
+def add_version(
+    session: Session,
+    model: Model,
+    key: str,
+    sha256: str,
+    size: int,
+    source_format: str,
+    *,
+    parent_version_id: str | None,
+    produced_by_request_id: str | None,
+) -> ModelVersion:
+    """Insert the next version number; a concurrent insert of the same number is retried."""
+    for _ in range(5):
+        version = ModelVersion(
+            model_id=model.id,
+            number=repo.next_version_number(session, model.id),
+            sha256=sha256,
+            size_bytes=size,
+            storage_key=key,
+            source_format=source_format,
+            parent_version_id=parent_version_id,
+            produced_by_request_id=produced_by_request_id,
+        )
+        try:
+            with session.begin_nested():
+                session.add(version)
+            return version
+        except IntegrityError:
+            continue
+    raise NameTaken("could not allocate a version number; retry")
+
+
+def download_url(version: ModelVersion) -> str:
+    return f"/v1/models/{version.model_id}/versions/{version.number}/checkpoint"
+
+
+def version_read(version: ModelVersion) -> ModelVersionRead:
+    read = ModelVersionRead.model_validate(version)
+    read.download_url = download_url(version)
+    return read

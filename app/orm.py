@@ -1,0 +1,164 @@
+"""Every table, in one place (Alembic imports this module's metadata)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+
+
+Timestamp = DateTime(timezone=True)
+Id = String(36)
+
+
+class Model(Base):
+    __tablename__ = "model"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    task: Mapped[str] = mapped_column(String(32))
+    architecture: Mapped[str] = mapped_column(String(100))
+    architecture_args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    normalization: Mapped[dict[str, list[float]]] = mapped_column(JSON)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(ForeignKey("model.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_key: Mapped[str] = mapped_column(String(200))
+    source_format: Mapped[str] = mapped_column(String(32))
+    parent_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_version.id"))
+    # The FK closes a cycle (a request names a version; a version names its request), so it is
+    # added after both tables exist.
+    produced_by_request_id: Mapped[str | None] = mapped_column(
+        ForeignKey("deletion_request.id", use_alter=True)
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Dataset(Base):
+    __tablename__ = "dataset"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    location: Mapped[str | None] = mapped_column(Text)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    image_shape: Mapped[list[int] | None] = mapped_column(JSON)
+    train_count: Mapped[int] = mapped_column(Integer)
+    test_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class DeletionRequest(Base):
+    __tablename__ = "deletion_request"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_version.id"), index=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id"))
+    forget_classes: Mapped[list[int] | None] = mapped_column(JSON)
+    forget_samples: Mapped[list[str] | None] = mapped_column(JSON)
+    method: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "job"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_request.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued, index=True)
+    phase: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    output_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_version.id"))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class JobEvent(Base):
+    """The history of a job's status: one row per accepted transition."""
+
+    __tablename__ = "job_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only record of everything done: requests, job state changes, downloads."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_at_id", "at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    model_id: Mapped[str | None] = mapped_column(Id, index=True)
+    model_version_id: Mapped[str | None] = mapped_column(Id)
+    dataset_id: Mapped[str | None] = mapped_column(Id)
+    request_id: Mapped[str | None] = mapped_column(Id, index=True)
+    job_id: Mapped[str | None] = mapped_column(Id)
+    caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
+    client_address: Mapped[str | None] = mapped_column(String(100))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,85 @@
+"""Send jobs to the workers, only after the transaction that created them has committed.
+
+The API never imports the worker code: it sends tasks by name with ids only. A send that fails
+leaves the job ``queued`` in the database, which stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+RUN_JOB_TASK = "unlearning.run_job"
+_OUTBOX = "nepenthe_outbox"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings shared by the producer (API) and the consumer (worker)."""
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "task_default_queue": settings.task_queue,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.broker_dir.resolve()
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    elif settings.broker_url.startswith(("redis://", "rediss://")):
+        # Unacknowledged jobs are redelivered after this delay: keep it above the longest job.
+        conf["broker_transport_options"] = {
+            "visibility_timeout": settings.redis_visibility_timeout_s
+        }
+    return conf
+
+
+@lru_cache
+def producer() -> Celery:
+    app = Celery("nepenthe-api")
+    app.conf.update(celery_config(get_settings()))
+    return app
+
+
+def enqueue_after_commit(session: Session, job_id: str) -> None:
+    session.info.setdefault(_OUTBOX, []).append(job_id)
+
+
+def send_job(job_id: str) -> bool:
+    try:
+        producer().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().task_queue)
+    except Exception:  # the broker may be down: the job stays queued in the database
+        log.exception("could not send job %s to the broker; it stays queued", job_id)
+        return False
+    return True
+
+
+@event.listens_for(Session, "after_commit")
+def _flush_outbox(session: Session) -> None:
+    for job_id in session.info.pop(_OUTBOX, []):
+        send_job(job_id)
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_outbox(session: Session) -> None:
+    session.info.pop(_OUTBOX, None)

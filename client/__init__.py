@@ -1,0 +1,1 @@
+"""Command-line client and Python client for the Nepenthe HTTP API."""

@@ -1,0 +1,138 @@
+"""A small synchronous client for the Nepenthe HTTP API (used by the CLI, the demo and tests)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class ApiError(Exception):
+    """A problem document returned by the API."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.code = str(problem.get("code", f"http_{status}"))
+        super().__init__(f"{status} {self.code}: {problem.get('detail', '')}")
+
+
+class NepentheClient:
+    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text}
+            raise ApiError(response.status_code, problem)
+        return response
+
+    def _json(self, response: httpx.Response) -> Any:
+        return self._check(response).json()
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json(self.http.get("/healthz")))
+
+    def register_model(self, **body: Any) -> dict[str, Any]:
+        return dict(self._json(self.http.post("/v1/models", json=body)))
+
+    def upload_version(
+        self, model: str, path: Path, parent_version_id: str | None = None
+    ) -> dict[str, Any]:
+        form = {"parent_version_id": parent_version_id} if parent_version_id else {}
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            return dict(
+                self._json(self.http.post(f"/v1/models/{model}/versions", files=files, data=form))
+            )
+
+    def register_dataset(self, name: str, kind: str, location: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "kind": kind, "location": location}
+        return dict(self._json(self.http.post("/v1/datasets", json=body)))
+
+    def upload_npz_dataset(self, name: str, path: Path) -> dict[str, Any]:
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            response = self.http.post("/v1/datasets/npz", files=files, data={"name": name})
+            return dict(self._json(response))
+
+    def submit_deletion(
+        self, idempotency_key: str | None = None, **body: Any
+    ) -> tuple[dict[str, Any], str]:
+        """Returns the deletion request and the Location of its job."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        response = self._check(self.http.post("/v1/deletion-requests", json=body, headers=headers))
+        return dict(response.json()), response.headers["Location"]
+
+    def get_request(self, request_id: str) -> dict[str, Any]:
+        return dict(self._json(self.http.get(f"/v1/deletion-requests/{request_id}")))
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._json(self.http.get(f"/v1/jobs/{job_id}")))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._json(self.http.post(f"/v1/jobs/{job_id}/cancel")))
+
+    def job_events(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self._json(self.http.get(f"/v1/jobs/{job_id}/events")))
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 3600.0,
+        poll_s: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Poll until the job ends; ``on_update`` sees every poll (for a progress bar)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_job(job_id)
+            if on_update:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def download(self, download_url: str, target: Path) -> str:
+        """Stream a checkpoint to ``target``; verifies and returns its SHA-256."""
+        digest = hashlib.sha256()
+        with self.http.stream("GET", download_url) as response:
+            if response.status_code >= 400:
+                response.read()
+                self._check(response)
+            expected = response.headers["X-Checksum-SHA256"]
+            tmp = target.with_suffix(target.suffix + ".part")
+            with tmp.open("wb") as fh:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    fh.write(chunk)
+        if digest.hexdigest() != expected:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"checksum mismatch: got {digest.hexdigest()}, expected {expected}")
+        tmp.replace(target)
+        return expected
+
+    def audit(self, page_size: int = 200, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every audit event matching ``filters``, following the pages."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        params["limit"] = page_size
+        while True:
+            page = self._json(self.http.get("/v1/audit/events", params=params))
+            yield from page["items"]
+            if not page["next_page_token"]:
+                return
+            params["page_token"] = page["next_page_token"]

@@ -1,0 +1,161 @@
+"""``nepenthe``: the command-line client over the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from client.api import ApiError, NepentheClient
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _floats(value: str) -> list[float]:
+    return [float(v) for v in _csv(value)]
+
+
+def _classes(value: str) -> list[int | str]:
+    """Class indices stay integers (prefix with '=' to force a name, e.g. '=3')."""
+    out: list[int | str] = []
+    for v in _csv(value):
+        out.append(v[1:] if v.startswith("=") else int(v) if v.isdigit() else v)
+    return out
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nepenthe", description=__doc__)
+    p.add_argument("--url", default=os.environ.get("NEPENTHE_URL", "http://127.0.0.1:8000"))
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
+
+    reg = sub.add_parser("register-model", help="register a model")
+    reg.add_argument("--name", required=True)
+    reg.add_argument("--arch", required=True, help="tiny_cnn, small_resnet, mlp or torchvision")
+    reg.add_argument("--arch-args", default="{}", help="JSON object")
+    reg.add_argument("--input-shape", required=True, help="C,H,W")
+    reg.add_argument("--mean", default="0")
+    reg.add_argument("--std", default="1")
+    reg.add_argument("--classes", required=True, help="comma-separated class names")
+
+    up = sub.add_parser("upload", help="upload a checkpoint as a new version")
+    up.add_argument("model")
+    up.add_argument("file", type=Path)
+    up.add_argument("--parent")
+
+    ds = sub.add_parser("register-dataset", help="register a dataset")
+    ds.add_argument("--name", required=True)
+    ds.add_argument("--kind", required=True, choices=["sklearn_digits", "fashion_mnist",
+                                                      "image_folder", "npz"])  # fmt: skip
+    ds.add_argument("--location", help="root folder, or the .npz file to upload")
+
+    fg = sub.add_parser("forget", help="submit a deletion request")
+    fg.add_argument("--version", required=True, help="model version id")
+    fg.add_argument("--dataset", required=True)
+    fg.add_argument("--classes", type=_classes, help="indices or names, comma-separated")
+    fg.add_argument("--samples", type=_csv, help="sample ids, comma-separated")
+    fg.add_argument("--method")
+    fg.add_argument("--params", default="{}", help="JSON object of method parameters")
+    fg.add_argument("--ref", help="caller reference (ticket id)")
+    fg.add_argument("--idempotency-key", default=None)
+    fg.add_argument("--wait", action="store_true", help="wait with a progress bar")
+
+    for name, text in (("job", "show a job"), ("wait", "wait for a job"), ("cancel", "cancel")):
+        sub.add_parser(name, help=text).add_argument("job_id")
+
+    dl = sub.add_parser("download", help="download a checkpoint and verify its SHA-256")
+    dl.add_argument("model")
+    dl.add_argument("number", type=int)
+    dl.add_argument("-o", "--output", type=Path, required=True)
+
+    au = sub.add_parser("audit", help="query the audit trail")
+    for flag in ("--model", "--request", "--ref", "--action", "--since", "--until"):
+        au.add_argument(flag)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from client.demo import run_demo
+
+        run_demo()
+        return 0
+    client = NepentheClient(args.url)
+    try:
+        return _dispatch(client, args)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
+    if args.command == "register-model":
+        _print(client.register_model(
+            name=args.name, task="classification",
+            architecture={"name": args.arch, "args": json.loads(args.arch_args)},
+            input_shape=[int(s) for s in _csv(args.input_shape)],
+            normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
+            class_names=_csv(args.classes),
+        ))  # fmt: skip
+    elif args.command == "upload":
+        _print(client.upload_version(args.model, args.file, args.parent))
+    elif args.command == "register-dataset":
+        if args.kind == "npz":
+            _print(client.upload_npz_dataset(args.name, Path(args.location)))
+        else:
+            _print(client.register_dataset(args.name, args.kind, args.location))
+    elif args.command == "forget":
+        request, location = client.submit_deletion(
+            idempotency_key=args.idempotency_key or str(uuid.uuid4()),
+            model_version_id=args.version, dataset_id=args.dataset,
+            forget_classes=args.classes, forget_samples=args.samples, method=args.method,
+            params=json.loads(args.params), caller_reference=args.ref,
+        )  # fmt: skip
+        print(f"accepted: request {request['id']}, job at {location}", file=sys.stderr)
+        if not args.wait:
+            _print(request)
+            return 0
+        return _wait(client, request["job"]["id"])
+    elif args.command == "job":
+        _print(client.get_job(args.job_id))
+    elif args.command == "wait":
+        return _wait(client, args.job_id)
+    elif args.command == "cancel":
+        _print(client.cancel_job(args.job_id))
+    elif args.command == "download":
+        version = client._json(client.http.get(f"/v1/models/{args.model}/versions/{args.number}"))
+        digest = client.download(version["download_url"], args.output)
+        print(f"{args.output}  sha256={digest}")
+    elif args.command == "audit":
+        for event in client.audit(
+            model_id=args.model, request_id=args.request, caller_reference=args.ref,
+            action=args.action, since=args.since, until=args.until,
+        ):  # fmt: skip
+            print(json.dumps(event, default=str))
+    return 0
+
+
+def _wait(client: NepentheClient, job_id: str) -> int:
+    from client.demo import show_progress
+
+    job = show_progress(client, job_id)
+    _print(job)
+    return 0 if job["status"] == "succeeded" else 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Start and stop a local API and worker as real processes (for the demo and the tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def migrate(env: dict[str, str], cwd: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=cwd, check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+class LocalService:
+    """API (uvicorn) and one Celery worker sharing the settings in ``env``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log_dir: Path, port: int | None = None):
+        self.env = {**os.environ, **env}
+        self.cwd = cwd
+        self.log_dir = log_dir
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> LocalService:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        migrate(self.env, self.cwd)
+        self.api = self._spawn(
+            "api",
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+        )  # fmt: skip
+        self.start_worker()
+        self._wait_healthy()
+        return self
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        self.worker = self._spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+             "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
+             "--hostname", f"nepenthe-{self.port}@%h"],
+        )  # fmt: skip
+        return self.worker
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        return subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log, stderr=log)
+
+    def _wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.api is not None
+            if self.api.poll() is not None:
+                raise RuntimeError(f"the API exited; see {self.log_dir / 'api.log'}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not become healthy; see {self.log_dir / 'api.log'}")
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.worker, sig)
+        self.worker = None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        _stop(self.worker, signal.SIGTERM)
+        _stop(self.api, signal.SIGTERM)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

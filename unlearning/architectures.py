@@ -1,0 +1,159 @@
+"""Classifier architectures by name: every torchvision classifier plus small built-in networks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+
+class ArchitectureError(ValueError):
+    """The architecture name or its arguments are unusable."""
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyCNN(nn.Module):
+    """Two conv blocks and a linear head; for 8x8 to 32x32 inputs."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn(in_channels, width),
+            _conv_bn(width, width * 2, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(width * 2, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet (3x3 stem, no max-pool) sized for 8x8 to 32x32 inputs.
+
+    ``blocks=(2, 2, 2, 2)`` with ``width=64`` is the usual ResNet-18 for small images.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int = 3,
+        width: int = 16,
+        blocks: tuple[int, ...] | list[int] = (1, 1, 1),
+    ) -> None:
+        super().__init__()
+        if not blocks or any(int(b) < 1 for b in blocks):
+            raise ArchitectureError("blocks must be a non-empty list of positive integers")
+        self.stem = _conv_bn(in_channels, width)
+        stages: list[nn.Module] = []
+        c_in = width
+        for i, n in enumerate(blocks):
+            c_out = width * (2**i)
+            for j in range(int(n)):
+                stages.append(_BasicBlock(c_in, c_out, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.stages(self.stem(x))))
+
+
+class MLP(nn.Module):
+    """Flatten, one hidden layer, linear head."""
+
+    def __init__(self, num_classes: int, in_features: int = 64, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+BUILTIN: dict[str, Callable[..., nn.Module]] = {
+    "tiny_cnn": TinyCNN,
+    "small_resnet": SmallResNet,
+    "mlp": MLP,
+}
+
+
+def torchvision_classifiers() -> list[str]:
+    # module= restricts the list to image classifiers (not detection, segmentation, video, ...).
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_architectures() -> dict[str, list[str]]:
+    return {"builtin": sorted(BUILTIN), "torchvision": torchvision_classifiers()}
+
+
+def build_classifier(name: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
+    """Build an untrained classifier; raises ArchitectureError with a readable reason."""
+    args = dict(args or {})
+    if "num_classes" in args:
+        raise ArchitectureError("num_classes comes from the model's class names; do not pass it")
+    if "weights" in args and args["weights"] is not None:
+        raise ArchitectureError("pretrained weights cannot be downloaded here; upload a checkpoint")
+    if name in BUILTIN:
+        factory: Callable[..., nn.Module] = BUILTIN[name]
+    elif name in torchvision_classifiers():
+        factory = lambda **kw: torchvision.models.get_model(name, weights=None, **kw)  # noqa: E731
+    else:
+        raise ArchitectureError(f"unknown architecture {name!r}")
+    try:
+        return factory(num_classes=num_classes, **args)
+    except ArchitectureError:
+        raise
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
+        raise ArchitectureError(f"cannot build {name!r} with arguments {args}: {exc}") from exc
+
+
+def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Run a forward pass on the meta device to prove the input shape fits the network."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.empty((2, *input_shape), device="meta"))
+    except Exception as exc:  # any failure in an arbitrary network's forward is a shape problem
+        raise ArchitectureError(f"input shape {list(input_shape)} does not fit: {exc}") from exc
+    if tuple(out.shape) != (2, num_classes):
+        raise ArchitectureError(
+            f"the network outputs shape {list(out.shape)[1:]}, expected [{num_classes}] logits"
+        )
+
+
+def build_on_meta(name: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
+    """Build without allocating weights: cheap enough for request-time validation."""
+    with torch.device("meta"):
+        return build_classifier(name, num_classes, args)

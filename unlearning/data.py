@@ -1,0 +1,303 @@
+"""Image datasets with stable sample ids and a fixed train / held-out split.
+
+Every source yields float images in [0, 1], shape (N, C, H, W), with integer labels. Labels and ids
+are metadata: code can choose retain samples by label without ever loading a forget image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+Split = Literal["train", "test"]
+KINDS = ("sklearn_digits", "fashion_mnist", "image_folder", "npz")
+HELD_OUT_PERMILLE = 200  # 20% held out where a source has no split of its own
+
+
+class DatasetError(ValueError):
+    """A dataset source cannot be read; ``code`` is stable and machine-readable."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ImageSource(Protocol):
+    ids: list[str]
+    targets: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def images(self, idx: np.ndarray) -> torch.Tensor: ...
+
+
+def is_held_out(sample_id: str) -> bool:
+    """A split decided by the id alone, so it never changes when samples are added."""
+    digest = hashlib.sha256(sample_id.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 1000 < HELD_OUT_PERMILLE
+
+
+@dataclass
+class ArrayImages:
+    """Images held in memory as a uint8 or float tensor (N, C, H, W)."""
+
+    data: torch.Tensor
+    targets: np.ndarray
+    ids: list[str]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def images(self, idx: np.ndarray) -> torch.Tensor:
+        batch = self.data[torch.as_tensor(idx, dtype=torch.long)]
+        if batch.dtype == torch.uint8:
+            return batch.float().div_(255.0)
+        return batch.float()
+
+    def subset(self, mask: np.ndarray) -> ArrayImages:
+        keep = np.flatnonzero(mask)
+        return ArrayImages(
+            self.data[torch.as_tensor(keep, dtype=torch.long)],
+            self.targets[keep],
+            [self.ids[i] for i in keep],
+            self.classes,
+        )
+
+
+@dataclass
+class FolderImages:
+    """Files read lazily from an ImageFolder tree (one sub-folder per class)."""
+
+    root: Path
+    paths: list[str]
+    targets: np.ndarray
+    ids: list[str]
+    classes: list[str]
+    size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def images(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.stack([self._load(self.paths[int(i)]) for i in idx])
+
+    def _load(self, rel: str) -> torch.Tensor:
+        with Image.open(self.root / rel) as img:
+            img = img.convert("RGB")
+            if self.size is not None:
+                img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.uint8).copy()
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def open_split(
+    kind: str, location: str | None, split: Split, size: tuple[int, int] | None = None
+) -> ImageSource:
+    """Open one split of a registered dataset. ``location`` is a folder or an .npz file."""
+    if kind == "sklearn_digits":
+        return _digits(split)
+    if location is None:
+        raise DatasetError("dataset_location_missing", f"a {kind} dataset needs a location")
+    path = Path(location)
+    if kind == "fashion_mnist":
+        return _fashion_mnist(path, split)
+    if kind == "image_folder":
+        return _image_folder(path, split, size)
+    if kind == "npz":
+        return _npz(path, split)
+    raise DatasetError("dataset_kind_unknown", f"unknown dataset kind {kind!r}; known: {KINDS}")
+
+
+def _digits(split: Split) -> ArrayImages:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    ids = [str(i) for i in range(len(bunch.target))]
+    data = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)
+    full = ArrayImages(data, bunch.target.astype(np.int64), ids, [str(c) for c in range(10)])
+    held_out = np.array([is_held_out(f"digits/{i}") for i in ids])
+    return full.subset(held_out if split == "test" else ~held_out)
+
+
+def _fashion_mnist(root: Path, split: Split) -> ArrayImages:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        ds = FashionMNIST(str(root), train=(split == "train"), download=False)
+    except RuntimeError as exc:
+        raise DatasetError(
+            "dataset_unreadable",
+            f"no Fashion-MNIST under {root}: expected {root}/FashionMNIST/raw/*-ubyte ({exc})",
+        ) from exc
+    prefix = "train" if split == "train" else "test"
+    ids = [f"{prefix}/{i}" for i in range(len(ds.targets))]
+    return ArrayImages(ds.data.unsqueeze(1), ds.targets.numpy().astype(np.int64), ids, ds.classes)
+
+
+def _image_folder(root: Path, split: Split, size: tuple[int, int] | None) -> FolderImages:
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    if not root.is_dir():
+        raise DatasetError("dataset_unreadable", f"{root} is not a directory")
+    split_dir = _own_split_dir(root, split)
+    base = split_dir or root
+    try:
+        classes, class_to_idx = find_classes(str(base))
+        samples = make_dataset(str(base), class_to_idx, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, OSError) as exc:
+        raise DatasetError("dataset_unreadable", f"not an ImageFolder tree: {exc}") from exc
+    rels = [Path(p).relative_to(root).as_posix() for p, _ in samples]
+    labels = np.array([t for _, t in samples], dtype=np.int64)
+    if split_dir is None:
+        keep = np.array([is_held_out(r) == (split == "test") for r in rels], dtype=bool)
+        rels = [r for r, k in zip(rels, keep, strict=True) if k]
+        labels = labels[keep]
+    return FolderImages(root, rels, labels, list(rels), classes, size)
+
+
+def _own_split_dir(root: Path, split: Split) -> Path | None:
+    """ImageFolder trees with train/ and test/ (or val/) sub-folders keep their own split."""
+    if not (root / "train").is_dir():
+        return None
+    if split == "train":
+        return root / "train"
+    for name in ("test", "val"):
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def _npz(path: Path, split: Split) -> ArrayImages:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
+    if "x_train" in arrays:
+        key = "train" if split == "train" else "test"
+        if f"x_{key}" not in arrays or f"y_{key}" not in arrays:
+            raise DatasetError("dataset_unreadable", f"the archive lacks x_{key} / y_{key}")
+        images, labels = arrays[f"x_{key}"], arrays[f"y_{key}"]
+        ids = [f"{key}/{i}" for i in range(len(labels))]
+        mask = np.ones(len(labels), dtype=bool)
+    else:
+        if "images" not in arrays or "labels" not in arrays:
+            raise DatasetError(
+                "dataset_unreadable",
+                "an .npz dataset needs arrays 'images' and 'labels' "
+                "(or x_train, y_train, x_test, y_test)",
+            )
+        images, labels = arrays["images"], arrays["labels"]
+        ids = (
+            [str(s) for s in arrays["ids"]]
+            if "ids" in arrays
+            else [str(i) for i in range(len(labels))]
+        )
+        mask = _npz_split_mask(arrays, ids, split)
+    data = _to_nchw(images)
+    if data.shape[0] != len(labels) or len(ids) != len(labels):
+        raise DatasetError("dataset_unreadable", "images, labels and ids differ in length")
+    if len(set(ids)) != len(ids):
+        raise DatasetError("dataset_unreadable", "sample ids are not unique")
+    targets = np.asarray(labels)
+    if not np.issubdtype(targets.dtype, np.integer) or targets.ndim != 1 or (targets < 0).any():
+        raise DatasetError("dataset_unreadable", "labels must be a 1-D array of integers >= 0")
+    classes = _npz_classes(arrays, targets)
+    full = ArrayImages(data, targets.astype(np.int64), ids, classes)
+    return full.subset(mask)
+
+
+def _npz_split_mask(arrays: dict[str, np.ndarray], ids: list[str], split: Split) -> np.ndarray:
+    if "split" in arrays:
+        raw = arrays["split"]
+        held = (raw == "test") if raw.dtype.kind in "US" else (raw.astype(np.int64) == 1)
+        return np.asarray(held if split == "test" else ~held, dtype=bool)
+    return np.array([is_held_out(i) == (split == "test") for i in ids], dtype=bool)
+
+
+def _npz_classes(arrays: dict[str, np.ndarray], targets: np.ndarray) -> list[str]:
+    n = int(targets.max()) + 1 if len(targets) else 0
+    if "class_names" in arrays:
+        names = [str(c) for c in arrays["class_names"]]
+        if len(names) < n:
+            raise DatasetError("dataset_unreadable", "class_names has fewer entries than labels")
+        return names
+    return [str(i) for i in range(n)]
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise DatasetError(
+            "dataset_unreadable",
+            f"images must be (N,H,W), (N,H,W,C) or (N,C,H,W); got {images.shape}",
+        )
+    if images.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(images))
+    if not np.issubdtype(images.dtype, np.floating):
+        raise DatasetError("dataset_unreadable", "images must be uint8 or float in [0, 1]")
+    if not np.isfinite(images).all():
+        raise DatasetError("dataset_unreadable", "images contain NaN or infinite values")
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the model expects: shape (C, H, W) and the normalisation applied before it."""
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Map [0, 1] images of any size and 1 or 3 channels to normalised model input."""
+        c, h, w = self.shape
+        if x.shape[1] != c:
+            x = x.mean(dim=1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1)
+        if tuple(x.shape[2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
+def sample_per_class(
+    targets: np.ndarray, classes: Sequence[int], per_class: int, seed: int
+) -> np.ndarray:
+    """Up to ``per_class`` random indices of each listed class (clamped to the class size)."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in classes:
+        idx = np.flatnonzero(targets == c)
+        take = min(per_class, len(idx))
+        picked.append(np.sort(rng.choice(idx, size=take, replace=False)))
+    return np.concatenate(picked) if picked else np.empty(0, dtype=np.int64)
+
+
+def iterate(
+    source: ImageSource,
+    indices: np.ndarray,
+    spec: InputSpec,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (prepared images, labels); shuffled when a generator is given."""
+    order = indices
+    if generator is not None:
+        order = indices[torch.randperm(len(indices), generator=generator).numpy()]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield spec.prepare(source.images(idx)), torch.as_tensor(source.targets[idx])
