@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -38,6 +39,7 @@ class LocalService:
         self.url = f"http://127.0.0.1:{self.port}"
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
 
     def __enter__(self) -> LocalService:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -47,8 +49,12 @@ class LocalService:
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning"],
         )  # fmt: skip
-        self.start_worker()
-        self._wait_healthy()
+        try:
+            self.start_worker()
+            self._wait_healthy()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def start_worker(self) -> subprocess.Popen[bytes]:
@@ -62,6 +68,7 @@ class LocalService:
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(log)
         return subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log, stderr=log)
 
     def _wait_healthy(self, timeout: float = 60.0) -> None:
@@ -90,6 +97,8 @@ class LocalService:
     ) -> None:
         _stop(self.worker, signal.SIGTERM)
         _stop(self.api, signal.SIGTERM)
+        for log in self._logs:
+            log.close()
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:

@@ -10,6 +10,7 @@ import io
 import json
 import pickle
 import struct
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -65,7 +66,10 @@ def _read_safetensors(path: Path) -> StateDict:
 
 def _read_torch(path: Path) -> StateDict:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols other than 2; the refusal below is what matters.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses globals outside its allow-list: code in a pickle lands here.
         raise CheckpointError(

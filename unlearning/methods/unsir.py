@@ -115,7 +115,7 @@ def unsir(
     result = UnsirResult()
 
     start = time.perf_counter()
-    noise = _learn_noise(model, forget, spec, config, device, progress, result)
+    noise = learn_noise(model, forget, spec, config, device, progress, result)
     result.phase_seconds["noise"] = time.perf_counter() - start
     result.samples_processed["noise"] = len(forget) * config.noise_steps * config.noise_batch
 
@@ -131,7 +131,7 @@ def unsir(
     return result
 
 
-def _learn_noise(
+def learn_noise(
     model: nn.Module,
     forget: list[int],
     spec: InputSpec,
@@ -180,14 +180,7 @@ def _impair(
     progress: Progress,
 ) -> int:
     """High-LR epoch(s) on noise (labelled with its own class) mixed with the retain subset."""
-    noise_x = torch.cat([n.cpu().repeat(config.noise_repeats, 1, 1, 1) for n in noise.values()])
-    noise_y = torch.cat(
-        [
-            # label_fix=False reproduces the official notebook, which labels every noise as 0.
-            torch.full((len(n) * config.noise_repeats,), c if config.label_fix else 0)
-            for c, n in noise.items()
-        ]
-    ).long()
+    noise_x, noise_y = noise_dataset(noise, config)
     opt = torch.optim.Adam(model.parameters(), lr=config.impair_lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     return _train_epochs(
@@ -195,6 +188,18 @@ def _impair(
         lambda g, bs: _mixed_batches(noise_x, noise_y, retain, spec, bs, g),
         len(noise_x) + len(retain.indices), device, "impair", progress,
     )  # fmt: skip
+
+
+def noise_dataset(
+    noise: dict[int, torch.Tensor], config: UnsirConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's noise batch repeated ``noise_repeats`` times, labelled with its own class."""
+    xs, ys = [], []
+    for cls, n in noise.items():
+        xs.append(n.cpu().repeat(config.noise_repeats, 1, 1, 1))
+        # label_fix=False reproduces the official notebook, which labels every noise as 0.
+        ys.append(torch.full((len(n) * config.noise_repeats,), cls if config.label_fix else 0))
+    return torch.cat(xs), torch.cat(ys).long()
 
 
 def _repair(

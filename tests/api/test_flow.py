@@ -1,0 +1,125 @@
+"""The API's happy paths without a worker: registration, lineage, queued jobs, cancel, audit."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from tests.api.conftest import BACKENDS
+from tests.helpers import safetensors_bytes
+
+pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
+
+
+def submit(api, registered, **extra):
+    body = {"model_version_id": registered["version"]["id"],
+            "dataset_id": registered["dataset"]["name"], "forget_classes": ["3", 8], **extra}  # fmt: skip
+    return api.post("/v1/deletion-requests", json=body,
+                    headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+
+
+def test_registration_records_digest_size_and_lineage(api, registered):
+    version = registered["version"]
+    payload = safetensors_bytes()
+    assert version["number"] == 1
+    assert version["parent_version_id"] is None
+    assert version["produced_by_request_id"] is None
+    response = api.get(version["download_url"])
+    assert response.status_code == 200
+    assert response.headers["etag"] == f'"{version["sha256"]}"'
+    assert hashlib.sha256(response.content).hexdigest() == version["sha256"]
+    assert version["size_bytes"] == len(response.content)
+    assert len(response.content) <= len(payload) + 256
+    again = api.get(version["download_url"], headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    child = api.post(f"/v1/models/{registered['model']['name']}/versions",
+                     files={"file": ("w.safetensors", payload)},
+                     data={"parent_version_id": version["id"]}).json()  # fmt: skip
+    assert child["number"] == 2
+    assert child["parent_version_id"] == version["id"]
+    listed = api.get(f"/v1/models/{registered['model']['id']}/versions").json()
+    assert [v["number"] for v in listed] == [1, 2]
+
+
+def test_submit_answers_202_with_location_and_a_queued_job(api, registered):
+    response = submit(api, registered, caller_reference="DSR-1", params={"noise_steps": 7})
+    assert response.status_code == 202, response.text
+    request = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{request['job']['id']}"
+    assert request["forget_classes"] == [3, 8]
+    assert request["forget_class_names"] == ["3", "8"]
+    assert request["method"] == "unsir"
+    assert request["params"]["noise_steps"] == 7
+    assert request["params"]["impair_lr"] == 0.02  # every default is recorded
+    job = api.get(response.headers["Location"]).json()
+    assert job["status"] == "queued"
+    assert job["progress"] == 0.0
+    assert api.get(f"/v1/deletion-requests/{request['id']}").json()["job"]["id"] == job["id"]
+
+
+def test_cancel_a_queued_job_then_refuse_a_second_cancel(api, registered):
+    job_id = submit(api, registered).json()["job"]["id"]
+    canceled = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert canceled.status_code == 202
+    assert canceled.json()["status"] == "canceled"
+    assert canceled.json()["finished_at"] is not None
+    again = api.post(f"/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409
+    assert again.json()["code"] == "job_not_cancelable"
+    events = api.get(f"/v1/jobs/{job_id}/events").json()
+    assert [(e["from_status"], e["to_status"]) for e in events] == [
+        (None, "queued"), ("queued", "canceled")
+    ]
+
+
+def test_audit_filters_and_pages(api, registered):
+    first = submit(api, registered, caller_reference="DSR-A").json()
+    submit(api, registered, caller_reference="DSR-B")
+    by_ref = api.get("/v1/audit/events", params={"caller_reference": "DSR-A"}).json()["items"]
+    assert [e["action"] for e in by_ref] == ["deletion_request.created", "job.queued"]
+    assert all(e["request_id"] == first["id"] for e in by_ref)
+    by_request = api.get("/v1/audit/events", params={"request_id": first["id"]}).json()["items"]
+    assert by_request == by_ref
+    model_id = registered["model"]["id"]
+    everything = api.get("/v1/audit/events", params={"model_id": model_id}).json()["items"]
+    assert [e["action"] for e in everything][:2] == ["model.registered", "model_version.uploaded"]
+    pages, token = [], None
+    while True:
+        params = {"model_id": model_id, "limit": 2, **({"page_token": token} if token else {})}
+        page = api.get("/v1/audit/events", params=params).json()
+        pages.append(page["items"])
+        token = page["next_page_token"]
+        if token is None:
+            break
+    assert [e for p in pages for e in p] == everything
+    assert all(len(p) <= 2 for p in pages)
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert api.get("/v1/audit/events", params={"since": future}).json()["items"] == []
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    assert len(api.get("/v1/audit/events", params={"since": past, "model_id": model_id})
+               .json()["items"]) == len(everything)  # fmt: skip
+
+
+def test_npz_dataset_upload(api, tmp_path):
+    path = tmp_path / "tiny.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, images=rng.integers(0, 255, (50, 8, 8), dtype=np.uint8),
+             labels=np.arange(50) % 5)  # fmt: skip
+    response = api.post("/v1/datasets/npz", files={"file": ("tiny.npz", path.read_bytes())},
+                        data={"name": "tiny"})  # fmt: skip
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["train_count"] + dataset["test_count"] == 50
+    assert dataset["class_names"] == ["0", "1", "2", "3", "4"]
+    assert dataset["image_shape"] == [1, 8, 8]
+    assert dataset["location"].startswith("store:")
+
+
+def test_openapi_lists_every_route(api):
+    spec = api.get("/openapi.json").json()
+    assert {"/v1/models", "/v1/deletion-requests", "/v1/jobs/{job_id}/cancel",
+            "/v1/audit/events"} <= set(spec["paths"])  # fmt: skip

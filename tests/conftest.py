@@ -1,0 +1,116 @@
+"""Shared fixtures: real PostgreSQL, Redis and SQLite; schemas built by running the migrations."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+from alembic import command
+from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("NEPENTHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    cfg.attributes["configure_logger"] = False
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(url), revision)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The real server; its absence is a failure, never a skip."""
+    with psycopg.connect(PG_ADMIN, connect_timeout=5) as conn:
+        conn.execute("SELECT 1")
+    return PG_ADMIN
+
+
+def create_pg_database(admin_url: str) -> str:
+    name = f"nepenthe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    return f"{base}/{name}"
+
+
+def drop_pg_database(admin_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(postgres_server: str) -> Iterator[str]:
+    url = create_pg_database(postgres_server)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        drop_pg_database(postgres_server, url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'nepenthe.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture
+def redis_broker() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    client.ping()
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+def reset_caches() -> None:
+    """Settings, engines and the producer are cached per process; tests switch them."""
+    from app.config import get_settings
+    from app.db import get_engine, get_sessionmaker
+    from app.queue import producer
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    for cached in (get_settings, get_engine, get_sessionmaker, producer):
+        cached.cache_clear()
+
+
+@pytest.fixture
+def service_env(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dict[str, str]]:
+    """Settings for one backend: ``embedded`` (SQLite + filesystem) or ``production``."""
+    backend = getattr(request, "param", "embedded")
+    env = {
+        "NEPENTHE_STORE_DIR": str(tmp_path / "store"),
+        "NEPENTHE_UPLOAD_DIR": str(tmp_path / "uploads"),
+        "NEPENTHE_BROKER_DIR": str(tmp_path / "broker"),
+        "NEPENTHE_PROGRESS_INTERVAL_S": "0.1",
+        "NEPENTHE_DEVICE": "cpu",
+    }
+    if backend == "production":
+        env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("pg_url")
+        env["NEPENTHE_BROKER_URL"] = request.getfixturevalue("redis_broker")
+    else:
+        env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("sqlite_url")
+        env["NEPENTHE_BROKER_URL"] = "filesystem://"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    reset_caches()
+    yield env
+    reset_caches()

@@ -1,0 +1,51 @@
+"""Builders shared by the tests: a small trained digits classifier and its registration."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+from unlearning import architectures, data
+from unlearning.train import train_classifier
+
+SPEC = data.InputSpec((1, 8, 8), (0.5,), (0.5,))
+ARCH = {"name": "tiny_cnn", "args": {"in_channels": 1}}
+CLASS_NAMES = [str(i) for i in range(10)]
+SMALL_DATA_PARAMS = {"repair_epochs": 3, "repair_batch_size": 32, "seed": 0}
+
+
+def model_body(name: str = "digits-cnn") -> dict[str, Any]:
+    return {
+        "name": name, "task": "classification", "architecture": ARCH, "input_shape": [1, 8, 8],
+        "normalization": {"mean": [0.5], "std": [0.5]}, "class_names": CLASS_NAMES,
+    }  # fmt: skip
+
+
+@lru_cache
+def trained_state() -> dict[str, torch.Tensor]:
+    """tiny_cnn trained on the digits train split (about 2 s on CPU); cached per process."""
+    train = data.open_split("sklearn_digits", None, "train")
+    model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
+    train_classifier(model, train, np.arange(len(train)), SPEC, epochs=15, lr=3e-3, batch_size=64)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def trained_model() -> torch.nn.Module:
+    model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
+    model.load_state_dict(trained_state())
+    return model
+
+
+def safetensors_bytes(state: dict[str, torch.Tensor] | None = None) -> bytes:
+    return safetensors.torch.save(state or trained_state())
+
+
+def torch_bytes(obj: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

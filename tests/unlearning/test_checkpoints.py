@@ -1,0 +1,94 @@
+"""Safe checkpoint reading: data is parsed, code is refused."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import safetensors_bytes, torch_bytes, trained_state
+from unlearning import architectures, checkpoints
+
+
+class RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def write(tmp_path: Path, name: str, payload: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(payload)
+    return path
+
+
+def net() -> torch.nn.Module:
+    return architectures.build_on_meta("tiny_cnn", 10, {"in_channels": 1})
+
+
+def test_reads_safetensors_and_torch_state_dicts(tmp_path):
+    for name, payload in (("a.safetensors", safetensors_bytes()), ("b.pt", torch_bytes(trained_state()))):
+        state = checkpoints.read_state_dict(write(tmp_path, name, payload))
+        assert checkpoints.fit_problems(net(), state) == []
+        assert torch.equal(state["fc.weight"], trained_state()["fc.weight"])
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path, protocol):
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"fc.weight": RunsCode(marker)}, protocol=protocol)
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.read_state_dict(write(tmp_path, "evil.pt", payload))
+    assert err.value.code == "checkpoint_unsafe"
+    assert not marker.exists()
+
+
+def test_a_torch_zip_that_runs_code_is_refused_unrun(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = torch_bytes({"fc.weight": RunsCode(marker)})
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.read_state_dict(write(tmp_path, "evil.pt", payload))
+    assert err.value.code == "checkpoint_unsafe"
+    assert not marker.exists()
+
+
+def test_a_bad_safetensors_header_is_unreadable(tmp_path):
+    payload = (40).to_bytes(8, "little") + b'{"x": {"dtype": "F32", "shape": [9]'
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.read_state_dict(write(tmp_path, "bad.safetensors", payload))
+    assert err.value.code == "checkpoint_unreadable"
+
+
+def test_random_bytes_are_unreadable(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.read_state_dict(write(tmp_path, "x.bin", b"hello world, not a model"))
+    assert err.value.code == "checkpoint_unreadable"
+
+
+def test_a_torch_file_that_is_not_a_state_dict_is_refused(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        checkpoints.read_state_dict(write(tmp_path, "list.pt", torch_bytes([1, 2, 3])))
+    assert err.value.code == "checkpoint_not_state_dict"
+
+
+def test_fit_problems_name_missing_unexpected_wrong_shape_and_nan():
+    state = dict(trained_state())
+    del state["fc.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    state["fc.weight"] = torch.zeros(3, 64)
+    state["features.0.0.weight"] = torch.full_like(state["features.0.0.weight"], float("nan"))
+    problems = checkpoints.fit_problems(net(), state)
+    assert "missing tensor 'fc.bias'" in problems
+    assert "unexpected tensor 'extra.weight'" in problems
+    assert any("'fc.weight' has shape [3, 64]" in p for p in problems)
+    assert any("NaN" in p for p in problems)
+
+
+def test_canonical_bytes_round_trip():
+    state = checkpoints.state_from_bytes(checkpoints.canonical_bytes(trained_state()))
+    assert all(torch.equal(v, trained_state()[k]) for k, v in state.items())

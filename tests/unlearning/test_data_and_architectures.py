@@ -1,0 +1,107 @@
+"""Dataset sources and architecture registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from unlearning import architectures, data
+
+
+def test_digits_split_is_stable_and_disjoint():
+    train = data.open_split("sklearn_digits", None, "train")
+    test = data.open_split("sklearn_digits", None, "test")
+    assert len(train) + len(test) == 1797
+    assert not set(train.ids) & set(test.ids)
+    assert data.open_split("sklearn_digits", None, "test").ids == test.ids
+    assert set(np.unique(test.targets)) == set(range(10))
+    images = train.images(np.arange(4))
+    assert images.shape == (4, 1, 8, 8)
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+def test_npz_with_ids_split_and_class_names(tmp_path):
+    path = tmp_path / "d.npz"
+    images = np.random.default_rng(0).integers(0, 255, (6, 5, 5, 3), dtype=np.uint8)
+    np.savez(path, images=images, labels=np.array([0, 1, 2, 0, 1, 2]),
+             ids=np.array([f"s{i}" for i in range(6)]), split=np.array([0, 0, 0, 0, 1, 1]),
+             class_names=np.array(["cat", "dog", "eel"]))  # fmt: skip
+    train = data.open_split("npz", str(path), "train")
+    test = data.open_split("npz", str(path), "test")
+    assert train.ids == ["s0", "s1", "s2", "s3"]
+    assert test.ids == ["s4", "s5"]
+    assert train.classes == ["cat", "dog", "eel"]
+    assert train.images(np.array([0])).shape == (1, 3, 5, 5)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"images": np.zeros((3, 4, 4))}, "needs arrays"),
+        ({"images": np.zeros((3, 4, 4)), "labels": np.zeros(2, dtype=int)}, "differ in length"),
+        ({"images": np.zeros((2, 4, 4)), "labels": np.array([0.5, 1.0])}, "integers"),
+        ({"images": np.full((2, 4, 4), np.nan), "labels": np.array([0, 1])}, "NaN"),
+    ],
+)
+def test_npz_errors_are_clear(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(data.DatasetError, match=message):
+        data.open_split("npz", str(path), "train")
+
+
+def test_image_folder_hash_split_and_resize(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(30):
+            Image.new("RGB", (10 + i % 3, 12), color=(i * 8, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    train = data.open_split("image_folder", str(tmp_path), "train", size=(8, 8))
+    test = data.open_split("image_folder", str(tmp_path), "test", size=(8, 8))
+    assert len(train) + len(test) == 60
+    assert len(test) > 0
+    assert not set(train.ids) & set(test.ids)
+    assert train.classes == ["a", "b"]
+    assert train.images(np.array([0, 1])).shape == (2, 3, 8, 8)
+
+
+def test_input_spec_adapts_channels_and_size():
+    spec = data.InputSpec((3, 16, 16), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    out = spec.prepare(torch.full((2, 1, 8, 8), 0.75))
+    assert out.shape == (2, 3, 16, 16)
+    assert torch.allclose(out, torch.ones_like(out))
+
+
+def test_every_torchvision_classifier_is_listed_and_builds_on_meta():
+    names = architectures.torchvision_classifiers()
+    assert {"resnet18", "vit_b_16", "mobilenet_v3_small"} <= set(names)
+    model = architectures.build_on_meta("resnet18", 7)
+    assert model.fc.out_features == 7
+    architectures.check_input_shape(model, (3, 32, 32), 7)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "shape", "message"),
+    [
+        ("no_such_net", {}, (3, 32, 32), "unknown architecture"),
+        ("tiny_cnn", {"depth": 3}, (1, 8, 8), "cannot build"),
+        ("tiny_cnn", {"in_channels": 3}, (1, 8, 8), "does not fit"),
+        ("vit_b_16", {}, (3, 32, 32), "does not fit"),
+        ("resnet18", {"weights": "DEFAULT"}, (3, 32, 32), "cannot be downloaded"),
+    ],
+)
+def test_bad_architectures_are_explained(name, args, shape, message):
+    with pytest.raises(architectures.ArchitectureError, match=message):
+        model = architectures.build_on_meta(name, 10, args)
+        architectures.check_input_shape(model, shape, 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "shape"),
+    [("tiny_cnn", {"in_channels": 1}, (1, 8, 8)), ("small_resnet", {}, (3, 32, 32)),
+     ("mlp", {"in_features": 64}, (1, 8, 8))],
+)  # fmt: skip
+def test_builtin_networks_fit_small_images(name, args, shape):
+    model = architectures.build_classifier(name, 10, args)
+    assert model(torch.zeros(2, *shape)).shape == (2, 10)
