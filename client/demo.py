@@ -70,7 +70,7 @@ def _cpu() -> Any:
 def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
     before, after = job["metrics"]["before"], job["metrics"]["after"]
     forget = set(job["metrics"]["forget_class_names"])
-    print("\nPer-class accuracy on the held-out split (digits test, n=%d)" % before["samples"])
+    print(f"\nPer-class accuracy on the held-out split (digits test, n={before['samples']})")
     print(f"{'class':>6} {'role':>7} {'before':>8} {'after':>8} {'downloaded':>11}")
     for name in before["per_class"]:
         role = "forget" if name in forget else "retain"

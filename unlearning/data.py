@@ -92,11 +92,11 @@ class FolderImages:
         return torch.stack([self._load(self.paths[int(i)]) for i in idx])
 
     def _load(self, rel: str) -> torch.Tensor:
-        with Image.open(self.root / rel) as img:
-            img = img.convert("RGB")
-            if self.size is not None:
-                img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8).copy()
+        with Image.open(self.root / rel) as opened:
+            img = opened.convert("RGB")
+        if self.size is not None:
+            img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8).copy()
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 

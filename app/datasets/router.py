@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
@@ -12,7 +12,7 @@ from app.storage import get_store
 from app.uploads import received
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
-ERRORS = {409: NameTaken.openapi(), 422: InvalidDataset.openapi()}
+ERRORS: dict[int | str, dict[str, Any]] = {409: NameTaken.openapi(), 422: InvalidDataset.openapi()}
 
 
 @router.post(

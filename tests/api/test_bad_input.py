@@ -174,7 +174,7 @@ def test_reused_idempotency_key_with_another_body(api, registered, store):
     assert replay.headers["Idempotent-Replayed"] == "true"
     body = assert_problem(submit(api, registered, key, caller_reference="T-2"), 422,
                           "idempotency_key_reused")  # fmt: skip
-    assert key not in body["detail"] or True
+    assert "different request body" in body["detail"]
     assert snapshot(store) == after_first
     assert after_first["rows"]["deletion_request"] == 1
 
@@ -199,8 +199,8 @@ def test_forget_samples_are_validated_then_refused_with_what_is_missing(api, reg
     body = assert_problem(submit(api, registered, forget_classes=None, forget_samples=["0", "5"]),
                           422, "sample_unlearning_unavailable")  # fmt: skip
     assert body["missing"] == "a sample-level unlearning method"
-    body = assert_problem(submit(api, registered, forget_classes=None,
-                                 forget_samples=["0", "no-such-id"]), 422, "unknown_sample")  # fmt: skip
+    unknown = submit(api, registered, forget_classes=None, forget_samples=["0", "no-such-id"])
+    body = assert_problem(unknown, 422, "unknown_sample")
     assert body["unknown"] == ["no-such-id"]
     assert snapshot(store) == before
 

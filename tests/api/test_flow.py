@@ -16,8 +16,12 @@ pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
 
 
 def submit(api, registered, **extra):
-    body = {"model_version_id": registered["version"]["id"],
-            "dataset_id": registered["dataset"]["name"], "forget_classes": ["3", 8], **extra}  # fmt: skip
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["name"],  # a dataset may be named by its name
+        "forget_classes": ["3", 8],  # names and indices mix
+        **extra,
+    }
     return api.post("/v1/deletion-requests", json=body,
                     headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
 
@@ -72,7 +76,8 @@ def test_cancel_a_queued_job_then_refuse_a_second_cancel(api, registered):
     assert again.json()["code"] == "job_not_cancelable"
     events = api.get(f"/v1/jobs/{job_id}/events").json()
     assert [(e["from_status"], e["to_status"]) for e in events] == [
-        (None, "queued"), ("queued", "canceled")
+        (None, "queued"),
+        ("queued", "canceled"),
     ]
 
 

@@ -32,7 +32,8 @@ def net() -> torch.nn.Module:
 
 
 def test_reads_safetensors_and_torch_state_dicts(tmp_path):
-    for name, payload in (("a.safetensors", safetensors_bytes()), ("b.pt", torch_bytes(trained_state()))):
+    payloads = {"a.safetensors": safetensors_bytes(), "b.pt": torch_bytes(trained_state())}
+    for name, payload in payloads.items():
         state = checkpoints.read_state_dict(write(tmp_path, name, payload))
         assert checkpoints.fit_problems(net(), state) == []
         assert torch.equal(state["fc.weight"], trained_state()["fc.weight"])

@@ -56,7 +56,8 @@ def test_image_folder_hash_split_and_resize(tmp_path):
     for cls in ("a", "b"):
         (tmp_path / cls).mkdir()
         for i in range(30):
-            Image.new("RGB", (10 + i % 3, 12), color=(i * 8, 0, 0)).save(tmp_path / cls / f"{i}.png")
+            image = Image.new("RGB", (10 + i % 3, 12), color=(i * 8, 0, 0))
+            image.save(tmp_path / cls / f"{i}.png")
     train = data.open_split("image_folder", str(tmp_path), "train", size=(8, 8))
     test = data.open_split("image_folder", str(tmp_path), "test", size=(8, 8))
     assert len(train) + len(test) == 60
@@ -92,9 +93,12 @@ def test_every_torchvision_classifier_is_listed_and_builds_on_meta():
     ],
 )
 def test_bad_architectures_are_explained(name, args, shape, message):
-    with pytest.raises(architectures.ArchitectureError, match=message):
+    def build_and_check() -> None:
         model = architectures.build_on_meta(name, 10, args)
         architectures.check_input_shape(model, shape, 10)
+
+    with pytest.raises(architectures.ArchitectureError, match=message):
+        build_and_check()
 
 
 @pytest.mark.parametrize(

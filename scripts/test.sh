@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up everything and run the checks and the whole test suite against real services.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+bash scripts/services.sh
+export NEPENTHE_TEST_FASHION_ROOT="$(bash scripts/fashion_mnist.sh var/data)"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
