@@ -32,9 +32,6 @@ class Settings(BaseSettings):
         Path("var/broker"), description="queue folder of the filesystem:// broker"
     )
     store_dir: Path = Field(Path("models_store"), description="root of the checkpoint store")
-    upload_dir: Path = Field(
-        Path("var/uploads"), description="where uploaded dataset archives are kept"
-    )
     max_upload_bytes: int = Field(2 * 1024**3, description="largest accepted upload (413 above)")
     progress_interval_s: float = Field(
         0.5, description="least time between two progress writes of a running job"

@@ -102,7 +102,6 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
         "NEPENTHE_BROKER_URL": "filesystem://",
         "NEPENTHE_BROKER_DIR": str(workdir / "broker"),
         "NEPENTHE_STORE_DIR": str(ROOT / "models_store"),
-        "NEPENTHE_UPLOAD_DIR": str(workdir / "uploads"),
     }
     original = train_original(workdir)
     with LocalService(env, ROOT, workdir / "logs") as service:

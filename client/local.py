@@ -22,10 +22,12 @@ def free_port() -> int:
 
 
 def migrate(env: dict[str, str], cwd: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=cwd, check=True,
-        stdout=subprocess.DEVNULL,
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=cwd,
+        capture_output=True, text=True,
     )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
 
 
 class LocalService:

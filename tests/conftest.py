@@ -98,7 +98,6 @@ def service_env(
     backend = getattr(request, "param", "embedded")
     env = {
         "NEPENTHE_STORE_DIR": str(tmp_path / "store"),
-        "NEPENTHE_UPLOAD_DIR": str(tmp_path / "uploads"),
         "NEPENTHE_BROKER_DIR": str(tmp_path / "broker"),
         "NEPENTHE_PROGRESS_INTERVAL_S": "0.1",
         "NEPENTHE_DEVICE": "cpu",

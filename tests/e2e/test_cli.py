@@ -1,0 +1,66 @@
+"""The ``nepenthe`` command-line client against a real API and worker (embedded default)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+
+from client.cli import main
+from client.local import LocalService
+from tests.conftest import ROOT
+from tests.helpers import SMALL_DATA_PARAMS, trained_state
+
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", ["embedded"], indirect=True)]
+
+
+@pytest.fixture
+def url(service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
+        yield running.url
+
+
+def run(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["--url", url, *args])
+    return code, capsys.readouterr().out
+
+
+def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
+    weights = tmp_path / "w.safetensors"
+    safetensors.torch.save_file(trained_state(), str(weights))
+    classes = ",".join(str(i) for i in range(10))
+    code, out = run(url, capsys, "register-model", "--name", "cli-cnn", "--arch", "tiny_cnn",
+                    "--arch-args", '{"in_channels": 1}', "--input-shape", "1,8,8",
+                    "--mean", "0.5", "--std", "0.5", "--classes", classes)  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["name"] == "cli-cnn"
+    code, out = run(url, capsys, "upload", "cli-cnn", str(weights))
+    version = json.loads(out)
+    assert code == 0
+    assert version["number"] == 1
+    code, _ = run(url, capsys, "register-dataset", "--name", "digits", "--kind", "sklearn_digits")
+    assert code == 0
+    code, out = run(url, capsys, "forget", "--version", version["id"], "--dataset", "digits",
+                    "--classes", "=3,8", "--ref", "CLI-1", "--params",
+                    json.dumps(SMALL_DATA_PARAMS), "--wait")  # fmt: skip
+    job = json.loads(out)
+    assert code == 0
+    assert job["status"] == "succeeded"
+    assert job["metrics"]["forget_class_names"] == ["3", "8"]
+    target = tmp_path / "out.safetensors"
+    code, out = run(url, capsys, "download", "cli-cnn", "2", "-o", str(target))
+    assert code == 0
+    assert job["output_version"]["sha256"] in out
+    assert target.stat().st_size == job["output_version"]["size_bytes"]
+    code, out = run(url, capsys, "audit", "--ref", "CLI-1")
+    actions = [json.loads(line)["action"] for line in out.splitlines()]
+    assert actions == ["deletion_request.created", "job.queued", "job.running", "job.succeeded"]
+
+
+def test_errors_are_printed_with_their_code(url, capsys):
+    code = main(["--url", url, "upload", "no-such-model", __file__])
+    assert code == 1
+    assert "404 model_not_found" in capsys.readouterr().err
