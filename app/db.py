@@ -59,7 +59,7 @@ def get_sessionmaker() -> sessionmaker[Session]:
 
 @contextmanager
 def session_scope() -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on error (worker side)."""
+    """One unit of work: commit on success, roll back on error (a request, or a worker step)."""
     session = get_sessionmaker()()
     try:
         yield session

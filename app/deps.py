@@ -8,20 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from app.db import get_sessionmaker
+from app.db import session_scope
 
 
 def get_session() -> Iterator[Session]:
     """The unit of work of one request: commit when the route returns, roll back on error."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit before the response is sent, so a client that polls right after a

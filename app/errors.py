@@ -131,6 +131,10 @@ class IdempotencyKeyReused(Unprocessable):
     title = "Idempotency key reused with another body"
 
 
+class CheckpointMissing(ServiceError):
+    status, code, title = 500, "checkpoint_missing", "Checkpoint file missing from the store"
+
+
 class PayloadTooLarge(ServiceError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 

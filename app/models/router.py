@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse
 from app.audit import service as audit
 from app.deps import ClientDep, SessionDep
 from app.errors import (
+    CheckpointMissing,
     InvalidArchitecture,
     InvalidCheckpoint,
     ModelNotFound,
@@ -122,6 +123,11 @@ def download_checkpoint(
         client_address=client, details={"number": version.number, "sha256": version.sha256},
     )  # fmt: skip
     path = get_store().path(version.storage_key)
+    if not path.is_file():
+        raise CheckpointMissing(
+            f"the store has no file for version {version.number}; restore {version.storage_key} "
+            "from backup"
+        )
     filename = f"{version.model_id}-v{version.number}.safetensors"
     return FileResponse(
         path, media_type="application/octet-stream", filename=filename, headers=headers
