@@ -32,13 +32,22 @@ class Settings(BaseSettings):
         Path("var/broker"), description="queue folder of the filesystem:// broker"
     )
     store_dir: Path = Field(Path("models_store"), description="root of the checkpoint store")
+    data_roots: list[Path] = Field(
+        [Path("var/data")],
+        description="folders under which registered datasets may lie (Fashion-MNIST roots, "
+        "ImageFolder trees); anything else is refused, so no client can read the server's files",
+    )
     max_upload_bytes: int = Field(2 * 1024**3, description="largest accepted upload (413 above)")
     progress_interval_s: float = Field(
         0.5, description="least time between two progress writes of a running job"
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'")
+    requeue_after_s: float = Field(
+        60.0,
+        description="a starting worker re-sends jobs still queued after this long (their first "
+        "send may have failed, or the message was lost with the broker)",
+    )
     task_queue: str = Field("unlearning", description="Celery queue that carries unlearning jobs")
-    job_time_limit_s: int = Field(6 * 3600, description="hard limit for one unlearning job")
     redis_visibility_timeout_s: int = Field(
         7 * 3600, description="Redis redelivery delay for unacknowledged jobs (above the limit)"
     )

@@ -34,17 +34,29 @@ def make_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The sqlite3 driver opens transactions lazily, only before a write, so a SAVEPOINT taken
+    # first would be released as a real COMMIT. Take control: no implicit BEGIN (here), an
+    # explicit one per transaction (_sqlite_begin). SQLAlchemy's documented pysqlite recipe.
+    dbapi_conn.isolation_level = None
     # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a deferred
+    # transaction that read first would fail at once with SQLITE_BUSY when another process wrote
+    # in between, whereas a short queue is harmless at the embedded default's scale.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @lru_cache

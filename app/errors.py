@@ -14,6 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class Conflict(ServiceError):
 
 class NameTaken(Conflict):
     code = "name_taken"
+
+
+class VersionConflict(Conflict):
+    code = "version_conflict"
 
 
 class JobNotCancelable(Conflict):
@@ -202,6 +207,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(request, exc.status_code, code, title, str(exc.detail))
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # The database refused a value (out of range, bad characters): input that slipped past
+    # validation. It is still the client's value, so a 4xx, and logged so validation can grow.
+    log.warning("database refused a value on %s: %s", request.url.path, exc)
+    return problem_response(
+        request, 422, "invalid_value", "Invalid value", "a value is out of range or malformed"
+    )
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return problem_response(
@@ -213,4 +227,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -14,7 +14,7 @@ from app.audit.router import router as audit_router
 from app.datasets.router import router as datasets_router
 from app.db import get_engine
 from app.deletions.router import router as deletions_router
-from app.errors import install_handlers
+from app.errors import install_handlers, problem_response
 from app.jobs.router import router as jobs_router
 from app.models.router import router as models_router
 
@@ -33,6 +33,18 @@ def create_app() -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     install_handlers(app)
+
+    @app.middleware("http")
+    async def refuse_nul_characters(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # PostgreSQL text cannot hold NUL; refuse it in the path and query up front.
+        if "\x00" in request.url.path or b"%00" in request.scope["query_string"].lower():
+            return problem_response(
+                request, 400, "invalid_characters", "Invalid characters",
+                "the path or query contains a NUL character",
+            )  # fmt: skip
+        return await call_next(request)
 
     @app.middleware("http")
     async def request_id(

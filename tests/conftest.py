@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from alembic.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+FASHION_ROOT = Path(os.environ.get("NEPENTHE_TEST_FASHION_ROOT", ROOT / "var" / "data"))
 REDIS_URL = os.environ.get("NEPENTHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 
@@ -101,6 +103,7 @@ def service_env(
         "NEPENTHE_BROKER_DIR": str(tmp_path / "broker"),
         "NEPENTHE_PROGRESS_INTERVAL_S": "0.1",
         "NEPENTHE_DEVICE": "cpu",
+        "NEPENTHE_DATA_ROOTS": json.dumps([str(tmp_path), str(FASHION_ROOT.resolve())]),
     }
     if backend == "production":
         env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("pg_url")

@@ -1,12 +1,14 @@
 """Image datasets with stable sample ids and a fixed train / held-out split.
 
 Every source yields float images in [0, 1], shape (N, C, H, W), with integer labels. Labels and ids
-are metadata: code can choose retain samples by label without ever loading a forget image.
+are metadata: code chooses retain samples by label and asks for those images only. (Array sources
+hold the whole file in memory, forget images included; what a method *reads* is what it asks for.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from PIL import Image
 Split = Literal["train", "test"]
 KINDS = ("sklearn_digits", "fashion_mnist", "image_folder", "npz")
 HELD_OUT_PERMILLE = 200  # 20% held out where a source has no split of its own
+MAX_CLASSES = 100_000
+MAX_NPZ_BYTES = 8 * 1024**3  # uncompressed: refuses archives that inflate beyond memory
 
 
 class DatasetError(ValueError):
@@ -150,12 +154,14 @@ def _image_folder(root: Path, split: Split, size: tuple[int, int] | None) -> Fol
     if not root.is_dir():
         raise DatasetError("dataset_unreadable", f"{root} is not a directory")
     split_dir = _own_split_dir(root, split)
-    base = split_dir or root
+    base = split_dir or _train_dir_or_root(root)
     try:
         classes, class_to_idx = find_classes(str(base))
         samples = make_dataset(str(base), class_to_idx, extensions=IMG_EXTENSIONS)
-    except (FileNotFoundError, OSError) as exc:
+    except FileNotFoundError as exc:
         raise DatasetError("dataset_unreadable", f"not an ImageFolder tree: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise DatasetError("dataset_unreadable", f"cannot read {base}: {exc}") from exc
     rels = [Path(p).relative_to(root).as_posix() for p, _ in samples]
     labels = np.array([t for _, t in samples], dtype=np.int64)
     if split_dir is None:
@@ -167,22 +173,26 @@ def _image_folder(root: Path, split: Split, size: tuple[int, int] | None) -> Fol
 
 def _own_split_dir(root: Path, split: Split) -> Path | None:
     """ImageFolder trees with train/ and test/ (or val/) sub-folders keep their own split."""
-    if not (root / "train").is_dir():
-        return None
-    if split == "train":
-        return root / "train"
-    for name in ("test", "val"):
-        if (root / name).is_dir():
-            return root / name
-    return None
+    held_out = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if not (root / "train").is_dir() or held_out is None:
+        return None  # no split of its own: hash-split (inside train/ if there is one)
+    return root / "train" if split == "train" else held_out
+
+
+def _train_dir_or_root(root: Path) -> Path:
+    return root / "train" if (root / "train").is_dir() else root
 
 
 def _npz(path: Path, split: Split) -> ArrayImages:
+    _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
+    for key in ("labels", "ids", "split", "class_names", "y_train", "y_test"):
+        if key in arrays and arrays[key].ndim != 1:
+            raise DatasetError("dataset_unreadable", f"{key!r} must be a 1-D array")
     if "x_train" in arrays:
         key = "train" if split == "train" else "test"
         if f"x_{key}" not in arrays or f"y_{key}" not in arrays:
@@ -212,14 +222,30 @@ def _npz(path: Path, split: Split) -> ArrayImages:
     targets = np.asarray(labels)
     if not np.issubdtype(targets.dtype, np.integer) or targets.ndim != 1 or (targets < 0).any():
         raise DatasetError("dataset_unreadable", "labels must be a 1-D array of integers >= 0")
+    if len(targets) and int(targets.max()) >= MAX_CLASSES:
+        raise DatasetError("dataset_unreadable", f"labels must be below {MAX_CLASSES}")
     classes = _npz_classes(arrays, targets)
     full = ArrayImages(data, targets.astype(np.int64), ids, classes)
     return full.subset(mask)
 
 
+def _check_npz_size(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
+    if inflated > MAX_NPZ_BYTES:
+        raise DatasetError(
+            "dataset_too_large", f"the archive inflates to {inflated} bytes (max {MAX_NPZ_BYTES})"
+        )
+
+
 def _npz_split_mask(arrays: dict[str, np.ndarray], ids: list[str], split: Split) -> np.ndarray:
     if "split" in arrays:
         raw = arrays["split"]
+        if len(raw) != len(ids):
+            raise DatasetError("dataset_unreadable", "'split' differs in length from 'labels'")
         held = (raw == "test") if raw.dtype.kind in "US" else (raw.astype(np.int64) == 1)
         return np.asarray(held if split == "test" else ~held, dtype=bool)
     return np.array([is_held_out(i) == (split == "test") for i in ids], dtype=bool)

@@ -7,6 +7,7 @@ own short transaction; the heavy work in between is plain torch from ``unlearnin
 from __future__ import annotations
 
 import copy
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ def run(ctx: JobContext, report: ProgressReporter) -> dict[str, Any]:
         device=device, progress=report,
     )  # fmt: skip
     timings.update(result.phase_seconds)
+    refuse_diverged(model)
 
     start = time.perf_counter()
     report("evaluate", 0.0)
@@ -132,6 +134,34 @@ def run(ctx: JobContext, report: ProgressReporter) -> dict[str, Any]:
     }
 
 
+class UnlearningDiverged(RuntimeError):
+    """The method produced weights that are not finite numbers."""
+
+
+def refuse_diverged(model: torch.nn.Module) -> None:
+    bad = [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+    if bad:
+        raise UnlearningDiverged(
+            f"the unlearned weights hold NaN or infinite values ({', '.join(bad[:3])}); "
+            "lower impair_lr, repair_lr or noise_lr"
+        )
+
+
+def json_safe(value: Any) -> Any:
+    """Metrics as JSON the database accepts: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def environment(device: torch.device) -> dict[str, str]:
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -149,6 +179,7 @@ def store_result(ctx: JobContext, metrics: dict[str, Any]) -> bool:
     stored = get_store().put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
     metrics["phase_seconds"]["save"] = time.perf_counter() - start
     metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
+    metrics = json_safe(metrics)
     with session_scope() as session:
         job = session.get(Job, ctx.job_id)
         model = session.get(Model, ctx.model_id)

@@ -7,12 +7,14 @@ import socket
 import traceback
 
 from celery import Task
+from celery.signals import worker_ready
 
 from app.config import get_settings
 from app.db import session_scope
+from app.jobs import service as jobs
 from app.jobs import states
 from app.orm import Job, JobStatus
-from app.queue import RUN_JOB_TASK
+from app.queue import RUN_JOB_TASK, send_job
 from workers import pipeline
 from workers.celery_app import app
 from workers.progress import JobCanceled, ProgressReporter
@@ -38,6 +40,19 @@ def finish(job_id: str, to: JobStatus, reason: str, error: str | None = None) ->
         job = session.get(Job, job_id)
         assert job is not None
         states.transition(session, job, to, reason=reason, values={"error": error})
+
+
+@worker_ready.connect
+def resend_stale_jobs(**_: object) -> None:
+    """Re-send jobs left queued: the database, not the broker, is the source of truth.
+
+    A duplicate send is harmless, since only one delivery can claim a job.
+    """
+    with session_scope() as session:
+        stale = jobs.stale_queued(session, get_settings().requeue_after_s)
+    sent = sum(send_job(job_id) for job_id in stale)
+    if stale:
+        log.info("re-sent %d of %d jobs left queued", sent, len(stale))
 
 
 @app.task(name=RUN_JOB_TASK, bind=True, acks_late=True)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from fastapi import APIRouter, Query
@@ -31,7 +32,7 @@ def list_events(
     """Audit events in the order they were written, filtered and paginated by cursor."""
     after_id = 0
     if page_token:
-        if not page_token.isdigit() or len(page_token) > 18:
+        if not re.fullmatch(r"[0-9]{1,18}", page_token):
             raise InvalidPageToken("page_token is not one this API issued")
         after_id = int(page_token)
     rows = service.search(

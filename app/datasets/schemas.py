@@ -5,13 +5,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.validation import Body
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
-class DatasetCreate(BaseModel):
+class DatasetCreate(Body):
     """A dataset read from where it lies; upload .npz archives to ``/v1/datasets/npz``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     kind: Literal["sklearn_digits", "fashion_mnist", "image_folder"]
@@ -26,6 +26,8 @@ class DatasetCreate(BaseModel):
             raise ValueError(f"a {self.kind} dataset needs a location")
         if self.kind == "sklearn_digits" and self.location:
             raise ValueError("sklearn_digits ships with scikit-learn and takes no location")
+        if self.location and self.location.startswith("store:"):
+            raise ValueError("locations under store: are reserved for uploaded archives")
         return self
 
 

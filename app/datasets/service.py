@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.audit import service as audit
+from app.config import get_settings
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
 from app.storage import LocalArtifactStore
@@ -23,7 +24,7 @@ def register(
     if session.scalar(select(func.count()).where(Dataset.name == name)):
         raise NameTaken(f"a dataset named {name!r} already exists")
     if location is not None and not location.startswith(STORE_PREFIX):
-        location = str(Path(location).expanduser().resolve())
+        location = str(_allowed_path(location))
     train, test = _open_both(kind, resolve_location(location))
     dataset = Dataset(
         name=name,
@@ -57,12 +58,30 @@ def register_npz(
     return register(session, name, "npz", STORE_PREFIX + stored.key, client)
 
 
+def _allowed_path(location: str) -> Path:
+    """The resolved folder, if it lies under one of the configured data roots."""
+    roots = [r.resolve() for r in get_settings().data_roots]
+    try:
+        path = Path(location).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InvalidDataset(f"unusable location: {exc}", code="dataset_unreadable") from exc
+    if not any(path == root or path.is_relative_to(root) for root in roots):
+        raise InvalidDataset(
+            "the location is outside the folders this server reads datasets from "
+            "(NEPENTHE_DATA_ROOTS): " + ", ".join(str(r) for r in roots),
+            code="dataset_location_forbidden",
+        )
+    return path
+
+
 def _open_both(kind: str, location: str | None) -> tuple[data.ImageSource, data.ImageSource]:
     try:
         train = data.open_split(kind, location, "train")
         test = data.open_split(kind, location, "test")
     except data.DatasetError as exc:
         raise InvalidDataset(str(exc), code=exc.code) from exc
+    except (OSError, ValueError, RuntimeError) as exc:  # filesystem trouble is the input's
+        raise InvalidDataset(f"cannot read the dataset: {exc}", code="dataset_unreadable") from exc
     if len(train) == 0 or len(test) == 0:
         raise InvalidDataset(
             f"the dataset needs both splits: {len(train)} train and {len(test)} held-out samples",
@@ -87,8 +106,10 @@ def resolve_location(location: str | None, store: LocalArtifactStore | None = No
 
 
 def get(session: Session, ref: str) -> Dataset:
-    found = session.scalars(select(Dataset).where(or_(Dataset.id == ref, Dataset.name == ref)))
-    dataset = found.first()
+    # An id always wins over a name, so a name cannot shadow another dataset.
+    dataset = session.get(Dataset, ref)
+    if dataset is None:
+        dataset = session.scalars(select(Dataset).where(Dataset.name == ref)).first()
     if dataset is None:
         raise DatasetNotFound(f"no dataset {ref!r}")
     return dataset

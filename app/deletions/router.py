@@ -30,7 +30,7 @@ def submit(
     session: SessionDep,
     client: ClientDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestRead:
     """Accept a request to forget classes; poll the job named by the Location header."""
     request, created = service.submit(session, body, idempotency_key, client)

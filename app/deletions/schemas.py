@@ -3,20 +3,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
 
 from app.jobs.schemas import JobRead
+from app.validation import Body
 
 
-class DeletionRequestCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class DeletionRequestCreate(Body):
     model_version_id: str = Field(min_length=1, max_length=64)
     dataset_id: str = Field(min_length=1, max_length=200, description="dataset id or name")
-    forget_classes: list[int | str] | None = Field(
+    forget_classes: list[StrictInt | StrictStr] | None = Field(
         None, min_length=1, max_length=10_000, description="class indices or class names"
     )
-    forget_samples: list[str] | None = Field(
+    forget_samples: list[StrictStr] | None = Field(
         None, min_length=1, max_length=1_000_000, description="sample ids of the dataset"
     )
     method: str | None = Field(None, max_length=32, description="default: unsir for classes")

@@ -19,6 +19,7 @@ from app.errors import (
     DeletionRequestNotFound,
     IdempotencyKeyReused,
     IncompatibleDataset,
+    InvalidDataset,
     InvalidForgetSet,
     ModelVersionNotFound,
     SampleUnlearningUnavailable,
@@ -144,7 +145,13 @@ def _resolve_classes(model: Model, wanted: list[int | str]) -> list[int]:
 
 def _check_samples(dataset: Dataset, sample_ids: list[str]) -> None:
     location = datasets.resolve_location(dataset.location)
-    known = set(data.open_split(dataset.kind, location, "train").ids)
+    try:
+        known = set(data.open_split(dataset.kind, location, "train").ids)
+    except data.DatasetError as exc:
+        raise InvalidDataset(
+            f"dataset {dataset.name!r} cannot be read to check the sample ids: {exc}",
+            code=exc.code,
+        ) from exc
     missing = [s for s in sample_ids if s not in known]
     if missing:
         raise UnknownSample(
@@ -165,7 +172,9 @@ def list_requests(
 ) -> list[DeletionRequest]:
     query = select(DeletionRequest)
     if model_id:
-        query = query.join(ModelVersion).where(ModelVersion.model_id == model_id)
+        query = query.join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id).where(
+            ModelVersion.model_id == model_id
+        )
     if caller_reference:
         query = query.where(DeletionRequest.caller_reference == caller_reference)
     return list(session.scalars(query.order_by(DeletionRequest.created_at).limit(limit)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -59,14 +61,23 @@ def cancel(session: Session, job_id: str) -> Job:
     ):
         return job
     if job.status == JobStatus.running:
-        session.execute(
+        asked = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.cancel_requested_at.is_(None))
             .values(cancel_requested_at=utcnow(), updated_at=utcnow())
         )
+        if asked.rowcount == 1:  # type: ignore[attr-defined]
+            states.record_cancel_requested(session, job)
         session.refresh(job)
         return job
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
+
+
+def stale_queued(session: Session, older_than_s: float) -> list[str]:
+    """Ids of jobs queued for longer than ``older_than_s``: their message may be lost."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    query = select(Job.id).where(Job.status == JobStatus.queued, Job.updated_at <= cutoff)
+    return list(session.scalars(query.order_by(Job.created_at)))
 
 
 def report_progress(session: Session, job_id: str, phase: str, progress: float) -> bool:

@@ -27,6 +27,11 @@ def record_created(session: Session, job: Job, reason: str) -> None:
     _audit(session, job, None, JobStatus(job.status), reason, {})
 
 
+def record_cancel_requested(session: Session, job: Job) -> None:
+    """Audit the client's cancel of a running job (the status changes later, in the worker)."""
+    _audit(session, job, None, None, "cancel requested by the client", {}, "job.cancel_requested")
+
+
 def transition(
     session: Session,
     job: Job,
@@ -65,9 +70,10 @@ def _audit(
     session: Session,
     job: Job,
     from_status: JobStatus | None,
-    to: JobStatus,
+    to: JobStatus | None,
     reason: str | None,
     details: dict[str, Any],
+    action: str | None = None,
 ) -> None:
     row = session.execute(
         select(DeletionRequest.caller_reference, ModelVersion.model_id, ModelVersion.id)
@@ -75,7 +81,7 @@ def _audit(
         .where(DeletionRequest.id == job.request_id)
     ).one()
     audit.record(
-        session, f"job.{to}", model_id=row.model_id, model_version_id=row.id,
+        session, action or f"job.{to}", model_id=row.model_id, model_version_id=row.id,
         request_id=job.request_id, job_id=job.id, caller_reference=row.caller_reference,
         details={"from": from_status, "to": to, "reason": reason, **details},
     )  # fmt: skip

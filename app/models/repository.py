@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.orm import Model, ModelVersion
 
 
 def find_model(session: Session, ref: str) -> Model | None:
-    """A model by id or by name."""
-    return session.scalars(select(Model).where(or_(Model.id == ref, Model.name == ref))).first()
+    """A model by id, else by name (an id always wins, so a name cannot shadow another model)."""
+    by_id = session.get(Model, ref)
+    return by_id or session.scalars(select(Model).where(Model.name == ref)).first()
 
 
 def name_exists(session: Session, name: str) -> bool:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.audit import service as audit
@@ -24,6 +24,7 @@ from app.uploads import received
 from unlearning import architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
+VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
 
 
 @router.get("/architectures", summary="List architectures", response_model=ArchitectureList)
@@ -99,7 +100,7 @@ def list_versions(model_ref: str, session: SessionDep) -> list[ModelVersionRead]
     "/models/{model_ref}/versions/{number}", summary="Get a version",
     response_model=ModelVersionRead, responses={404: ModelVersionNotFound.openapi()},
 )  # fmt: skip
-def get_version(model_ref: str, number: int, session: SessionDep) -> ModelVersionRead:
+def get_version(model_ref: str, number: VersionNumber, session: SessionDep) -> ModelVersionRead:
     """One version: digest, size, parent and the deletion request that produced it."""
     return service.version_read(service.get_version(session, model_ref, number))
 
@@ -109,7 +110,7 @@ def get_version(model_ref: str, number: int, session: SessionDep) -> ModelVersio
     response_class=FileResponse, responses={404: ModelVersionNotFound.openapi()},
 )  # fmt: skip
 def download_checkpoint(
-    model_ref: str, number: int, session: SessionDep, client: ClientDep, request: Request
+    model_ref: str, number: VersionNumber, session: SessionDep, client: ClientDep, request: Request
 ) -> Response:
     """Stream the safetensors file; its SHA-256 is the ETag and the X-Checksum-SHA256 header."""
     version = service.get_version(session, model_ref, number)

@@ -5,8 +5,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.validation import Body
 
-class Normalization(BaseModel):
+
+class Normalization(Body):
     mean: list[float] = Field(min_length=1, max_length=3)
     std: list[float] = Field(min_length=1, max_length=3)
 
@@ -18,16 +20,12 @@ class Normalization(BaseModel):
         return v
 
 
-class Architecture(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Architecture(Body):
     name: str = Field(min_length=1, max_length=100, examples=["tiny_cnn", "resnet18"])
     args: dict[str, Any] = Field(default_factory=dict)
 
 
-class ModelCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ModelCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["classification", "image_to_image"] = "classification"
     architecture: Architecture

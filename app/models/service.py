@@ -15,6 +15,7 @@ from app.errors import (
     ModelVersionNotFound,
     NameTaken,
     Unprocessable,
+    VersionConflict,
 )
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead
@@ -163,7 +164,7 @@ def add_version(
             return version
         except IntegrityError:
             continue
-    raise NameTaken("could not allocate a version number; retry")
+    raise VersionConflict("could not allocate a version number under concurrent uploads; retry")
 
 
 def download_url(version: ModelVersion) -> str:

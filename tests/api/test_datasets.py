@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.api.conftest import BACKENDS
+from tests.conftest import FASHION_ROOT
 
 pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
 
 
 @pytest.fixture(scope="session")
 def fashion_root() -> Path:
-    root = Path(os.environ.get("NEPENTHE_TEST_FASHION_ROOT", "var/data"))
+    root = FASHION_ROOT
     raw = root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
     assert raw.is_file(), f"run scripts/fashion_mnist.sh {root} first (scripts/test.sh does)"
     return root

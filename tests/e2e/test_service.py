@@ -143,6 +143,8 @@ def test_cancel_a_running_job(client, tmp_path):
     assert job["status"] == "canceled"
     assert job["output_version"] is None
     assert [e["to_status"] for e in client.job_events(job_id)] == ["queued", "running", "canceled"]
+    actions = [e["action"] for e in client.audit(request_id=job["request_id"])]
+    assert actions[-2:] == ["job.cancel_requested", "job.canceled"]
     versions = client.http.get(f"/v1/models/{reg['model']['id']}/versions").json()
     assert len(versions) == 1
     # The worker is free again: the next job runs to the end.
@@ -166,3 +168,35 @@ def test_a_job_whose_data_vanished_fails_with_its_reason(client, service_env, tm
     assert job["status"] == "failed"
     assert "not a readable .npz archive" in job["error"]
     assert job["output_version"] is None
+
+
+def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp_path, monkeypatch):
+    """The API accepts a request while the broker is unreachable (or loses the message);
+    the job waits in the database and runs once a worker starts."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import reset_caches
+    from tests.helpers import model_body, safetensors_bytes
+
+    lost = "redis://127.0.0.1:1/0" if service_env["NEPENTHE_BROKER_URL"].startswith("redis") \
+        else "filesystem://"  # fmt: skip
+    monkeypatch.setenv("NEPENTHE_BROKER_URL", lost)
+    monkeypatch.setenv("NEPENTHE_BROKER_DIR", str(tmp_path / "nobody-reads-this"))
+    reset_caches()
+    with TestClient(create_app()) as api:
+        model = api.post("/v1/models", json=model_body()).json()
+        files = {"file": ("m.safetensors", safetensors_bytes())}
+        version = api.post(f"/v1/models/{model['id']}/versions", files=files).json()
+        api.post("/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"})
+        response = api.post("/v1/deletion-requests", json={
+            "model_version_id": version["id"], "dataset_id": "digits", "forget_classes": [3],
+            "params": SMALL_DATA_PARAMS})  # fmt: skip
+        assert response.status_code == 202
+    job_id = response.json()["job"]["id"]
+    reset_caches()
+    env = {**service_env, "NEPENTHE_REQUEUE_AFTER_S": "0"}
+    with LocalService(env, ROOT, tmp_path / "logs") as running:
+        client = NepentheClient(running.url)
+        assert client.wait(job_id, timeout=300)["status"] == "succeeded"
+        client.close()

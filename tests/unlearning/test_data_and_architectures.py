@@ -109,3 +109,16 @@ def test_bad_architectures_are_explained(name, args, shape, message):
 def test_builtin_networks_fit_small_images(name, args, shape):
     model = architectures.build_classifier(name, 10, args)
     assert model(torch.zeros(2, *shape)).shape == (2, 10)
+
+
+def test_image_folder_with_train_but_no_test_is_hash_split_inside_train(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(30):
+            Image.new("RGB", (8, 8)).save(tmp_path / "train" / cls / f"{i}.png")
+    train = data.open_split("image_folder", str(tmp_path), "train")
+    test = data.open_split("image_folder", str(tmp_path), "test")
+    assert train.classes == test.classes == ["a", "b"]
+    assert len(train) + len(test) == 60
+    assert len(test) > 0
+    assert not set(train.ids) & set(test.ids)

@@ -33,6 +33,28 @@ from unlearning.progress import Progress, no_progress
 BatchFactory = Callable[[torch.Generator, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
+# Bounds that keep a request from exhausting a worker or feeding NaN to the optimiser.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "noise_batch": (1, 65_536),
+    "noise_steps": (1, 10_000_000),
+    "noise_repeats": (1, 10_000),
+    "retain_per_class": (1, 10_000_000),
+    "impair_epochs": (1, 1_000),
+    "impair_batch_size": (1, 65_536),
+    "repair_epochs": (0, 1_000),
+    "repair_batch_size": (1, 65_536),
+    "seed": (0, 2**32 - 1),
+}
+# (low, high, low allowed)
+_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
+    "noise_lr": (0.0, 100.0, False),
+    "noise_l2": (0.0, 1e6, True),
+    "impair_lr": (0.0, 10.0, False),
+    "repair_lr": (0.0, 10.0, False),
+}
+MAX_NOISE_IMAGES_PER_CLASS = 2_000_000
+
+
 @dataclass(frozen=True)
 class UnsirConfig:
     """Defaults are the official notebook's values (methods doc, section 1.8)."""
@@ -54,20 +76,20 @@ class UnsirConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = (
-            "noise_batch", "noise_steps", "noise_repeats", "retain_per_class",
-            "impair_epochs", "impair_batch_size", "repair_batch_size",
-        )  # fmt: skip
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.repair_epochs < 0:
-            raise ValueError("repair_epochs must be at least 0")
-        for name in ("noise_lr", "impair_lr", "repair_lr"):
-            if not float(getattr(self, name)) > 0:
-                raise ValueError(f"{name} must be positive")
-        if self.noise_l2 < 0:
-            raise ValueError("noise_l2 must be at least 0")
+        for name, (low, high) in _INT_RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        for name, (lo, hi, lo_ok) in _FLOAT_RANGES.items():
+            number = float(getattr(self, name))
+            # NaN fails every comparison, so it is refused too.
+            if not ((lo < number or (lo_ok and number == lo)) and number <= hi):
+                bracket = "[" if lo_ok else "("
+                raise ValueError(f"{name} must be in {bracket}{lo}, {hi}], got {number}")
+        if self.noise_batch * self.noise_repeats > MAX_NOISE_IMAGES_PER_CLASS:
+            raise ValueError(
+                f"noise_batch x noise_repeats must be at most {MAX_NOISE_IMAGES_PER_CLASS}"
+            )
         if self.noise_bn_mode not in ("eval", "train"):
             raise ValueError("noise_bn_mode must be 'eval' or 'train'")
 

@@ -1,0 +1,48 @@
+"""Transactions behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db import make_engine
+from app.orm import AuditEvent
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def count(url: str) -> int:
+    engine = make_engine(url)
+    with Session(engine) as session:
+        n = int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+    engine.dispose()
+    return n
+
+
+def test_a_savepoint_taken_first_is_undone_by_the_outer_rollback(url):
+    # The sqlite3 driver, left alone, turns this RELEASE SAVEPOINT into a real COMMIT.
+    engine = make_engine(url)
+    with Session(engine) as session:
+        with session.begin_nested():
+            session.add(AuditEvent(action="test.nested"))
+        session.rollback()
+    engine.dispose()
+    assert count(url) == 0
+
+
+def test_a_failed_savepoint_keeps_the_outer_work(url):
+    engine = make_engine(url)
+    with Session(engine) as session:
+        session.add(AuditEvent(action="test.outer"))
+        session.flush()
+        nested = session.begin_nested()
+        session.add(AuditEvent(action="test.inner"))
+        session.flush()
+        nested.rollback()
+        session.commit()
+    engine.dispose()
+    assert count(url) == 1
