@@ -58,6 +58,9 @@ class NepentheClient:
                 self._json(self.http.post(f"/v1/models/{model}/versions", files=files, data=form))
             )
 
+    def get_version(self, model: str, number: int) -> dict[str, Any]:
+        return dict(self._json(self.http.get(f"/v1/models/{model}/versions/{number}")))
+
     def register_dataset(self, name: str, kind: str, location: str | None = None) -> dict[str, Any]:
         body = {"name": name, "kind": kind, "location": location}
         return dict(self._json(self.http.post("/v1/datasets", json=body)))

@@ -137,7 +137,7 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     elif args.command == "cancel":
         _print(client.cancel_job(args.job_id))
     elif args.command == "download":
-        version = client._json(client.http.get(f"/v1/models/{args.model}/versions/{args.number}"))
+        version = client.get_version(args.model, args.number)
         digest = client.download(version["download_url"], args.output)
         print(f"{args.output}  sha256={digest}")
     elif args.command == "audit":
