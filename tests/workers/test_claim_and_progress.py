@@ -1,0 +1,63 @@
+"""The worker's side of the job table, on both databases: claim, progress, cancel, finish."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.orm import JobStatus
+from tests.api.conftest import BACKENDS
+from tests.api.test_bad_input import submit
+from workers.progress import JobCanceled, ProgressReporter
+from workers.tasks import claim, finish
+
+pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
+
+
+def queued_job(api, registered) -> str:
+    response = submit(api, registered)
+    assert response.status_code == 202
+    return str(response.json()["job"]["id"])
+
+
+def test_only_the_first_claim_wins(api, registered):
+    job_id = queued_job(api, registered)
+    assert claim(job_id) is True
+    assert claim(job_id) is False  # a duplicate delivery
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "running"
+    assert job["attempts"] == 1
+    assert job["started_at"] is not None
+    assert claim("no-such-job") is False
+
+
+def test_a_canceled_job_cannot_be_claimed(api, registered):
+    job_id = queued_job(api, registered)
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
+    assert claim(job_id) is False
+
+
+def test_progress_is_throttled_but_every_phase_change_is_written(api, registered):
+    job_id = queued_job(api, registered)
+    claim(job_id)
+    report = ProgressReporter(job_id, interval_s=3600)
+    report("noise", 0.5)
+    report("noise", 0.9)  # inside the interval: not written
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert (job["phase"], job["progress"]) == ("noise", pytest.approx(0.175))
+    report("impair", 0.0)  # a new phase is always written
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert (job["phase"], job["progress"]) == ("impair", pytest.approx(0.35))
+
+
+def test_a_cancel_request_stops_the_running_job_at_its_next_report(api, registered):
+    job_id = queued_job(api, registered)
+    claim(job_id)
+    report = ProgressReporter(job_id, interval_s=0)
+    report("noise", 0.1)
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    with pytest.raises(JobCanceled):
+        report("noise", 0.2)
+    finish(job_id, JobStatus.canceled, "canceled by the test")
+    job = api.get(f"/v1/jobs/{job_id}").json()
+    assert job["status"] == "canceled"
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
