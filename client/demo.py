@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import safetensors.torch
+import torch
 from tqdm import tqdm
 
 from client.api import NepentheClient
@@ -33,6 +34,7 @@ SPEC = data.InputSpec((1, 8, 8), (0.5,), (0.5,))
 
 def train_original(workdir: Path) -> Path:
     train = data.open_split("sklearn_digits", None, "train")
+    torch.manual_seed(0)  # the same original model on every run
     model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
     start = time.perf_counter()
     train_classifier(model, train, np.arange(len(train)), SPEC, epochs=15, lr=3e-3, batch_size=64)
@@ -61,9 +63,7 @@ def evaluate_download(path: Path, forget: list[int]) -> dict[str, Any]:
     return accuracy_report(counts, forget, test.classes)
 
 
-def _cpu() -> Any:
-    import torch
-
+def _cpu() -> torch.device:
     return torch.device("cpu")
 
 

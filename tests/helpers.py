@@ -30,6 +30,7 @@ def model_body(name: str = "digits-cnn") -> dict[str, Any]:
 def trained_state() -> dict[str, torch.Tensor]:
     """tiny_cnn trained on the digits train split (about 2 s on CPU); cached per process."""
     train = data.open_split("sklearn_digits", None, "train")
+    torch.manual_seed(0)
     model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
     train_classifier(model, train, np.arange(len(train)), SPEC, epochs=15, lr=3e-3, batch_size=64)
     return {k: v.clone() for k, v in model.state_dict().items()}

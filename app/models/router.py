@@ -121,6 +121,7 @@ def download_checkpoint(
     audit.record(
         session, "model_version.downloaded", model_id=version.model_id,
         model_version_id=version.id, request_id=version.produced_by_request_id,
+        caller_reference=service.caller_reference_of(session, version),
         client_address=client, details={"number": version.number, "sha256": version.sha256},
     )  # fmt: skip
     path = get_store().path(version.storage_key)

@@ -19,7 +19,7 @@ from app.errors import (
 )
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead
-from app.orm import Model, ModelVersion
+from app.orm import DeletionRequest, Model, ModelVersion
 from app.storage import LocalArtifactStore
 from unlearning import architectures, checkpoints
 
@@ -165,6 +165,14 @@ def add_version(
         except IntegrityError:
             continue
     raise VersionConflict("could not allocate a version number under concurrent uploads; retry")
+
+
+def caller_reference_of(session: Session, version: ModelVersion) -> str | None:
+    """The caller reference of the deletion request that produced ``version``, if any."""
+    if version.produced_by_request_id is None:
+        return None
+    request = session.get(DeletionRequest, version.produced_by_request_id)
+    return request.caller_reference if request else None
 
 
 def download_url(version: ModelVersion) -> str:

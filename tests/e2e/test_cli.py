@@ -57,7 +57,8 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     assert target.stat().st_size == job["output_version"]["size_bytes"]
     code, out = run(url, capsys, "audit", "--ref", "CLI-1")
     actions = [json.loads(line)["action"] for line in out.splitlines()]
-    assert actions == ["deletion_request.created", "job.queued", "job.running", "job.succeeded"]
+    assert actions == ["deletion_request.created", "job.queued", "job.running", "job.succeeded",
+                       "model_version.downloaded"]  # fmt: skip
 
 
 def test_errors_are_printed_with_their_code(url, capsys):
