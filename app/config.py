@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         0.5, description="least time between two progress writes of a running job"
     )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda[:n]'")
+    max_noise_bytes: int = Field(
+        4 * 1024**3,
+        description="largest UNSIR impair set (forget classes x noise_batch x noise_repeats x "
+        "input size x 4 bytes) a request may ask a worker to hold in memory",
+    )
     requeue_after_s: float = Field(
         60.0,
         description="a starting worker re-sends jobs still queued after this long (their first "
@@ -49,7 +54,9 @@ class Settings(BaseSettings):
     )
     task_queue: str = Field("unlearning", description="Celery queue that carries unlearning jobs")
     redis_visibility_timeout_s: int = Field(
-        7 * 3600, description="Redis redelivery delay for unacknowledged jobs (above the limit)"
+        7 * 3600,
+        description="Redis redelivery delay for unacknowledged jobs: keep it above the "
+        "longest job, or Redis hands a running job to a second worker",
     )
 
     @property

@@ -27,14 +27,15 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine; on SQLite, ``read_only`` engines begin without taking the write lock."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin_write)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -52,27 +53,47 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _sqlite_begin(conn: Any) -> None:
-    # IMMEDIATE takes the write lock up front (waiting up to busy_timeout): a deferred
-    # transaction that read first would fail at once with SQLITE_BUSY when another process wrote
-    # in between, whereas a short queue is harmless at the embedded default's scale.
+def _sqlite_begin_write(conn: Any) -> None:
+    # A unit of work that may write takes the write lock up front (waiting up to busy_timeout):
+    # a deferred transaction that read first would fail at once with SQLITE_BUSY when another
+    # process wrote in between. Such units keep slow work (file checks, hashing) outside.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-@lru_cache
-def get_engine() -> Engine:
-    return make_engine(get_settings().database_url)
+def _sqlite_begin_read(conn: Any) -> None:
+    # Readers take no lock: in WAL mode they read a snapshot while a writer works.
+    conn.exec_driver_sql("BEGIN")
+
+
+_ENGINES: dict[bool, Engine] = {}
+
+
+def get_engine(read_only: bool = False) -> Engine:
+    """The process's engine; SQLite gets a second one for lock-free reads."""
+    settings = get_settings()
+    key = read_only and settings.is_sqlite
+    if key not in _ENGINES:
+        _ENGINES[key] = make_engine(settings.database_url, read_only=key)
+    return _ENGINES[key]
 
 
 @lru_cache
-def get_sessionmaker() -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+def get_sessionmaker(read_only: bool = False) -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(read_only), expire_on_commit=False)
+
+
+def dispose_engines() -> None:
+    """Close every pooled connection and forget the engines (settings changed, or tests)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
+    get_sessionmaker.cache_clear()
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(read_only: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error (a request, or a worker step)."""
-    session = get_sessionmaker()()
+    session = get_sessionmaker(read_only)()
     try:
         yield session
         session.commit()

@@ -17,9 +17,16 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
+def get_read_session() -> Iterator[Session]:
+    """A session for routes that only read (on SQLite it takes no write lock)."""
+    with session_scope(read_only=True) as session:
+        yield session
+
+
 # scope="function": commit before the response is sent, so a client that polls right after a
 # 202 always finds the rows it was told about.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+ReadSessionDep = Annotated[Session, Depends(get_read_session, scope="function")]
 
 
 def client_address(request: Request) -> str | None:

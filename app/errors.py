@@ -201,7 +201,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+    codes = {
+        400: "malformed_body", 404: "not_found", 405: "method_not_allowed",
+        413: "payload_too_large",
+    }  # fmt: skip
     code = codes.get(exc.status_code, f"http_{exc.status_code}")
     title = code.replace("_", " ").capitalize()
     return problem_response(request, exc.status_code, code, title, str(exc.detail))

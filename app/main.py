@@ -59,7 +59,7 @@ def create_app() -> FastAPI:
     @app.get("/healthz", tags=["health"], summary="Liveness and database check")
     def healthz() -> dict[str, str]:
         """Answers when the process is up and the database reachable."""
-        with get_engine().connect() as conn:
+        with get_engine(read_only=True).connect() as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 

@@ -11,21 +11,35 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+MAX_DEPTH = 32
 
-def check_json_value(value: Any, where: str = "value") -> Any:
-    """Raise ValueError naming the first non-finite number or NUL character in ``value``."""
+
+def check_json_value(value: Any, where: str = "value", depth: int = 0) -> Any:
+    """Raise ValueError naming the first non-finite number, NUL character, lone surrogate or
+    over-deep nesting in ``value``."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where} is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError(f"{where} must not contain NUL characters")
-    if isinstance(value, dict):
+    if isinstance(value, str):
+        check_text(value, where)
+    elif isinstance(value, dict):
         for key, item in value.items():
-            check_json_value(key, where)
-            check_json_value(item, f"{where}.{key}")
+            check_json_value(key, where, depth + 1)
+            check_json_value(item, f"{where}.{key}", depth + 1)
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            check_json_value(item, f"{where}[{i}]")
+            check_json_value(item, f"{where}[{i}]", depth + 1)
     return value
+
+
+def check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise ValueError(f"{where} must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape such as \ud800
+        raise ValueError(f"{where} is not valid Unicode text") from exc
 
 
 class Body(BaseModel):

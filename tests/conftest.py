@@ -88,12 +88,11 @@ def redis_broker() -> Iterator[str]:
 def reset_caches() -> None:
     """Settings, engines and the producer are cached per process; tests switch them."""
     from app.config import get_settings
-    from app.db import get_engine, get_sessionmaker
+    from app.db import dispose_engines
     from app.queue import producer
 
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
-    for cached in (get_settings, get_engine, get_sessionmaker, producer):
+    dispose_engines()
+    for cached in (get_settings, producer):
         cached.cache_clear()
 
 

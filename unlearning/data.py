@@ -190,6 +190,8 @@ def _npz(path: Path, split: Split) -> ArrayImages:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
+    except MemoryError as exc:
+        raise DatasetError("dataset_too_large", "the archive does not fit in memory") from exc
     for key in ("labels", "ids", "split", "class_names", "y_train", "y_test"):
         if key in arrays and arrays[key].ndim != 1:
             raise DatasetError("dataset_unreadable", f"{key!r} must be a 1-D array")
@@ -230,15 +232,31 @@ def _npz(path: Path, split: Split) -> ArrayImages:
 
 
 def _check_npz_size(path: Path) -> None:
+    """Refuse archives that would inflate past MAX_NPZ_BYTES, by the zip directory and by each
+    array's own header (a header may declare a shape far larger than its data)."""
     try:
         with zipfile.ZipFile(path) as archive:
             inflated = sum(info.file_size for info in archive.infolist())
-    except (OSError, zipfile.BadZipFile) as exc:
+            declared = sum(_declared_bytes(archive, info) for info in archive.infolist())
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
-    if inflated > MAX_NPZ_BYTES:
+    if max(inflated, declared) > MAX_NPZ_BYTES:
         raise DatasetError(
-            "dataset_too_large", f"the archive inflates to {inflated} bytes (max {MAX_NPZ_BYTES})"
+            "dataset_too_large",
+            f"the archive holds {max(inflated, declared)} bytes of arrays (max {MAX_NPZ_BYTES})",
         )
+
+
+def _declared_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    if not info.filename.endswith(".npy"):
+        return 0
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    return int(np.prod(shape, dtype=object)) * int(dtype.itemsize)
 
 
 def _npz_split_mask(arrays: dict[str, np.ndarray], ids: list[str], split: Split) -> np.ndarray:
@@ -246,7 +264,16 @@ def _npz_split_mask(arrays: dict[str, np.ndarray], ids: list[str], split: Split)
         raw = arrays["split"]
         if len(raw) != len(ids):
             raise DatasetError("dataset_unreadable", "'split' differs in length from 'labels'")
-        held = (raw == "test") if raw.dtype.kind in "US" else (raw.astype(np.int64) == 1)
+        if raw.dtype.kind == "S":
+            raw = raw.astype("U")
+        if raw.dtype.kind == "U":
+            held = raw == "test"
+        elif raw.dtype.kind in "biu":
+            held = raw.astype(np.int64) == 1
+        else:
+            raise DatasetError(
+                "dataset_unreadable", "'split' must hold 'train'/'test' strings or 0/1 integers"
+            )
         return np.asarray(held if split == "test" else ~held, dtype=bool)
     return np.array([is_held_out(i) == (split == "test") for i in ids], dtype=bool)
 
@@ -254,11 +281,24 @@ def _npz_split_mask(arrays: dict[str, np.ndarray], ids: list[str], split: Split)
 def _npz_classes(arrays: dict[str, np.ndarray], targets: np.ndarray) -> list[str]:
     n = int(targets.max()) + 1 if len(targets) else 0
     if "class_names" in arrays:
-        names = [str(c) for c in arrays["class_names"]]
+        if arrays["class_names"].dtype.kind not in "US":
+            raise DatasetError("dataset_unreadable", "'class_names' must be an array of strings")
+        names = [_text(c) for c in arrays["class_names"]]
         if len(names) < n:
             raise DatasetError("dataset_unreadable", "class_names has fewer entries than labels")
         return names
     return [str(i) for i in range(n)]
+
+
+def _text(value: object) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DatasetError("dataset_unreadable", "a class name is not valid Unicode") from exc
+    if "\x00" in text:
+        raise DatasetError("dataset_unreadable", "a class name contains a NUL character")
+    return text
 
 
 def _to_nchw(images: np.ndarray) -> torch.Tensor:

@@ -49,7 +49,7 @@ def resend_stale_jobs(**_: object) -> None:
     A duplicate send is harmless, since only one delivery can claim a job.
     """
     with session_scope() as session:
-        stale = jobs.stale_queued(session, get_settings().requeue_after_s)
+        stale = jobs.take_stale_queued(session, get_settings().requeue_after_s)
     sent = sum(send_job(job_id) for job_id in stale)
     if stale:
         log.info("re-sent %d of %d jobs left queued", sent, len(stale))

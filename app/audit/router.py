@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from fastapi import APIRouter, Query
 
 from app.audit import service
 from app.audit.schemas import AuditEventRead, AuditPage
-from app.deps import SessionDep
+from app.deps import ReadSessionDep
 from app.errors import Unprocessable
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -17,9 +17,22 @@ class InvalidPageToken(Unprocessable):
     code = "invalid_page_token"
 
 
+class InvalidTimeBound(Unprocessable):
+    code = "invalid_time_bound"
+
+
+def _utc(moment: datetime | None, name: str) -> datetime | None:
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidTimeBound(f"{name} is outside the representable range of times") from exc
+
+
 @router.get("/events", summary="Query the audit trail", response_model=AuditPage)
 def list_events(
-    session: SessionDep,
+    session: ReadSessionDep,
     model_id: str | None = None,
     request_id: str | None = None,
     caller_reference: str | None = None,
@@ -30,6 +43,7 @@ def list_events(
     page_token: str | None = None,
 ) -> AuditPage:
     """Audit events in the order they were written, filtered and paginated by cursor."""
+    since, until = _utc(since, "since"), _utc(until, "until")
     after_id = 0
     if page_token:
         if not re.fullmatch(r"[0-9]{1,18}", page_token):

@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from app.datasets import service
 from app.datasets.schemas import NAME_PATTERN, DatasetCreate, DatasetRead
-from app.deps import ClientDep, SessionDep
+from app.deps import ClientDep, ReadSessionDep, SessionDep
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken, PayloadTooLarge
 from app.storage import get_store
 from app.uploads import received
@@ -47,7 +47,7 @@ def upload_npz(
 
 
 @router.get("", summary="List datasets", response_model=list[DatasetRead])
-def list_datasets(session: SessionDep) -> list[DatasetRead]:
+def list_datasets(session: ReadSessionDep) -> list[DatasetRead]:
     """Every registered dataset."""
     return [DatasetRead.model_validate(d) for d in service.list_all(session)]
 
@@ -56,6 +56,6 @@ def list_datasets(session: SessionDep) -> list[DatasetRead]:
     "/{ref}", summary="Get a dataset", response_model=DatasetRead,
     responses={404: DatasetNotFound.openapi()},
 )  # fmt: skip
-def get_dataset(ref: str, session: SessionDep) -> DatasetRead:
+def get_dataset(ref: str, session: ReadSessionDep) -> DatasetRead:
     """A dataset by id or name."""
     return DatasetRead.model_validate(service.get(session, ref))

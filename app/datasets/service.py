@@ -21,11 +21,24 @@ STORE_PREFIX = "store:"
 def register(
     session: Session, name: str, kind: str, location: str | None, client: str | None
 ) -> Dataset:
+    # Read the source before the first query, so no database lock is held meanwhile.
+    if location is not None:
+        location = str(_allowed_path(location))
+    train, test = _open_both(kind, location)
+    return _insert(session, name, kind, location, train, test, client)
+
+
+def _insert(
+    session: Session,
+    name: str,
+    kind: str,
+    location: str | None,
+    train: data.ImageSource,
+    test: data.ImageSource,
+    client: str | None,
+) -> Dataset:
     if session.scalar(select(func.count()).where(Dataset.name == name)):
         raise NameTaken(f"a dataset named {name!r} already exists")
-    if location is not None and not location.startswith(STORE_PREFIX):
-        location = str(_allowed_path(location))
-    train, test = _open_both(kind, resolve_location(location))
     dataset = Dataset(
         name=name,
         kind=kind,
@@ -50,12 +63,11 @@ def register(
 def register_npz(
     session: Session, store: LocalArtifactStore, name: str, upload: Path, client: str | None
 ) -> Dataset:
-    # Validate before storing, so a bad archive leaves nothing on disk.
-    _open_both("npz", str(upload))
-    if session.scalar(select(func.count()).where(Dataset.name == name)):
-        raise NameTaken(f"a dataset named {name!r} already exists")
+    # Validate before storing, so a bad archive leaves nothing on disk; store before the first
+    # query, so no database lock is held while a large archive is written.
+    train, test = _open_both("npz", str(upload))
     stored = store.put_bytes(upload.read_bytes(), ".npz")
-    return register(session, name, "npz", STORE_PREFIX + stored.key, client)
+    return _insert(session, name, "npz", STORE_PREFIX + stored.key, train, test, client)
 
 
 def _allowed_path(location: str) -> Path:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app.deletions import service
 from app.deletions.schemas import DeletionRequestCreate, DeletionRequestRead
-from app.deps import ClientDep, SessionDep
+from app.deps import ClientDep, ReadSessionDep, SessionDep
 from app.errors import (
     DatasetNotFound,
     DeletionRequestNotFound,
@@ -44,7 +44,7 @@ def submit(
 
 @router.get("", summary="List deletion requests", response_model=list[DeletionRequestRead])
 def list_requests(
-    session: SessionDep,
+    session: ReadSessionDep,
     model_id: str | None = None,
     caller_reference: str | None = None,
     limit: int = Query(100, ge=1, le=1000),
@@ -58,6 +58,6 @@ def list_requests(
     "/{request_id}", summary="Get a deletion request", response_model=DeletionRequestRead,
     responses={404: DeletionRequestNotFound.openapi()},
 )  # fmt: skip
-def get_request(request_id: str, session: SessionDep) -> DeletionRequestRead:
+def get_request(request_id: str, session: ReadSessionDep) -> DeletionRequestRead:
     """The request with its job's current state."""
     return service.to_read(session, service.get(session, request_id))

@@ -59,6 +59,7 @@ def submit(
     assert forget_classes is not None
     method = body.method or methods.DEFAULT_CLASS_METHOD
     params = methods.resolve_params(method, body.params)
+    methods.check_memory(method, params, len(forget_classes), model.input_shape)
     request = DeletionRequest(
         model_version_id=version.id, dataset_id=dataset.id, forget_classes=forget_classes,
         forget_samples=None, method=method, params=params,

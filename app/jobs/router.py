@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import SessionDep
+from app.deps import ReadSessionDep, SessionDep
 from app.errors import JobNotCancelable, JobNotFound
 from app.jobs import service
 from app.jobs.schemas import JobEventRead, JobRead
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     "/{job_id}", summary="Get a job", response_model=JobRead,
     responses={404: JobNotFound.openapi()},
 )  # fmt: skip
-def get_job(job_id: str, session: SessionDep) -> JobRead:
+def get_job(job_id: str, session: ReadSessionDep) -> JobRead:
     """Status, phase, fraction done, timestamps, error, metrics and the output version."""
     return service.to_read(session, service.get(session, job_id))
 
@@ -23,7 +23,7 @@ def get_job(job_id: str, session: SessionDep) -> JobRead:
     "/{job_id}/events", summary="Job history", response_model=list[JobEventRead],
     responses={404: JobNotFound.openapi()},
 )  # fmt: skip
-def job_events(job_id: str, session: SessionDep) -> list[JobEventRead]:
+def job_events(job_id: str, session: ReadSessionDep) -> list[JobEventRead]:
     """Every status change of the job, oldest first."""
     return [JobEventRead.model_validate(e) for e in service.events(session, job_id)]
 

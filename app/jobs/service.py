@@ -73,11 +73,18 @@ def cancel(session: Session, job_id: str) -> Job:
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
 
 
-def stale_queued(session: Session, older_than_s: float) -> list[str]:
-    """Ids of jobs queued for longer than ``older_than_s``: their message may be lost."""
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    query = select(Job.id).where(Job.status == JobStatus.queued, Job.updated_at <= cutoff)
-    return list(session.scalars(query.order_by(Job.created_at)))
+def take_stale_queued(session: Session, older_than_s: float) -> list[str]:
+    """Ids of jobs queued for longer than ``older_than_s`` (their message may be lost), marked
+    as just re-sent, so that several workers starting together send each job once."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    taken = session.scalars(
+        update(Job)
+        .where(Job.status == JobStatus.queued, Job.updated_at <= cutoff)
+        .values(updated_at=now)
+        .returning(Job.id)
+    )
+    return list(taken)
 
 
 def report_progress(session: Session, job_id: str, phase: str, progress: float) -> bool:

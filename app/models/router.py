@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.audit import service as audit
-from app.deps import ClientDep, SessionDep
+from app.deps import ClientDep, ReadSessionDep, SessionDep
 from app.errors import (
     CheckpointMissing,
     InvalidArchitecture,
@@ -47,7 +47,7 @@ def create_model(
 
 
 @router.get("/models", summary="List models", response_model=list[ModelRead])
-def list_models(session: SessionDep) -> list[ModelRead]:
+def list_models(session: ReadSessionDep) -> list[ModelRead]:
     """Every registered model."""
     return [ModelRead.model_validate(m) for m in repo.list_models(session)]
 
@@ -56,7 +56,7 @@ def list_models(session: SessionDep) -> list[ModelRead]:
     "/models/{model_ref}", summary="Get a model", response_model=ModelRead,
     responses={404: ModelNotFound.openapi()},
 )  # fmt: skip
-def get_model(model_ref: str, session: SessionDep) -> ModelRead:
+def get_model(model_ref: str, session: ReadSessionDep) -> ModelRead:
     """A model by id or name."""
     return ModelRead.model_validate(service.get_model(session, model_ref))
 
@@ -71,6 +71,7 @@ def get_model(model_ref: str, session: SessionDep) -> ModelRead:
 )  # fmt: skip
 def upload_version(
     model_ref: str,
+    read: ReadSessionDep,
     session: SessionDep,
     client: ClientDep,
     response: Response,
@@ -79,9 +80,8 @@ def upload_version(
 ) -> ModelVersionRead:
     """Validate the weights against the architecture and store them as a new version."""
     with received(file) as path:
-        version = service.upload_version(
-            session, get_store(), model_ref, path, parent_version_id, client
-        )
+        prepared = service.prepare_version(read, get_store(), model_ref, path, parent_version_id)
+    version = service.record_version(session, prepared, client)
     response.headers["Location"] = service.download_url(version).removesuffix("/checkpoint")
     return service.version_read(version)
 
@@ -90,7 +90,7 @@ def upload_version(
     "/models/{model_ref}/versions", summary="List versions",
     response_model=list[ModelVersionRead], responses={404: ModelNotFound.openapi()},
 )  # fmt: skip
-def list_versions(model_ref: str, session: SessionDep) -> list[ModelVersionRead]:
+def list_versions(model_ref: str, session: ReadSessionDep) -> list[ModelVersionRead]:
     """Every version of a model, oldest first, with its lineage."""
     model = service.get_model(session, model_ref)
     return [service.version_read(v) for v in repo.list_versions(session, model.id)]
@@ -100,7 +100,7 @@ def list_versions(model_ref: str, session: SessionDep) -> list[ModelVersionRead]
     "/models/{model_ref}/versions/{number}", summary="Get a version",
     response_model=ModelVersionRead, responses={404: ModelVersionNotFound.openapi()},
 )  # fmt: skip
-def get_version(model_ref: str, number: VersionNumber, session: SessionDep) -> ModelVersionRead:
+def get_version(model_ref: str, number: VersionNumber, session: ReadSessionDep) -> ModelVersionRead:
     """One version: digest, size, parent and the deletion request that produced it."""
     return service.version_read(service.get_version(session, model_ref, number))
 

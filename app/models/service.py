@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,7 @@ from app.errors import (
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead
 from app.orm import DeletionRequest, Model, ModelVersion
-from app.storage import LocalArtifactStore
+from app.storage import LocalArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
 
 
@@ -33,13 +34,13 @@ def create_model(session: Session, body: ModelCreate, client: str | None) -> Mod
         raise TaskUnsupported(
             f"task {body.task!r} is not served yet; only 'classification' models can be registered"
         )
-    if repo.name_exists(session, body.name):
-        raise NameTaken(f"a model named {body.name!r} already exists")
     channels = body.input_shape[0]
     for field in ("mean", "std"):
         if len(getattr(body.normalization, field)) not in (1, channels):
             raise Unprocessable(f"normalization.{field} needs 1 or {channels} values")
-    _check_architecture(body)
+    _check_architecture(body)  # before the first query: no database lock held meanwhile
+    if repo.name_exists(session, body.name):
+        raise NameTaken(f"a model named {body.name!r} already exists")
     model = Model(
         name=body.name,
         task=body.task,
@@ -86,25 +87,47 @@ def get_version(session: Session, model_ref: str, number: int) -> ModelVersion:
     return version
 
 
-def upload_version(
-    session: Session,
+@dataclass(frozen=True)
+class PreparedVersion:
+    """A checkpoint validated and written to the store, not yet recorded."""
+
+    model_id: str
+    stored: StoredObject
+    source_format: str
+    parent_version_id: str | None
+
+
+def prepare_version(
+    read: Session,
     store: LocalArtifactStore,
     model_ref: str,
     upload: Path,
     parent_version_id: str | None,
-    client: str | None,
-) -> ModelVersion:
-    """Validate an uploaded checkpoint, store it as safetensors and record a new version."""
-    model = get_model(session, model_ref)
+) -> PreparedVersion:
+    """Validate an upload against its model and store it as safetensors.
+
+    Runs on a read-only session: the slow part (parsing, checking, hashing, writing) holds no
+    database write lock. Only a valid checkpoint reaches the store.
+    """
+    model = get_model(read, model_ref)
     if parent_version_id is not None:
-        parent = repo.get_version(session, parent_version_id)
+        parent = repo.get_version(read, parent_version_id)
         if parent is None or parent.model_id != model.id:
             raise ModelVersionNotFound(f"model {model.name!r} has no version {parent_version_id!r}")
     state, source_format = read_and_check(model, upload)
     stored = store.put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
+    return PreparedVersion(model.id, stored, source_format, parent_version_id)
+
+
+def record_version(session: Session, prepared: PreparedVersion, client: str | None) -> ModelVersion:
+    """Record a prepared checkpoint as the model's next version."""
+    model = session.get(Model, prepared.model_id)
+    if model is None:  # deleted between the two steps
+        raise ModelNotFound(f"no model {prepared.model_id!r}")
+    stored, source_format = prepared.stored, prepared.source_format
     version = add_version(
         session, model, stored.key, stored.sha256, stored.size, source_format,
-        parent_version_id=parent_version_id, produced_by_request_id=None,
+        parent_version_id=prepared.parent_version_id, produced_by_request_id=None,
     )  # fmt: skip
     audit.record(
         session, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
