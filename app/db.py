@@ -43,7 +43,8 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # The sqlite3 driver opens transactions lazily, only before a write, so a SAVEPOINT taken
     # first would be released as a real COMMIT. Take control: no implicit BEGIN (here), an
-    # explicit one per transaction (_sqlite_begin). SQLAlchemy's documented pysqlite recipe.
+    # explicit one per transaction (_sqlite_begin_write / _sqlite_begin_read). SQLAlchemy's
+    # documented pysqlite recipe.
     dbapi_conn.isolation_level = None
     # WAL lets the API read while a worker writes; foreign keys are off by default in SQLite.
     cur = dbapi_conn.cursor()

@@ -42,10 +42,15 @@ def check_text(text: str, where: str) -> None:
         raise ValueError(f"{where} is not valid Unicode text") from exc
 
 
-class Body(BaseModel):
-    """Base of every JSON request body: unknown fields, NaN, Infinity and NUL are refused."""
+class Part(BaseModel):
+    """A model nested inside a request body: unknown fields and non-finite floats are refused
+    (the enclosing ``Body`` has already checked every value inside it)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Body(Part):
+    """Base of every JSON request body: unknown fields, NaN, Infinity and NUL are refused."""
 
     @model_validator(mode="before")
     @classmethod

@@ -118,8 +118,18 @@ def open_split(
     if kind == "image_folder":
         return _image_folder(path, split, size)
     if kind == "npz":
-        return _npz(path, split)
+        return _npz_split(_load_npz(path), split)
     raise DatasetError("dataset_kind_unknown", f"unknown dataset kind {kind!r}; known: {KINDS}")
+
+
+def open_splits(
+    kind: str, location: str | None, size: tuple[int, int] | None = None
+) -> tuple[ImageSource, ImageSource]:
+    """Both splits (train, held-out); an .npz archive is read from disk once for the two."""
+    if kind == "npz" and location is not None:
+        arrays = _load_npz(Path(location))
+        return _npz_split(arrays, "train"), _npz_split(arrays, "test")
+    return open_split(kind, location, "train", size), open_split(kind, location, "test", size)
 
 
 def _digits(split: Split) -> ArrayImages:
@@ -183,7 +193,7 @@ def _train_dir_or_root(root: Path) -> Path:
     return root / "train" if (root / "train").is_dir() else root
 
 
-def _npz(path: Path, split: Split) -> ArrayImages:
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
     _check_npz_size(path)
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -195,6 +205,10 @@ def _npz(path: Path, split: Split) -> ArrayImages:
     for key in ("labels", "ids", "split", "class_names", "y_train", "y_test"):
         if key in arrays and arrays[key].ndim != 1:
             raise DatasetError("dataset_unreadable", f"{key!r} must be a 1-D array")
+    return arrays
+
+
+def _npz_split(arrays: dict[str, np.ndarray], split: Split) -> ArrayImages:
     if "x_train" in arrays:
         key = "train" if split == "train" else "test"
         if f"x_{key}" not in arrays or f"y_{key}" not in arrays:

@@ -91,8 +91,7 @@ def run(ctx: JobContext, report: ProgressReporter) -> dict[str, Any]:
     checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
     original = copy.deepcopy(model)
     size = ctx.spec.shape[1:]
-    train = data.open_split(ctx.dataset_kind, ctx.dataset_location, "train", size=size)
-    test = data.open_split(ctx.dataset_kind, ctx.dataset_location, "test", size=size)
+    train, test = data.open_splits(ctx.dataset_kind, ctx.dataset_location, size=size)
     config = UnsirConfig(**ctx.params)
     retain_classes = [c for c in range(len(ctx.class_names)) if c not in ctx.forget_classes]
     retain_idx = data.sample_per_class(

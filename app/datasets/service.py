@@ -12,7 +12,7 @@ from app.audit import service as audit
 from app.config import get_settings
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
-from app.storage import LocalArtifactStore
+from app.storage import LocalArtifactStore, get_store
 from unlearning import data
 
 STORE_PREFIX = "store:"
@@ -88,8 +88,7 @@ def _allowed_path(location: str) -> Path:
 
 def _open_both(kind: str, location: str | None) -> tuple[data.ImageSource, data.ImageSource]:
     try:
-        train = data.open_split(kind, location, "train")
-        test = data.open_split(kind, location, "test")
+        train, test = data.open_splits(kind, location)
     except data.DatasetError as exc:
         raise InvalidDataset(str(exc), code=exc.code) from exc
     except (OSError, ValueError, RuntimeError) as exc:  # filesystem trouble is the input's
@@ -108,13 +107,11 @@ def _image_shape(source: data.ImageSource) -> list[int] | None:
     return None  # folder images vary in size; they are resized to the model's input
 
 
-def resolve_location(location: str | None, store: LocalArtifactStore | None = None) -> str | None:
+def resolve_location(location: str | None) -> str | None:
     """Turn a stored location into a path the data loaders can open."""
     if location is None or not location.startswith(STORE_PREFIX):
         return location
-    from app.storage import get_store
-
-    return str((store or get_store()).path(location.removeprefix(STORE_PREFIX)))
+    return str(get_store().path(location.removeprefix(STORE_PREFIX)))
 
 
 def get(session: Session, ref: str) -> Dataset:

@@ -5,10 +5,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.validation import Body
+from app.validation import Body, Part
 
 
-class Normalization(Body):
+class Normalization(Part):
     mean: list[float] = Field(min_length=1, max_length=3)
     std: list[float] = Field(min_length=1, max_length=3)
 
@@ -20,7 +20,7 @@ class Normalization(Body):
         return v
 
 
-class Architecture(Body):
+class Architecture(Part):
     name: str = Field(min_length=1, max_length=100, examples=["tiny_cnn", "resnet18"])
     args: dict[str, Any] = Field(default_factory=dict)
 

@@ -122,3 +122,16 @@ def test_image_folder_with_train_but_no_test_is_hash_split_inside_train(tmp_path
     assert len(train) + len(test) == 60
     assert len(test) > 0
     assert not set(train.ids) & set(test.ids)
+
+
+@pytest.mark.parametrize("kind", ["sklearn_digits", "npz"])
+def test_open_splits_matches_open_split(tmp_path, kind):
+    location = None
+    if kind == "npz":
+        location = str(tmp_path / "d.npz")
+        np.savez(location, images=np.zeros((40, 4, 4), np.uint8), labels=np.arange(40) % 4)
+    train, test = data.open_splits(kind, location)
+    assert train.ids == data.open_split(kind, location, "train").ids
+    assert test.ids == data.open_split(kind, location, "test").ids
+    assert len(train) > 0
+    assert len(test) > 0
