@@ -127,8 +127,12 @@ class UnknownSample(Unprocessable):
     code = "unknown_sample"
 
 
-class SampleUnlearningUnavailable(Unprocessable):
-    code = "sample_unlearning_unavailable"
+class MethodUnsupportedForForgetSet(Unprocessable):
+    code = "method_unsupported_for_forget_set"
+
+
+class InvalidAcceptance(Unprocessable):
+    code = "invalid_acceptance"
 
 
 class IdempotencyKeyReused(Unprocessable):

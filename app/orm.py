@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
 from app.db import Base
@@ -38,12 +40,14 @@ class JobStatus(StrEnum):
     queued = "queued"
     running = "running"
     succeeded = "succeeded"
+    # The method ran, but the result missed the request's acceptance thresholds: no version.
+    rejected = "rejected"
     failed = "failed"
     canceled = "canceled"
 
     @property
     def is_terminal(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
+        return self is not JobStatus.queued and self is not JobStatus.running
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -137,6 +141,13 @@ class DeletionRequest(Base):
     forget_samples: Mapped[list[str] | None] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Resolved acceptance thresholds (defaults filled in), so the decision can be re-checked.
+    acceptance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {"method": "retrain", "params": {...}} when the request asked for a retrained reference.
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    measure_relearn_time: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     body_sha256: Mapped[str] = mapped_column(String(64))

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = {"succeeded", "rejected", "failed", "canceled"}
 
 
 class ApiError(Exception):

@@ -1,8 +1,11 @@
 """End-to-end demo on the embedded default: SQLite, local store, filesystem broker.
 
 It starts the API and a worker, trains a small classifier on scikit-learn's digits, registers it,
-asks over HTTP to forget two classes with UNSIR, shows progress, downloads the result, checks it
-and prints before/after accuracy per class and the audit records. It stops what it started.
+asks over HTTP to forget two classes with UNSIR (with a retrained reference to compare against),
+shows progress, downloads the result, checks it and prints before/after accuracy per class, the
+membership-inference evidence and the acceptance decision. Then it asks to forget 30 individual
+training images (SalUn) and shows their membership score move toward the held-out level. Last,
+the audit records. It stops what it started.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ FORGET = ["3", "8"]
 # retain digits here, too few to heal. Three epochs of 32-image batches fit this small dataset.
 SMALL_DATA_PARAMS = {"repair_epochs": 3, "repair_batch_size": 32, "seed": 0}
 SPEC = data.InputSpec((1, 8, 8), (0.5,), (0.5,))
+TRAIN_RECIPE = {"epochs": 15, "lr": 3e-3, "batch_size": 64}
+FORGET_SAMPLES = 30
 
 
 def train_original(workdir: Path) -> Path:
@@ -37,7 +42,7 @@ def train_original(workdir: Path) -> Path:
     torch.manual_seed(0)  # the same original model on every run
     model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
     start = time.perf_counter()
-    train_classifier(model, train, np.arange(len(train)), SPEC, epochs=15, lr=3e-3, batch_size=64)
+    train_classifier(model, train, np.arange(len(train)), SPEC, **TRAIN_RECIPE)
     print(f"trained tiny_cnn on {len(train)} digits in {time.perf_counter() - start:.1f} s")
     path = workdir / "original.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(path))
@@ -68,21 +73,68 @@ def _cpu() -> torch.device:
 
 
 def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
-    before, after = job["metrics"]["before"], job["metrics"]["after"]
-    forget = set(job["metrics"]["forget_class_names"])
-    print(f"\nPer-class accuracy on the held-out split (digits test, n={before['samples']})")
+    metrics = job["metrics"]
+    before, after = metrics["before"], metrics["after"]
+    forget = set(metrics["forget"]["class_names"])
+    n = before["samples"]["forget_test"] + before["samples"]["retain_test"]
+    print(f"\nPer-class accuracy on the held-out split (digits test, n={n})")
     print(f"{'class':>6} {'role':>7} {'before':>8} {'after':>8} {'downloaded':>11}")
-    for name in before["per_class"]:
+    for name, b in before["per_class"]["test"].items():
         role = "forget" if name in forget else "retain"
-        b, a, m = before["per_class"][name], after["per_class"][name], measured["per_class"][name]
+        a, m = after["per_class"]["test"][name], measured["per_class"][name]
         print(f"{name:>6} {role:>7} {b:8.1%} {a:8.1%} {m:11.1%}")
     for key, label in (("forget_accuracy", "forget"), ("retain_accuracy", "retain")):
         b, a, m = before[key], after[key], measured[key]
         print(f"{'ALL':>6} {label:>7} {b:8.1%} {a:8.1%} {m:11.1%}")
-    secs = job["metrics"]["phase_seconds"]
+    print_evidence(metrics)
+    secs = metrics["phase_seconds"]
     print("\nwall time per phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items()))
-    print(f"UNSIR job total: {job['metrics']['total_seconds']:.2f} s on "
-          f"{job['metrics']['environment']['device']}")  # fmt: skip
+    print(f"UNSIR job total: {metrics['total_seconds']:.2f} s on "
+          f"{metrics['environment']['device']}")  # fmt: skip
+
+
+def print_evidence(metrics: dict[str, Any]) -> None:
+    """Membership inference, the retrained reference and the acceptance decision."""
+    before, after, ref = metrics["before"], metrics["after"], metrics["reference"]
+    mia = [m["mia"]["entropy"]["forget_member_rate"] for m in (before, after)]
+    line = f"entropy-MIA member rate on the forget set: {mia[0]:.1%} -> {mia[1]:.1%}"
+    if ref:
+        line += f" (retrained reference {ref['mia']['entropy']['forget_member_rate']:.1%})"
+    print(line)
+    if ref:
+        gap = metrics["gap_to_reference"]
+        print(
+            f"gap to the retrained reference: forget accuracy {gap['forget_accuracy']:+.1%}, "
+            f"retain accuracy {gap['retain_accuracy']:+.1%}, avg gap {gap['avg_gap']:.1%}"
+        )
+    gate = metrics["acceptance"]
+    verdict = "passed" if gate["passed"] else f"FAILED {gate['failures']}"
+    print(f"acceptance gate {gate['thresholds']}: {verdict}")
+
+
+def forget_samples(client: NepentheClient, version_id: str, dataset_id: str) -> dict[str, Any]:
+    """Forget individual training images and show their membership score move."""
+    train = data.open_split("sklearn_digits", None, "train")
+    picked = np.random.default_rng(0).choice(len(train), FORGET_SAMPLES, replace=False)
+    request, _ = client.submit_deletion(
+        idempotency_key=str(uuid.uuid4()), model_version_id=version_id, dataset_id=dataset_id,
+        forget_samples=[train.ids[i] for i in sorted(picked)], caller_reference="DSR-2026-0043",
+        params={"seed": 0},
+    )  # fmt: skip
+    print(f"\ndeletion request {request['id']}: forget {FORGET_SAMPLES} training images "
+          f"with {request['method']}")  # fmt: skip
+    job = show_progress(client, request["job"]["id"])
+    metrics = job["metrics"]
+    score = [metrics[k]["mia"]["entropy"] for k in ("before", "after")]
+    retain = [metrics[k]["retain_accuracy"] for k in ("before", "after")]
+    print(
+        f"job {job['status']}; membership score of the forgotten images "
+        f"{score[0]['forget_member_score']:.3f} -> {score[1]['forget_member_score']:.3f} "
+        f"(held-out images {score[1]['test_member_score']:.3f}, training images "
+        f"{score[1]['retain_member_score']:.3f}); retain accuracy {retain[0]:.1%} -> "
+        f"{retain[1]:.1%}"
+    )
+    return job
 
 
 def print_audit(client: NepentheClient, model_id: str) -> None:
@@ -122,6 +174,7 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
             idempotency_key=str(uuid.uuid4()), model_version_id=version["id"],
             dataset_id=dataset["id"], forget_classes=FORGET, method="unsir",
             params=SMALL_DATA_PARAMS, caller_reference="DSR-2026-0042",
+            reference={"method": "retrain", "params": {**TRAIN_RECIPE, "seed": 0}},
         )  # fmt: skip
         print(f"deletion request {request['id']} accepted; polling {location}")
         job = show_progress(client, request["job"]["id"])
@@ -131,9 +184,10 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
         target = workdir / "unlearned.safetensors"
         digest = client.download(out["download_url"], target)
         print(f"downloaded v{out['number']} to {target} (sha256 verified: {digest[:16]}...)")
-        measured = evaluate_download(target, job["metrics"]["forget_classes"])
+        measured = evaluate_download(target, job["metrics"]["forget"]["classes"])
         print_table(job, measured)
+        sample_job = forget_samples(client, version["id"], dataset["id"])
         print_audit(client, model["id"])
         client.close()
     print("\nstopped the API and the worker")
-    return {"job": job, "measured": measured}
+    return {"job": job, "measured": measured, "sample_job": sample_job}

@@ -23,6 +23,7 @@ def train_classifier(
     seed: int = 0,
     device: torch.device | None = None,
     progress: Progress = no_progress,
+    phase: str = "train",
 ) -> int:
     """Adam + cross-entropy for ``epochs``; returns the number of samples processed."""
     device = device or torch.device("cpu")
@@ -31,12 +32,12 @@ def train_classifier(
     model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.CrossEntropyLoss()
-    seen = 0
-    for epoch in range(epochs):
+    seen, total = 0, max(epochs * len(indices), 1)
+    for _ in range(epochs):
         for x, y in iterate(source, indices, spec, batch_size, generator=gen):
             opt.zero_grad(set_to_none=True)
             loss_fn(model(x.to(device)), y.to(device)).backward()
             opt.step()
             seen += len(y)
-        progress("train", (epoch + 1) / epochs)
+            progress(phase, seen / total)
     return seen

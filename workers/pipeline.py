@@ -1,7 +1,7 @@
-"""One classifier unlearning job, from stored weights to a new stored version.
+"""One classifier unlearning job, from stored weights to a new stored version and its evidence.
 
-The database is touched only at the edges (load the job's context, store the result), each in its
-own short transaction; the heavy work in between is plain torch from ``unlearning``.
+The database is touched only at the edges (load the job's context, store the outcome), each in
+its own short transaction; the heavy work in between is plain torch from ``unlearning``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,13 @@ import copy
 import math
 import platform
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import sklearn
 import torch
 import torchvision
 
@@ -24,10 +27,12 @@ from app.jobs import states
 from app.models import service as models
 from app.orm import Dataset, DeletionRequest, Job, JobStatus, Model, ModelVersion
 from app.storage import get_store
-from unlearning import architectures, checkpoints, data
-from unlearning.evaluate import accuracy_report, count_correct
-from unlearning.methods.unsir import RetainSubset, UnsirConfig, unsir
+from unlearning import acceptance, architectures, checkpoints, data, verify
+from unlearning.methods import METHODS, UnlearningTask
+from unlearning.methods.reference import RetrainConfig
 from workers.progress import ProgressReporter
+
+EVAL_SEED = 0  # the evaluation groups are the same for every job on the same data
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,11 @@ class JobContext:
     request_id: str
     method: str
     params: dict[str, Any]
-    forget_classes: list[int]
+    forget_classes: list[int] | None
+    forget_samples: list[str] | None
+    acceptance: dict[str, Any]
+    reference: dict[str, Any] | None
+    measure_relearn_time: bool
     model_id: str
     version_id: str
     storage_key: str
@@ -53,7 +62,7 @@ def load_context(job_id: str) -> JobContext:
         job = session.get(Job, job_id)
         assert job is not None
         request = session.get(DeletionRequest, job.request_id)
-        assert request is not None and request.forget_classes is not None
+        assert request is not None
         version = session.get(ModelVersion, request.model_version_id)
         assert version is not None
         model = session.get(Model, version.model_id)
@@ -62,7 +71,10 @@ def load_context(job_id: str) -> JobContext:
         c, h, w = model.input_shape
         return JobContext(
             job_id=job.id, request_id=request.id, method=request.method,
-            params=dict(request.params), forget_classes=list(request.forget_classes),
+            params=dict(request.params), forget_classes=request.forget_classes,
+            forget_samples=request.forget_samples,
+            acceptance=dict(request.acceptance or {}), reference=request.reference,
+            measure_relearn_time=request.measure_relearn_time,
             model_id=model.id, version_id=version.id, storage_key=version.storage_key,
             architecture=model.architecture, architecture_args=dict(model.architecture_args),
             class_names=list(model.class_names),
@@ -80,57 +92,231 @@ def pick_device() -> torch.device:
     return torch.device(wanted)
 
 
-def run(ctx: JobContext, report: ProgressReporter) -> dict[str, Any]:
-    """Unlearn, evaluate before and after, store the result; returns the job's metrics."""
-    device = pick_device()
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
+@dataclass
+class Cost:
+    """Wall time per phase, and samples through the model (forward+backward, or forward only)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    trained: dict[str, int] = field(default_factory=dict)
+    forward: int = 0
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def add(self, seconds: dict[str, float], trained: dict[str, int], prefix: str = "") -> None:
+        for k, v in seconds.items():
+            self.seconds[prefix + k] = self.seconds.get(prefix + k, 0.0) + v
+        for k, n in trained.items():
+            self.trained[prefix + k] = self.trained.get(prefix + k, 0) + n
+
+
+@dataclass
+class Outcome:
+    """What ``run`` hands to ``store_outcome``: the metrics, and the weights when accepted."""
+
+    metrics: dict[str, Any]
+    state: dict[str, torch.Tensor] | None
+    failures: list[dict[str, Any]]
+
+
+def forget_split(train: data.ImageSource, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the forget and retain training samples."""
+    if ctx.forget_classes is not None:
+        forget = np.isin(train.targets, ctx.forget_classes)
+    else:
+        named = set(ctx.forget_samples or ())
+        forget = np.fromiter((i in named for i in train.ids), dtype=bool, count=len(train))
+        if int(forget.sum()) != len(named):
+            raise data.DatasetError(
+                "samples_missing",
+                f"{len(named) - int(forget.sum())} forget samples are no longer in the dataset",
+            )
+    return np.flatnonzero(forget), np.flatnonzero(~forget)
+
+
+def job_plan(ctx: JobContext) -> list[tuple[str, float]]:
+    plan = [("load", 0.5), ("evaluate_before", 1.0)]
+    if ctx.reference:
+        plan.append(("reference", 10.0))
+    plan += list(METHODS[ctx.method].phases)
+    plan += [("evaluate", 1.0), ("extra_repair", 0.5)]
+    if ctx.measure_relearn_time:
+        plan.append(("relearn", 3.0))
+    return [*plan, ("save", 0.3)]
+
+
+def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
+    """Measure, unlearn, measure again, apply the acceptance gate; nothing is stored here."""
+    device, cost = pick_device(), Cost()
+    report.set_plan(job_plan(ctx))
+    report("load", 0.0)
+    with cost.phase("load"):
+        model = _load_model(ctx)
+        original = copy.deepcopy(model).to(device)
+        train, test = data.open_splits(
+            ctx.dataset_kind, ctx.dataset_location, size=ctx.spec.shape[1:]
+        )
+        forget_idx, retain_idx = forget_split(train, ctx)
+        sets = verify.eval_sets(train, test, forget_idx, retain_idx, ctx.forget_classes,
+                                ctx.class_names, seed=EVAL_SEED)  # fmt: skip
+    task = UnlearningTask(
+        model, train, forget_idx, retain_idx, ctx.forget_classes, len(ctx.class_names),
+        ctx.spec, device, report, fresh_model=lambda: _fresh(ctx),
+    )  # fmt: skip
+
+    report("evaluate_before", 0.0)
+    before = _measure(original, sets, ctx, device, cost, "evaluate_before")
+    reference_model, reference = _reference(ctx, task, sets, cost, report)
+
+    method = METHODS[ctx.method]
+    config = method.config_type(**ctx.params)
+    result = method.run(task, config)
+    cost.add(result.phase_seconds, result.samples_processed)
+    refuse_diverged(model)
+    report("evaluate", 0.0)
+    after = _measure(model, sets, ctx, device, cost, "evaluate")
+
+    thresholds = acceptance.Thresholds(**ctx.acceptance)
+    failed = acceptance.failures(thresholds, before, after, reference)
+    extra = 0
+    limit = int(ctx.params.get(method.heal_limit_param, 0)) if method.heal_limit_param else 0
+    # Only more repair can help a retain shortfall; forgetting is not bought back this way.
+    while method.heal and extra < limit and [f for f in failed if f["check"] == "max_retain_drop"]:
+        report("extra_repair", extra / limit)
+        with cost.phase("extra_repair"):
+            cost.trained["extra_repair"] = cost.trained.get("extra_repair", 0) + method.heal(
+                task, config, extra
+            )
+        extra += 1
+        refuse_diverged(model)
+        after = _measure(model, sets, ctx, device, cost, "evaluate")
+        failed = acceptance.failures(thresholds, before, after, reference)
+
+    metrics: dict[str, Any] = {
+        "method": ctx.method,
+        "params": ctx.params,
+        "forget": _forget_summary(ctx, forget_idx),
+        "acceptance": {
+            "thresholds": ctx.acceptance,
+            "passed": not failed,
+            "failures": failed,
+            "extra_repair_epochs": extra,
+        },
+        "before": before,
+        "after": after,
+        "reference": reference,
+        "gap_to_reference": verify.gaps(after, reference) if reference else None,
+        "original_gap_to_reference": verify.gaps(before, reference) if reference else None,
+        "weight_distance": {
+            "to_original": verify.weight_distance(model, original),
+            "to_reference": (
+                verify.weight_distance(model, reference_model) if reference_model else None
+            ),
+        },
+        "relearn_time": None,
+        "method_details": result.details,
+        "environment": environment(device),
+    }
+    if ctx.measure_relearn_time:
+        report("relearn", 0.0)
+        with cost.phase("relearn"):
+            metrics["relearn_time"] = _relearn(model, original, reference_model, before, sets, ctx,
+                                               device)  # fmt: skip
+    metrics["phase_seconds"] = cost.seconds
+    metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
+    report("save", 0.0)
+    return Outcome(metrics, None if failed else model.state_dict(), failed)
+
+
+def _load_model(ctx: JobContext) -> torch.nn.Module:
     model = architectures.build_classifier(
         ctx.architecture, len(ctx.class_names), ctx.architecture_args
     )
     checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
-    original = copy.deepcopy(model)
-    size = ctx.spec.shape[1:]
-    train, test = data.open_splits(ctx.dataset_kind, ctx.dataset_location, size=size)
-    config = UnsirConfig(**ctx.params)
-    retain_classes = [c for c in range(len(ctx.class_names)) if c not in ctx.forget_classes]
-    retain_idx = data.sample_per_class(
-        train.targets, retain_classes, config.retain_per_class, config.seed
+    return model
+
+
+def _fresh(ctx: JobContext) -> torch.nn.Module:
+    return architectures.build_classifier(
+        ctx.architecture, len(ctx.class_names), ctx.architecture_args
     )
-    timings["load"] = time.perf_counter() - start
 
-    result = unsir(
-        model, ctx.forget_classes, RetainSubset(train, retain_idx), ctx.spec, config,
-        device=device, progress=report,
-    )  # fmt: skip
-    timings.update(result.phase_seconds)
-    refuse_diverged(model)
 
-    start = time.perf_counter()
-    report("evaluate", 0.0)
-    everything = np.arange(len(test))
-    n = len(ctx.class_names)
-    before = count_correct(original.to(device), test, everything, ctx.spec, n, device)
-    report("evaluate", 0.5)
-    after = count_correct(model, test, everything, ctx.spec, n, device)
-    timings["evaluate"] = time.perf_counter() - start
+def _measure(
+    model: torch.nn.Module,
+    sets: verify.EvalSets,
+    ctx: JobContext,
+    device: torch.device,
+    cost: Cost,
+    phase: str,
+) -> dict[str, Any]:
+    with cost.phase(phase):
+        report = verify.measure(model, sets, ctx.spec, device)
+    cost.forward += verify.forward_samples(report)
+    return report
 
-    report("save", 0.0)
-    return {
-        "method": ctx.method,
-        "params": ctx.params,
-        "forget_classes": ctx.forget_classes,
-        "forget_class_names": [ctx.class_names[c] for c in ctx.forget_classes],
-        "evaluation_split": "test",
-        "before": accuracy_report(before, ctx.forget_classes, ctx.class_names),
-        "after": accuracy_report(after, ctx.forget_classes, ctx.class_names),
-        "retain_subset_size": len(retain_idx),
-        "samples_processed": result.samples_processed,
-        "noise_final_loss": {ctx.class_names[c]: v for c, v in result.noise_loss.items()},
-        "phase_seconds": timings,
-        "environment": environment(device),
-        "_state": model.state_dict(),
-    }
+
+def _reference(
+    ctx: JobContext,
+    task: UnlearningTask,
+    sets: verify.EvalSets,
+    cost: Cost,
+    report: ProgressReporter,
+) -> tuple[torch.nn.Module | None, dict[str, Any] | None]:
+    """The retrained reference model and its measurements, when the request asked for one."""
+    if not ctx.reference:
+        return None, None
+    config = RetrainConfig(**ctx.reference["params"])
+    reference_model = _fresh(ctx).to(task.device)
+    ref_task = replace(
+        task, model=reference_model, progress=lambda _phase, f: report("reference", f)
+    )
+    result = METHODS["retrain"].run(ref_task, config)
+    cost.add(result.phase_seconds, result.samples_processed, prefix="reference_")
+    measured = _measure(reference_model, sets, ctx, task.device, cost, "reference_evaluate")
+    return reference_model, {**measured, "method": "retrain", "params": ctx.reference["params"]}
+
+
+def _relearn(
+    model: torch.nn.Module,
+    original: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    before: dict[str, Any],
+    sets: verify.EvalSets,
+    ctx: JobContext,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Relearn time of the unlearned model, beside the original's and the reference's."""
+    config = verify.RelearnConfig(seed=int(ctx.params.get("seed", 0)))
+    target = config.tau * (before["forget_accuracy"] or 0.0)
+    measured = {
+        "protocol": {
+            "optimizer": "adam", "lr": config.lr, "batch_size": config.batch_size,
+            "samples_per_class": config.per_class, "tau": config.tau,
+            "max_epochs": config.max_epochs, "target_accuracy": target,
+        },
+        "unlearned": verify.relearn_time(model, sets, ctx.spec, target, device, config),
+        "original": verify.relearn_time(original, sets, ctx.spec, target, device, config),
+    }  # fmt: skip
+    if reference is not None:
+        measured["reference"] = verify.relearn_time(reference, sets, ctx.spec, target, device,
+                                                    config)  # fmt: skip
+    return measured
+
+
+def _forget_summary(ctx: JobContext, forget_idx: np.ndarray) -> dict[str, Any]:
+    if ctx.forget_classes is not None:
+        return {
+            "kind": "classes", "classes": ctx.forget_classes,
+            "class_names": [ctx.class_names[c] for c in ctx.forget_classes],
+            "train_samples": len(forget_idx),
+        }  # fmt: skip
+    return {"kind": "samples", "train_samples": len(forget_idx)}
 
 
 class UnlearningDiverged(RuntimeError):
@@ -146,7 +332,7 @@ def refuse_diverged(model: torch.nn.Module) -> None:
     if bad:
         raise UnlearningDiverged(
             f"the unlearned weights hold NaN or infinite values ({', '.join(bad[:3])}); "
-            "lower impair_lr, repair_lr or noise_lr"
+            "lower the method's learning rates"
         )
 
 
@@ -155,52 +341,83 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
     return value
 
 
 def environment(device: torch.device) -> dict[str, str]:
+    """Enough to reproduce a result: versions of everything that computes, and the device."""
     return {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
+        "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()),
     }
 
 
-def store_result(ctx: JobContext, metrics: dict[str, Any]) -> bool:
-    """Write the checkpoint (atomically), then record version and success in one transaction."""
-    start = time.perf_counter()
-    state = metrics.pop("_state")
-    stored = get_store().put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
-    metrics["phase_seconds"]["save"] = time.perf_counter() - start
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures an audit event repeats at its top level."""
+    before, after = metrics["before"], metrics["after"]
+    return {
+        "forget_accuracy_before": before["forget_accuracy"],
+        "forget_accuracy_after": after["forget_accuracy"],
+        "retain_accuracy_before": before["retain_accuracy"],
+        "retain_accuracy_after": after["retain_accuracy"],
+        "entropy_mia_forget_before": before["mia"]["entropy"]["forget_member_rate"],
+        "entropy_mia_forget_after": after["mia"]["entropy"]["forget_member_rate"],
+        "acceptance": metrics["acceptance"],
+    }
+
+
+def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
+    """Accepted: write the checkpoint (atomically), then record version and success in one
+    transaction. Rejected: record the measured figures and publish nothing."""
+    metrics = outcome.metrics
+    stored = None
+    if outcome.state is not None:
+        start = time.perf_counter()
+        stored = get_store().put_bytes(checkpoints.canonical_bytes(outcome.state), ".safetensors")
+        metrics["phase_seconds"]["save"] = time.perf_counter() - start
     metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
     metrics = json_safe(metrics)
     with session_scope() as session:
         job = session.get(Job, ctx.job_id)
         model = session.get(Model, ctx.model_id)
         assert job is not None and model is not None
-        version = models.add_version(
-            session, model, stored.key, stored.sha256, stored.size, "safetensors",
-            parent_version_id=ctx.version_id, produced_by_request_id=ctx.request_id,
-        )  # fmt: skip
-        moved = states.transition(
-            session, job, JobStatus.succeeded, reason="unlearning finished",
-            values={
-                "metrics": metrics, "output_version_id": version.id,
-                "progress": 1.0, "phase": "save",
-            },
-            details={
-                "output_version_id": version.id, "output_sha256": stored.sha256,
-                "forget_accuracy_before": metrics["before"]["forget_accuracy"],
-                "forget_accuracy_after": metrics["after"]["forget_accuracy"],
-                "retain_accuracy_before": metrics["before"]["retain_accuracy"],
-                "retain_accuracy_after": metrics["after"]["retain_accuracy"],
-            },
-        )  # fmt: skip
+        details = {**headline(metrics), "metrics": metrics}
+        if stored is None:
+            checks = ", ".join(
+                f"{f['check']} (measured {f['measured']:.4f}, threshold {f['threshold']})"
+                for f in outcome.failures
+            )
+            moved = states.transition(
+                session, job, JobStatus.rejected,
+                reason=f"the result missed the acceptance thresholds: {checks}",
+                values={"metrics": metrics, "progress": 1.0, "phase": "save"}, details=details,
+            )  # fmt: skip
+        else:
+            version = models.add_version(
+                session, model, stored.key, stored.sha256, stored.size, "safetensors",
+                parent_version_id=ctx.version_id, produced_by_request_id=ctx.request_id,
+            )  # fmt: skip
+            moved = states.transition(
+                session, job, JobStatus.succeeded, reason="unlearning finished",
+                values={
+                    "metrics": metrics, "output_version_id": version.id,
+                    "progress": 1.0, "phase": "save",
+                },
+                details={
+                    "output_version_id": version.id, "output_sha256": stored.sha256, **details
+                },
+            )  # fmt: skip
         if not moved:
             # Someone else ended the job meanwhile: roll back, so no version is published.
             session.rollback()

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from app.db import session_scope
 from app.jobs import service as jobs
 
-# Share of the whole job that each phase covers, so ``progress`` rises steadily from 0 to 1.
-PHASES: dict[str, tuple[float, float]] = {
-    "noise": (0.00, 0.35),
-    "impair": (0.35, 0.70),
-    "repair": (0.70, 0.85),
-    "evaluate": (0.85, 0.97),
-    "save": (0.97, 1.00),
-}
+# (phase, relative weight) in the order a job runs them; the pipeline sets the plan of each job
+# from its method and options, so ``progress`` rises steadily from 0 to 1.
+Plan = Sequence[tuple[str, float]]
+DEFAULT_PLAN: Plan = (
+    ("load", 0.5), ("evaluate_before", 1.0), ("noise", 3.0), ("impair", 3.0), ("repair", 1.5),
+    ("evaluate", 1.0), ("save", 0.3),
+)  # fmt: skip
+
+
+def phase_ranges(plan: Plan) -> dict[str, tuple[float, float]]:
+    total = sum(weight for _, weight in plan) or 1.0
+    ranges: dict[str, tuple[float, float]] = {}
+    done = 0.0
+    for phase, weight in plan:
+        ranges[phase] = (done / total, (done + weight) / total)
+        done += weight
+    return ranges
 
 
 class JobCanceled(Exception):
@@ -22,18 +32,22 @@ class JobCanceled(Exception):
 
 
 class ProgressReporter:
-    def __init__(self, job_id: str, interval_s: float) -> None:
+    def __init__(self, job_id: str, interval_s: float, plan: Plan = DEFAULT_PLAN) -> None:
         self.job_id = job_id
         self.interval_s = interval_s
+        self.ranges = phase_ranges(plan)
         self._last_write = 0.0
         self._last_phase: str | None = None
+
+    def set_plan(self, plan: Plan) -> None:
+        self.ranges = phase_ranges(plan)
 
     def __call__(self, phase: str, fraction: float) -> None:
         now = time.monotonic()
         phase_changed = phase != self._last_phase
         if not phase_changed and now - self._last_write < self.interval_s:
             return
-        lo, hi = PHASES.get(phase, (0.0, 1.0))
+        lo, hi = self.ranges.get(phase, (0.0, 1.0))
         overall = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
         with session_scope() as session:
             cancel = jobs.report_progress(session, self.job_id, phase, overall)

@@ -63,8 +63,8 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
     log.info("job %s claimed", job_id)
     try:
         ctx = pipeline.load_context(job_id)
-        metrics = pipeline.run(ctx, ProgressReporter(job_id, get_settings().progress_interval_s))
-        if not pipeline.store_result(ctx, metrics):
+        outcome = pipeline.run(ctx, ProgressReporter(job_id, get_settings().progress_interval_s))
+        if not pipeline.store_outcome(ctx, outcome):
             log.warning("job %s ended elsewhere before its result was stored", job_id)
             return "superseded"
     except JobCanceled as exc:
@@ -75,5 +75,6 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         finish(job_id, JobStatus.failed, reason="the job raised an error", error=detail)
         return "failed"
-    log.info("job %s succeeded", job_id)
-    return "succeeded"
+    status = "rejected" if outcome.failures else "succeeded"
+    log.info("job %s %s", job_id, status)
+    return status

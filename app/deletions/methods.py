@@ -1,4 +1,4 @@
-"""Unlearning methods the service offers, with their parameter validation."""
+"""Which unlearning method serves a request, with its parameters and acceptance thresholds."""
 
 from __future__ import annotations
 
@@ -9,11 +9,70 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from app.config import get_settings
-from app.errors import InvalidMethodParams, UnknownMethod
-from unlearning.methods.unsir import UnsirConfig
+from app.errors import (
+    InvalidAcceptance,
+    InvalidMethodParams,
+    MethodUnsupportedForForgetSet,
+    UnknownMethod,
+)
+from unlearning import acceptance
+from unlearning.methods import DEFAULT_METHOD, METHODS, Method
 
-CLASS_METHODS: dict[str, type[Any]] = {"unsir": UnsirConfig}
-DEFAULT_CLASS_METHOD = "unsir"
+REFERENCE_METHODS = ("retrain",)
+
+
+def choose(method: str | None, forgets: str) -> Method:
+    """The named method (or the default for ``forgets``: "classes" or "samples")."""
+    name = method or DEFAULT_METHOD[forgets]
+    found = METHODS.get(name)
+    if found is None:
+        raise UnknownMethod(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    if forgets not in found.forgets:
+        able = sorted(m.name for m in METHODS.values() if forgets in m.forgets)
+        raise MethodUnsupportedForForgetSet(
+            f"{name} cannot forget {forgets}: it works on {', '.join(sorted(found.forgets))} "
+            f"only. Methods for {forgets}: {able}",
+            supported=able,
+        )
+    return found
+
+
+def resolve_params(method: Method, params: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter of ``method``, defaults filled in, so the job records all of them."""
+    known = {f.name for f in dataclasses.fields(method.config_type)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidMethodParams(
+            f"unknown parameters for {method.name}: {unknown}; known: {sorted(known)}"
+        )
+    try:
+        config = TypeAdapter(method.config_type).validate_python(params, strict=False)
+    except ValidationError as exc:
+        raise InvalidMethodParams(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from exc
+    except ValueError as exc:  # raised by the config's own range checks
+        raise InvalidMethodParams(str(exc)) from exc
+    return dict(dataclasses.asdict(config))
+
+
+def resolve_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None:
+    if reference is None:
+        return None
+    name = reference["method"]
+    if name not in REFERENCE_METHODS:
+        raise UnknownMethod(f"unknown reference {name!r}; available: {list(REFERENCE_METHODS)}")
+    return {"method": name, "params": resolve_params(METHODS[name], reference["params"])}
+
+
+def resolve_acceptance(given: dict[str, Any] | None, forgets: str) -> dict[str, Any]:
+    """The request's thresholds over the defaults for its kind of forget set."""
+    defaults = dataclasses.asdict(acceptance.DEFAULTS[forgets])
+    try:
+        thresholds = acceptance.Thresholds(**{**defaults, **(given or {})})
+    except ValueError as exc:
+        raise InvalidAcceptance(str(exc)) from exc
+    return dataclasses.asdict(thresholds)
 
 
 def check_memory(
@@ -31,27 +90,3 @@ def check_memory(
             f"(forget classes x noise_batch x noise_repeats x input size); the limit is "
             f"{limit / 1024**3:.1f} GiB: lower noise_batch or noise_repeats"
         )
-
-
-def resolve_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter of ``method``, defaults filled in, so the job records all of them."""
-    config_type = CLASS_METHODS.get(method)
-    if config_type is None:
-        raise UnknownMethod(
-            f"unknown method {method!r}; available for classes: {sorted(CLASS_METHODS)}"
-        )
-    known = {f.name for f in dataclasses.fields(config_type)}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise InvalidMethodParams(
-            f"unknown parameters for {method}: {unknown}; known: {sorted(known)}"
-        )
-    try:
-        config = TypeAdapter(config_type).validate_python(params, strict=False)
-    except ValidationError as exc:
-        raise InvalidMethodParams(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        ) from exc
-    except ValueError as exc:  # raised by the config's own range checks
-        raise InvalidMethodParams(str(exc)) from exc
-    return dict(dataclasses.asdict(config))

@@ -1,12 +1,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.jobs.schemas import JobRead
-from app.validation import Body
+from app.validation import Body, Part
+
+
+class AcceptanceIn(Part):
+    """Thresholds a deletion must meet to be published; omitted ones take the defaults, and an
+    explicit null switches a check off."""
+
+    max_forget_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="highest forget accuracy after unlearning (default 0.05 for classes, "
+        "off for samples)",
+    )  # fmt: skip
+    max_retain_drop: float | None = Field(
+        None, ge=0.0, le=1.0, description="largest fall in held-out retain accuracy (0.05)"
+    )
+    max_mia_gap: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="largest distance of the forget set's entropy-MIA member rate from the "
+        "retrained reference's (0.05; checked only with a reference)",
+    )  # fmt: skip
+
+
+class ReferenceIn(Part):
+    """A reference model trained for comparison: every metric is also reported as a gap to it."""
+
+    method: Literal["retrain"] = "retrain"
+    params: dict[str, Any] = Field(default_factory=dict, description="retrain parameters")
 
 
 class DeletionRequestCreate(Body):
@@ -18,8 +44,15 @@ class DeletionRequestCreate(Body):
     forget_samples: list[StrictStr] | None = Field(
         None, min_length=1, max_length=1_000_000, description="sample ids of the dataset"
     )
-    method: str | None = Field(None, max_length=32, description="default: unsir for classes")
+    method: str | None = Field(
+        None, max_length=32, description="default: unsir for classes, salun for samples"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters")
+    acceptance: AcceptanceIn | None = None
+    reference: ReferenceIn | None = None
+    measure_relearn_time: StrictBool = Field(
+        False, description="also measure relearn time (costs up to 50 short epochs per model)"
+    )
     caller_reference: str | None = Field(
         None, max_length=200, description="your ticket or upstream request id"
     )
@@ -41,6 +74,9 @@ class DeletionRequestRead(BaseModel):
     forget_samples_count: int | None
     method: str
     params: dict[str, Any]
+    acceptance: dict[str, Any] | None
+    reference: dict[str, Any] | None
+    measure_relearn_time: bool
     caller_reference: str | None
     created_at: datetime
     job: JobRead

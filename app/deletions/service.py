@@ -22,7 +22,6 @@ from app.errors import (
     InvalidDataset,
     InvalidForgetSet,
     ModelVersionNotFound,
-    SampleUnlearningUnavailable,
     UnknownClass,
     UnknownSample,
 )
@@ -47,22 +46,24 @@ def submit(
         if existing is not None:
             return existing, False
     version, model, dataset = _targets(session, body)
-    forget_classes = _resolve_classes(model, body.forget_classes) if body.forget_classes else None
-    if body.forget_samples is not None:
-        _check_samples(dataset, body.forget_samples)
-        raise SampleUnlearningUnavailable(
-            "forget_samples are valid, but no installed method removes individual samples from a "
-            "classifier yet: UNSIR is class-level. Name forget_classes instead; sample-level "
-            "methods (e.g. SCRUB, SalUn) are planned.",
-            missing="a sample-level unlearning method",
-        )
-    assert forget_classes is not None
-    method = body.method or methods.DEFAULT_CLASS_METHOD
+    forget_classes: list[int] | None = None
+    forget_samples: list[str] | None = None
+    if body.forget_classes is not None:
+        forgets, forget_classes = "classes", _resolve_classes(model, body.forget_classes)
+    else:
+        forgets, forget_samples = "samples", _check_samples(dataset, body.forget_samples or [])
+    method = methods.choose(body.method, forgets)
     params = methods.resolve_params(method, body.params)
-    methods.check_memory(method, params, len(forget_classes), model.input_shape)
+    if forget_classes is not None:
+        methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
+    given = body.acceptance.model_dump(exclude_unset=True) if body.acceptance else None
+    thresholds = methods.resolve_acceptance(given, forgets)
+    reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)
     request = DeletionRequest(
         model_version_id=version.id, dataset_id=dataset.id, forget_classes=forget_classes,
-        forget_samples=None, method=method, params=params,
+        forget_samples=forget_samples, method=method.name, params=params,
+        acceptance=thresholds, reference=reference,
+        measure_relearn_time=body.measure_relearn_time,
         caller_reference=body.caller_reference, idempotency_key=idempotency_key,
         body_sha256=digest,
     )  # fmt: skip
@@ -85,8 +86,13 @@ def submit(
         caller_reference=body.caller_reference, client_address=client,
         details={
             "forget_classes": forget_classes,
-            "forget_class_names": [model.class_names[c] for c in forget_classes],
-            "method": method, "params": params, "idempotency_key": idempotency_key,
+            "forget_class_names": (
+                [model.class_names[c] for c in forget_classes] if forget_classes else None
+            ),
+            "forget_samples_count": len(forget_samples) if forget_samples else None,
+            "method": method.name, "params": params, "acceptance": thresholds,
+            "reference": reference, "measure_relearn_time": body.measure_relearn_time,
+            "idempotency_key": idempotency_key,
         },
     )  # fmt: skip
     states.record_created(session, job, reason="deletion request accepted")
@@ -144,7 +150,8 @@ def _resolve_classes(model: Model, wanted: list[int | str]) -> list[int]:
     return sorted(resolved)
 
 
-def _check_samples(dataset: Dataset, sample_ids: list[str]) -> None:
+def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
+    """The distinct sample ids, in order, once each is known to be in the training split."""
     location = datasets.resolve_location(dataset.location)
     try:
         known = set(data.open_split(dataset.kind, location, "train").ids)
@@ -159,6 +166,10 @@ def _check_samples(dataset: Dataset, sample_ids: list[str]) -> None:
             f"{len(missing)} sample ids are not in the training split of {dataset.name!r}, "
             f"e.g. {missing[:5]}", unknown=missing[:20],
         )  # fmt: skip
+    distinct = list(dict.fromkeys(sample_ids))
+    if len(distinct) >= len(known):
+        raise InvalidForgetSet("forgetting every training sample leaves nothing to retain")
+    return distinct
 
 
 def get(session: Session, request_id: str) -> DeletionRequest:
@@ -194,7 +205,9 @@ def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
     return DeletionRequestRead(
         id=request.id, model_version_id=request.model_version_id, model_id=model.id,
         dataset_id=request.dataset_id, forget_classes=classes, method=request.method,
-        params=request.params, caller_reference=request.caller_reference,
+        params=request.params, acceptance=request.acceptance, reference=request.reference,
+        measure_relearn_time=request.measure_relearn_time,
+        caller_reference=request.caller_reference,
         created_at=request.created_at,
         job=jobs.to_read(session, jobs.for_request(session, request.id)), **extra,
     )  # fmt: skip

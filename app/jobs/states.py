@@ -17,7 +17,9 @@ from app.orm import DeletionRequest, Job, JobEvent, JobStatus, ModelVersion, utc
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
-    JobStatus.running: frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled}),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.rejected, JobStatus.failed, JobStatus.canceled}
+    ),
 }
 
 

@@ -194,14 +194,30 @@ def test_unknown_version_dataset_method_and_params(api, registered, store):
     assert snapshot(store) == before
 
 
-def test_forget_samples_are_validated_then_refused_with_what_is_missing(api, registered, store):
+def test_bad_forget_samples_and_methods_that_cannot_serve_them(api, registered, store):
     before = snapshot(store)
-    body = assert_problem(submit(api, registered, forget_classes=None, forget_samples=["0", "5"]),
-                          422, "sample_unlearning_unavailable")  # fmt: skip
-    assert body["missing"] == "a sample-level unlearning method"
     unknown = submit(api, registered, forget_classes=None, forget_samples=["0", "no-such-id"])
     body = assert_problem(unknown, 422, "unknown_sample")
     assert body["unknown"] == ["no-such-id"]
+    unsir = submit(api, registered, forget_classes=None, forget_samples=["0"], method="unsir")
+    body = assert_problem(unsir, 422, "method_unsupported_for_forget_set")
+    assert "salun" in body["supported"] and "unsir" not in body["supported"]
+    assert snapshot(store) == before
+
+
+def test_bad_acceptance_thresholds_and_references(api, registered, store):
+    before = snapshot(store)
+    for acceptance in (
+        {"max_retain_drop": 1.5}, {"max_forget_accuracy": -0.1}, {"max_mia_gap": "wide"},
+        {"max_retain_drop": 0.1, "strict": True},
+    ):  # fmt: skip
+        assert_problem(submit(api, registered, acceptance=acceptance), 422, "validation_error")
+    assert_problem(submit(api, registered, reference={"method": "oracle"}), 422, "validation_error")
+    assert_problem(submit(api, registered, reference={"params": {"epochz": 3}}), 422,
+                   "invalid_method_params")  # fmt: skip
+    assert_problem(submit(api, registered, reference={"params": {"epochs": 0}}), 422,
+                   "invalid_method_params")  # fmt: skip
+    assert_problem(submit(api, registered, measure_relearn_time="yes"), 422, "validation_error")
     assert snapshot(store) == before
 
 

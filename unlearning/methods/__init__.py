@@ -1,1 +1,75 @@
-"""Unlearning methods, registered by name."""
+"""The unlearning methods, by the name a deletion request uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from unlearning.methods.common import MethodResult, UnlearningTask
+from unlearning.methods.reference import (
+    FinetuneConfig,
+    NegGradPlusConfig,
+    RandomLabelConfig,
+    RetrainConfig,
+    finetune,
+    neggrad_plus,
+    random_label,
+    retrain,
+)
+from unlearning.methods.salun import SalunConfig, salun
+from unlearning.methods.unsir import UnsirConfig, extra_repair, run_unsir
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    config_type: type[Any]
+    run: Callable[[UnlearningTask, Any], MethodResult]
+    # "classes", "samples" or both: what a request may name for this method.
+    forgets: frozenset[str]
+    summary: str
+    # The progress phases it reports, in order, with their rough share of its time.
+    phases: tuple[tuple[str, float], ...]
+    # One more healing step the acceptance gate may ask for; returns the samples it processed.
+    heal: Callable[[UnlearningTask, Any, int], int] | None = None
+    heal_limit_param: str | None = None
+
+
+BOTH = frozenset({"classes", "samples"})
+_ALL = (
+    Method(
+        "unsir", UnsirConfig, run_unsir, frozenset({"classes"}),
+        "error-maximising noise, one impair and one repair epoch; never reads forget data",
+        (("noise", 3.0), ("impair", 3.0), ("repair", 1.5)),
+        heal=extra_repair, heal_limit_param="max_extra_repair_epochs",
+    ),
+    Method(
+        "salun", SalunConfig, salun, BOTH,
+        "random labels on the forget set, updating only the most forget-salient weights",
+        (("saliency", 0.5), ("relabel", 8.0)),
+    ),
+    Method(
+        "retrain", RetrainConfig, retrain, BOTH,
+        "train from scratch on the retain data: the gold standard, and the slowest",
+        (("retrain", 10.0),),
+    ),
+    Method(
+        "finetune", FinetuneConfig, finetune, BOTH,
+        "keep training on the retain data only", (("finetune", 8.0),),
+    ),
+    Method(
+        "neggrad_plus", NegGradPlusConfig, neggrad_plus, BOTH,
+        "gradient ascent on the forget data, descent on the retain data",
+        (("neggrad_plus", 8.0),),
+    ),
+    Method(
+        "random_label", RandomLabelConfig, random_label, BOTH,
+        "train on the forget data relabelled at random, plus the retain data",
+        (("random_label", 8.0),),
+    ),
+)  # fmt: skip
+METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+DEFAULT_METHOD = {"classes": "unsir", "samples": "salun"}
+
+__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "MethodResult", "UnlearningTask"]

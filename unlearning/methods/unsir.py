@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -27,31 +27,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearning.data import ImageSource, InputSpec
+from unlearning.data import ImageSource, InputSpec, sample_per_class
+from unlearning.methods.common import (
+    BATCH,
+    EPOCHS,
+    LR,
+    SEED,
+    MethodResult,
+    UnlearningTask,
+    check_bounds,
+)
 from unlearning.progress import Progress, no_progress
 
 BatchFactory = Callable[[torch.Generator, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
-# Bounds that keep a request from exhausting a worker or feeding NaN to the optimiser.
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    "noise_batch": (1, 65_536),
-    "noise_steps": (1, 10_000_000),
-    "noise_repeats": (1, 10_000),
-    "retain_per_class": (1, 10_000_000),
-    "impair_epochs": (1, 1_000),
-    "impair_batch_size": (1, 65_536),
-    "repair_epochs": (0, 1_000),
-    "repair_batch_size": (1, 65_536),
-    "seed": (0, 2**32 - 1),
-}
-# (low, high, low allowed)
-_FLOAT_RANGES: dict[str, tuple[float, float, bool]] = {
-    "noise_lr": (0.0, 100.0, False),
-    "noise_l2": (0.0, 1e6, True),
-    "impair_lr": (0.0, 10.0, False),
-    "repair_lr": (0.0, 10.0, False),
-}
 MAX_NOISE_IMAGES_PER_CLASS = 2_000_000
 
 
@@ -73,19 +63,25 @@ class UnsirConfig:
     repair_batch_size: int = 256
     noise_bn_mode: Literal["eval", "train"] = "eval"
     label_fix: bool = True
+    # Repair epochs the acceptance gate may add, one at a time, while retain accuracy is short.
+    max_extra_repair_epochs: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, (low, high) in _INT_RANGES.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ValueError(f"{name} must be between {low} and {high}, got {value}")
-        for name, (lo, hi, lo_ok) in _FLOAT_RANGES.items():
-            number = float(getattr(self, name))
-            # NaN fails every comparison, so it is refused too.
-            if not ((lo < number or (lo_ok and number == lo)) and number <= hi):
-                bracket = "[" if lo_ok else "("
-                raise ValueError(f"{name} must be in {bracket}{lo}, {hi}], got {number}")
+        check_bounds(
+            self,
+            {
+                "noise_batch": (1, 65_536), "noise_steps": (1, 10_000_000),
+                "noise_repeats": (1, 10_000), "retain_per_class": (1, 10_000_000),
+                "impair_epochs": (1, 1_000), "impair_batch_size": BATCH,
+                "repair_epochs": EPOCHS, "repair_batch_size": BATCH,
+                "max_extra_repair_epochs": (0, 100), "seed": SEED,
+            },
+            {
+                "noise_lr": (0.0, 100.0, False), "noise_l2": (0.0, 1e6, True),
+                "impair_lr": LR, "repair_lr": LR,
+            },
+        )  # fmt: skip
         if self.noise_batch * self.noise_repeats > MAX_NOISE_IMAGES_PER_CLASS:
             raise ValueError(
                 f"noise_batch x noise_repeats must be at most {MAX_NOISE_IMAGES_PER_CLASS}"
@@ -290,3 +286,37 @@ def _mixed_batches(
             xs.append(spec.prepare(retain.source.images(from_retain)))
             ys.append(torch.as_tensor(retain.source.targets[from_retain]))
         yield torch.cat(xs), torch.cat(ys)
+
+
+def retain_subset(task: UnlearningTask, config: UnsirConfig) -> RetainSubset:
+    """``retain_per_class`` seeded random samples of every retain class."""
+    if not task.forget_classes:
+        raise ValueError("UNSIR forgets whole classes: name forget classes")
+    retain_classes = [c for c in range(task.num_classes) if c not in task.forget_classes]
+    idx = sample_per_class(
+        task.source.targets, retain_classes, config.retain_per_class, config.seed
+    )
+    return RetainSubset(task.source, idx)
+
+
+def run_unsir(task: UnlearningTask, config: UnsirConfig) -> MethodResult:
+    retain = retain_subset(task, config)
+    result = unsir(
+        task.model, task.forget_classes or [], retain, task.spec, config,
+        device=task.device, progress=task.progress,
+    )  # fmt: skip
+    return MethodResult(
+        result.phase_seconds,
+        result.samples_processed,
+        {
+            "retain_subset_size": len(retain.indices),
+            "noise_final_loss": {str(c): v for c, v in result.noise_loss.items()},
+        },
+    )
+
+
+def extra_repair(task: UnlearningTask, config: UnsirConfig, round_: int) -> int:
+    """One more repair epoch on the same retain subset, reshuffled; returns samples processed."""
+    retain = retain_subset(task, config)
+    once = replace(config, repair_epochs=1, seed=config.seed + 1000 * (round_ + 1))
+    return _repair(task.model, retain, task.spec, once, task.device, task.progress)

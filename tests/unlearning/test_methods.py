@@ -1,0 +1,153 @@
+"""The reference methods and SalUn on real digits: what each reads, changes and achieves."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import SPEC, trained_model
+from tests.unlearning.test_unsir import RecordingSource
+from unlearning import architectures, data, verify
+from unlearning.methods import METHODS, UnlearningTask
+from unlearning.methods.reference import (
+    FinetuneConfig,
+    NegGradPlusConfig,
+    RandomLabelConfig,
+    RetrainConfig,
+    other_labels,
+)
+from unlearning.methods.salun import SalunConfig, saliency_mask
+
+CPU = torch.device("cpu")
+FORGET = [3, 8]
+NAMES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def splits() -> tuple[data.ImageSource, data.ImageSource]:
+    return data.open_splits("sklearn_digits", None)
+
+
+def class_task(train: data.ImageSource, model: torch.nn.Module | None = None) -> UnlearningTask:
+    is_forget = np.isin(train.targets, FORGET)
+    return UnlearningTask(
+        model or trained_model(), train, np.flatnonzero(is_forget), np.flatnonzero(~is_forget),
+        FORGET, 10, SPEC,
+        fresh_model=lambda: architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1}),
+    )  # fmt: skip
+
+
+def sample_task(train: data.ImageSource, count: int = 40) -> UnlearningTask:
+    forget = np.sort(np.random.default_rng(0).choice(len(train), count, replace=False))
+    retain = np.setdiff1d(np.arange(len(train)), forget)
+    return UnlearningTask(trained_model(), train, forget, retain, None, 10, SPEC)
+
+
+def measure(task: UnlearningTask, test: data.ImageSource) -> dict:
+    sets = verify.eval_sets(task.source, test, task.forget_idx, task.retain_idx,
+                            task.forget_classes, NAMES)  # fmt: skip
+    return verify.measure(task.model, sets, SPEC, CPU)
+
+
+def test_retrain_reads_only_retain_data_and_never_predicts_the_forgotten_classes(splits):
+    train, test = splits
+    source = RecordingSource(train)
+    task = class_task(train)
+    task.source = source  # type: ignore[assignment]
+    result = METHODS["retrain"].run(task, RetrainConfig(epochs=15, lr=3e-3, batch_size=64))
+    assert not np.isin(train.targets[source.read], FORGET).any()
+    assert result.samples_processed["retrain"] == 15 * len(task.retain_idx)
+    task.source = train
+    after = measure(task, test)
+    assert after["accuracy"]["forget_train"] == 0.0 and after["forget_accuracy"] == 0.0
+    assert after["retain_accuracy"] > 0.95
+
+
+def test_finetune_reads_only_retain_data(splits):
+    train, _ = splits
+    source = RecordingSource(train)
+    task = class_task(train)
+    task.source = source  # type: ignore[assignment]
+    before = copy.deepcopy(task.model)
+    METHODS["finetune"].run(task, FinetuneConfig(epochs=1))
+    assert source.read and not np.isin(train.targets[source.read], FORGET).any()
+    assert verify.weight_distance(task.model, before)["total"] > 0
+
+
+def test_neggrad_plus_pushes_the_forget_classes_down(splits):
+    train, test = splits
+    task = class_task(train)
+    before = measure(task, test)
+    METHODS["neggrad_plus"].run(task, NegGradPlusConfig(epochs=5, beta=0.9))
+    after = measure(task, test)
+    assert after["forget_accuracy"] < before["forget_accuracy"] - 0.3
+
+
+def test_random_labels_are_never_the_true_label_and_cover_the_others():
+    true = np.repeat(np.arange(10), 500)
+    labels = other_labels(true, 10, np.random.default_rng(0))
+    assert not (labels == true).any()
+    assert set(labels[true == 3]) == set(range(10)) - {3}
+
+
+def test_random_label_trains_on_forget_and_retain_data(splits):
+    train, _ = splits
+    source = RecordingSource(train)
+    task = class_task(train)
+    task.source = source  # type: ignore[assignment]
+    result = METHODS["random_label"].run(task, RandomLabelConfig(epochs=1, lr=0.01))
+    assert sorted(source.read) == list(range(len(train)))
+    assert result.samples_processed["random_label"] == len(train)
+
+
+def test_salun_mask_keeps_the_asked_share_and_only_masked_weights_move(splits):
+    train, _ = splits
+    task = sample_task(train)
+    mask = saliency_mask(task.model, task, 0.5, 128)
+    kept = sum(int(m.sum()) for m in mask.values())
+    total = sum(m.numel() for m in mask.values())
+    assert kept == pytest.approx(total / 2, abs=total * 0.01)
+
+    original = copy.deepcopy(task.model)
+    config = SalunConfig(epochs=3, weight_decay=0.0, momentum=0.0)
+    result = METHODS["salun"].run(task, config)
+    assert result.details["masked_weight_share"] == pytest.approx(0.5, abs=0.01)
+    after, before = dict(task.model.named_parameters()), dict(original.named_parameters())
+    for name, m in mask.items():
+        frozen = m == 0
+        assert torch.equal(after[name][frozen], before[name][frozen]), name
+
+
+def test_salun_moves_forgotten_samples_toward_held_out_membership(splits):
+    train, test = splits
+    task = sample_task(train)
+    before = measure(task, test)
+    METHODS["salun"].run(task, SalunConfig())
+    after = measure(task, test)
+    mia_before, mia_after = before["mia"]["entropy"], after["mia"]["entropy"]
+    score = mia_after["forget_member_score"]
+    assert score < mia_before["forget_member_score"]
+    # The forgotten samples now look more like held-out data than like training data.
+    assert abs(score - mia_after["test_member_score"]) < abs(
+        score - mia_after["retain_member_score"]
+    )
+    assert after["retain_accuracy"] >= before["retain_accuracy"] - 0.02
+
+
+def test_methods_refuse_out_of_range_parameters():
+    for config, bad in (
+        (FinetuneConfig, {"lr": float("nan")}), (NegGradPlusConfig, {"beta": 1.5}),
+        (SalunConfig, {"mask_ratio": 0.0}), (RetrainConfig, {"epochs": 0}),
+        (SalunConfig, {"retain_per_class": 0}), (RandomLabelConfig, {"batch_size": 0}),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match="must be"):
+            config(**bad)
+
+
+def test_unsir_refuses_a_sample_request(splits):
+    train, _ = splits
+    with pytest.raises(ValueError, match="whole classes"):
+        METHODS["unsir"].run(sample_task(train), METHODS["unsir"].config_type())

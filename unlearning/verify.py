@@ -1,0 +1,359 @@
+"""Verification metrics of a classifier deletion (methods doc, sections 1.9 and 3).
+
+Everything here measures a model; nothing changes one except ``relearn_time``, which trains a copy.
+Forget data is read here even when the method never read it: the evidence needs it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import SVC
+from torch import nn
+from torch.nn import functional as F
+
+from unlearning.data import ImageSource, InputSpec, iterate, sample_per_class
+
+EVAL_CAP = 10_000  # at most this many samples per evaluated group, drawn with a fixed seed
+SVC_CAP = 2_000  # the SVC attack is quadratic in its training set
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Softmax outputs of a model on one group of samples, with the true labels."""
+
+    probs: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """The groups every model of a job is measured on (indices into ``train`` / ``test``).
+
+    For a class request the forget groups are the forget classes' samples of each split; for a
+    sample request ``forget_train`` is the named samples and there is no forget-test group.
+    """
+
+    train: ImageSource
+    test: ImageSource
+    forget_train: np.ndarray
+    retain_train: np.ndarray
+    forget_test: np.ndarray | None
+    retain_test: np.ndarray
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def eval_sets(
+    train: ImageSource,
+    test: ImageSource,
+    forget_idx: np.ndarray,
+    retain_idx: np.ndarray,
+    forget_classes: list[int] | None,
+    class_names: list[str],
+    seed: int = 0,
+    cap: int = EVAL_CAP,
+) -> EvalSets:
+    rng = np.random.default_rng(seed)
+    test_all = np.arange(len(test))
+    if forget_classes:
+        in_forget = np.isin(test.targets, forget_classes)
+        forget_test: np.ndarray | None = _cap(test_all[in_forget], cap, rng)
+        retain_test = _cap(test_all[~in_forget], cap, rng)
+    else:
+        forget_test, retain_test = None, _cap(test_all, cap, rng)
+    return EvalSets(
+        train, test, _cap(forget_idx, cap, rng), _cap(retain_idx, cap, rng), forget_test,
+        retain_test, list(class_names),
+    )  # fmt: skip
+
+
+def _cap(idx: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    return idx if len(idx) <= cap else np.sort(rng.choice(idx, size=cap, replace=False))
+
+
+@torch.no_grad()
+def model_outputs(
+    model: nn.Module,
+    source: ImageSource,
+    idx: np.ndarray,
+    spec: InputSpec,
+    device: torch.device,
+    batch_size: int = 512,
+) -> Outputs:
+    model.eval()
+    probs, labels = [], []
+    for x, y in iterate(source, idx, spec, batch_size):
+        probs.append(F.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
+        labels.append(y.numpy())
+    if not probs:
+        return Outputs(np.empty((0, 0)), np.empty(0, dtype=np.int64))
+    return Outputs(np.concatenate(probs).astype(np.float64), np.concatenate(labels))
+
+
+def accuracy(out: Outputs) -> float | None:
+    """Sample-weighted accuracy (not a mean of per-batch accuracies)."""
+    return float((out.probs.argmax(1) == out.labels).mean()) if len(out) else None
+
+
+def per_class_accuracy(out: Outputs, class_names: list[str]) -> dict[str, float | None]:
+    pred = out.probs.argmax(1) if len(out) else np.empty(0)
+    result: dict[str, float | None] = {}
+    for c, name in enumerate(class_names):
+        mine = out.labels == c
+        result[name] = float((pred[mine] == c).mean()) if mine.any() else None
+    return result
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Shannon entropy of each row, in nats."""
+    return -(probs * np.log(np.clip(probs, 1e-12, None))).sum(axis=1)
+
+
+def true_label_confidence(out: Outputs) -> np.ndarray:
+    return out.probs[np.arange(len(out)), out.labels]
+
+
+def entropy_mia(retain: Outputs, test: Outputs, forget: Outputs) -> dict[str, float | None]:
+    """The entropy attack of Bad-Teacher, SSD and SCRUB.
+
+    A class-balanced logistic regression on the output entropy learns retain training samples as
+    members and held-out samples as non-members, then judges the forget samples. The member rates
+    of the attack's own two groups are reported too: the forget rate should move from the retain
+    level toward the held-out level (a retrained model's rate is not 0).
+    """
+    if not (len(retain) and len(test) and len(forget)):
+        return dict.fromkeys(
+            ("forget_member_rate", "forget_member_score", "retain_member_rate",
+             "retain_member_score", "test_member_rate", "test_member_score"),
+        )  # fmt: skip
+    x = np.concatenate([entropy(retain.probs), entropy(test.probs)]).reshape(-1, 1)
+    y = np.concatenate([np.ones(len(retain)), np.zeros(len(test))])
+    clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
+
+    def rate(out: Outputs) -> float:
+        return float(clf.predict(entropy(out.probs).reshape(-1, 1)).mean())
+
+    # The mean member probability: a continuous version of the rate, for small forget sets.
+    def score(out: Outputs) -> float:
+        return float(clf.predict_proba(entropy(out.probs).reshape(-1, 1))[:, 1].mean())
+
+    return {
+        "forget_member_rate": rate(forget), "forget_member_score": score(forget),
+        "retain_member_rate": rate(retain), "retain_member_score": score(retain),
+        "test_member_rate": rate(test), "test_member_score": score(test),
+    }  # fmt: skip
+
+
+def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, seed: int = 0) -> float | None:
+    """SalUn's MIA-Efficacy: the share of forget samples an SVC attack calls non-members.
+
+    The attack (RBF SVC, C=3) learns the confidence on the true label of retain samples (members,
+    as many as held-out ones) against held-out samples. Higher means more forgetting.
+    """
+    if not (len(retain) and len(test) and len(forget)):
+        return None
+    rng = np.random.default_rng(seed)
+    n = min(len(retain), len(test), SVC_CAP)
+    members = true_label_confidence(retain)[rng.choice(len(retain), n, replace=False)]
+    others = true_label_confidence(test)[rng.choice(len(test), n, replace=False)]
+    x = np.concatenate([members, others]).reshape(-1, 1)
+    y = np.concatenate([np.ones(n), np.zeros(n)])
+    if np.ptp(x) == 0:  # every confidence equal: the attack can learn nothing
+        return None
+    clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
+    return float(1.0 - clf.predict(true_label_confidence(forget).reshape(-1, 1)).mean())
+
+
+def prediction_distribution(out: Outputs, class_names: list[str]) -> dict[str, object]:
+    """Where the forget samples' predictions go: mass piling on one class signals leakage."""
+    if not len(out):
+        return {"counts": {}, "largest_class": None, "largest_share": None,
+                "normalised_entropy": None}  # fmt: skip
+    counts = np.bincount(out.probs.argmax(1), minlength=len(class_names))
+    share = counts / counts.sum()
+    nonzero = share[share > 0]
+    ent = float(-(nonzero * np.log(nonzero)).sum())
+    top = int(counts.argmax())
+    return {
+        "counts": {name: int(k) for name, k in zip(class_names, counts, strict=True)},
+        "largest_class": class_names[top],
+        "largest_share": float(share[top]),
+        "normalised_entropy": ent / math.log(len(class_names)) if len(class_names) > 1 else 0.0,
+    }
+
+
+def weight_distance(model: nn.Module, reference: nn.Module) -> dict[str, object]:
+    """Per-layer L2 distance of the parameters, the global distance and the normalised one,
+    sqrt(sum ||p - p0||^2 / sum ||p0||^2)."""
+    ref = dict(reference.named_parameters())
+    layers: dict[str, float] = {}
+    squared = base = 0.0
+    for name, p in model.named_parameters():
+        p0 = ref[name].detach().to(p.device, torch.float64)
+        d = float((p.detach().to(torch.float64) - p0).pow(2).sum())
+        layers[name] = math.sqrt(d)
+        squared += d
+        base += float(p0.pow(2).sum())
+    return {
+        "total": math.sqrt(squared),
+        "normalised": math.sqrt(squared / base) if base else None,
+        "layers": layers,
+    }
+
+
+def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.device) -> dict:
+    """Every per-model figure of a job: accuracies per split and class, MIAs, forget predictions."""
+    forget_train = model_outputs(model, sets.train, sets.forget_train, spec, device)
+    retain_train = model_outputs(model, sets.train, sets.retain_train, spec, device)
+    retain_test = model_outputs(model, sets.test, sets.retain_test, spec, device)
+    forget_test = (
+        model_outputs(model, sets.test, sets.forget_test, spec, device)
+        if sets.forget_test is not None
+        else None
+    )
+    test = _join(retain_test, forget_test)
+    acc = {
+        "forget_train": accuracy(forget_train),
+        "forget_test": accuracy(forget_test) if forget_test is not None else None,
+        "retain_train": accuracy(retain_train),
+        "retain_test": accuracy(retain_test),
+        "test": accuracy(test),
+    }
+    # A class is judged on held-out data of that class; samples on the samples themselves.
+    headline_forget = forget_test if forget_test is not None else forget_train
+    return {
+        "forget_accuracy": accuracy(headline_forget),
+        "retain_accuracy": acc["retain_test"],
+        "test_accuracy": acc["test"],
+        "accuracy": acc,
+        "per_class": {
+            "train": per_class_accuracy(_join(forget_train, retain_train), sets.class_names),
+            "test": per_class_accuracy(test, sets.class_names),
+        },
+        "mia": {
+            "entropy": entropy_mia(retain_train, test, forget_train),
+            "efficacy": mia_efficacy(retain_train, test, forget_train),
+        },
+        "forget_predictions": prediction_distribution(headline_forget, sets.class_names),
+        "samples": {
+            "forget_train": len(forget_train), "retain_train": len(retain_train),
+            "forget_test": len(forget_test) if forget_test is not None else 0,
+            "retain_test": len(retain_test),
+        },
+    }  # fmt: skip
+
+
+def _join(a: Outputs, b: Outputs | None) -> Outputs:
+    if b is None or not len(b):
+        return a
+    if not len(a):
+        return b
+    return Outputs(np.concatenate([a.probs, b.probs]), np.concatenate([a.labels, b.labels]))
+
+
+def forward_samples(report: dict) -> int:
+    """Samples a ``measure`` call passed forward through the model."""
+    return int(sum(report["samples"].values()))
+
+
+GAP_KEYS = ("forget_accuracy", "retain_accuracy", "test_accuracy")
+
+
+def gaps(after: dict, reference: dict) -> dict[str, float | None]:
+    """Each headline figure minus the retrained reference's, and SalUn's "Avg. Gap" (the mean
+    absolute difference over forget, retain and test accuracy and MIA-Efficacy)."""
+    pairs = {key: (after[key], reference[key]) for key in GAP_KEYS}
+    pairs["forget_train_accuracy"] = (
+        after["accuracy"]["forget_train"],
+        reference["accuracy"]["forget_train"],
+    )
+    pairs["entropy_mia_forget"] = (
+        after["mia"]["entropy"]["forget_member_rate"],
+        reference["mia"]["entropy"]["forget_member_rate"],
+    )
+    pairs["mia_efficacy"] = (after["mia"]["efficacy"], reference["mia"]["efficacy"])
+    result = {
+        k: (a - r if a is not None and r is not None else None) for k, (a, r) in pairs.items()
+    }
+    averaged = [
+        abs(v) for k, v in result.items()
+        if k in ("forget_train_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
+        and v is not None
+    ]  # fmt: skip
+    result["avg_gap"] = sum(averaged) / len(averaged) if averaged else None
+    return result
+
+
+@dataclass(frozen=True)
+class RelearnConfig:
+    """The service's relearn-time protocol (methods doc s. 1.9): Adam 1e-3, batch 64, up to
+    ``per_class`` forget samples per class, until forget accuracy reaches ``tau`` times the
+    original model's, for at most ``max_epochs`` epochs."""
+
+    per_class: int = 100
+    lr: float = 1e-3
+    batch_size: int = 64
+    tau: float = 0.9
+    max_epochs: int = 50
+    seed: int = 0
+
+
+def relearn_sample(sets: EvalSets, config: RelearnConfig) -> np.ndarray:
+    """The forget training samples the relearning sees (the same for every model of a job)."""
+    labels = sets.train.targets[sets.forget_train]
+    classes = sorted({int(c) for c in labels})
+    picked = sample_per_class(labels, classes, config.per_class, config.seed)
+    return sets.forget_train[picked]
+
+
+def relearn_time(
+    model: nn.Module,
+    sets: EvalSets,
+    spec: InputSpec,
+    target_accuracy: float,
+    device: torch.device,
+    config: RelearnConfig | None = None,
+) -> dict[str, object]:
+    """Epochs of training on forget samples until forget accuracy is back at the target.
+
+    Accuracy is measured where the headline forget accuracy is: held-out forget-class data for
+    classes, the forgotten samples for samples. More epochs mean less residual information.
+    """
+    config = config or RelearnConfig()
+    relearn_idx = relearn_sample(sets, config)
+    where, idx = (
+        (sets.test, sets.forget_test) if sets.forget_test is not None
+        else (sets.train, sets.forget_train)
+    )  # fmt: skip
+    student = copy.deepcopy(model).to(device)
+    opt = torch.optim.Adam(student.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    steps = seen = 0
+    for epoch in range(config.max_epochs + 1):
+        reached = accuracy(model_outputs(student, where, idx, spec, device))
+        if reached is not None and reached >= target_accuracy:
+            return {"epochs": epoch, "steps": steps, "reached": True, "accuracy": reached,
+                    "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip
+        if epoch == config.max_epochs:
+            break
+        student.train()
+        for x, y in iterate(sets.train, relearn_idx, spec, config.batch_size, generator=gen):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(student(x.to(device)), y.to(device)).backward()
+            opt.step()
+            steps += 1
+            seen += len(y)
+    return {"epochs": None, "steps": steps, "reached": False, "accuracy": reached,
+            "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip
