@@ -33,7 +33,7 @@ FORGET = ["3", "8"]
 # retain digits here, too few to heal. Three epochs of 32-image batches fit this small dataset.
 SMALL_DATA_PARAMS = {"repair_epochs": 3, "repair_batch_size": 32, "seed": 0}
 SPEC = data.InputSpec((1, 8, 8), (0.5,), (0.5,))
-TRAIN_RECIPE = {"epochs": 15, "lr": 3e-3, "batch_size": 64}
+TRAIN_RECIPE: dict[str, Any] = {"epochs": 15, "lr": 3e-3, "batch_size": 64}
 FORGET_SAMPLES = 30
 
 
