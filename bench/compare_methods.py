@@ -98,16 +98,18 @@ class RetrainCurve:
 
 
 def run_method(
-    name: str,
+    label: str,
     original: torch.nn.Module,
     setup: dict[str, Any],
     task_args: dict[str, Any],
     sets: verify.EvalSets,
     device: torch.device,
 ) -> dict[str, Any]:
+    # "label=method" runs a method under another name, with the label's own parameters.
+    label, _, name = label.partition("=") if "=" in label else (label, "", label)
     model = copy.deepcopy(original)
     curve = None
-    params = dict(setup["params"].get(name, {}))
+    params = dict(setup["params"].get(label, {}))
     if name == "retrain":
         params = {**setup["train"], **params}
         curve = RetrainCurve(sets, setup["spec"], device, params["epochs"])
@@ -126,7 +128,7 @@ def run_method(
     seconds = time.perf_counter() - start - (curve.excluded if curve else 0.0)
     measured = verify.measure(model, sets, setup["spec"], device)
     return {
-        "method": name, "params": config.__dict__, "seconds": seconds,
+        "method": label, "params": config.__dict__, "seconds": seconds,
         "samples_processed": sum(result.samples_processed.values()),
         "forget_train": measured["accuracy"]["forget_train"],
         "forget_test": measured["accuracy"]["forget_test"],
@@ -232,7 +234,11 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(SETUPS), default="digits")
     parser.add_argument("--root", default=None, help="Fashion-MNIST root (holds FashionMNIST/raw)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--methods", default=",".join(ORDER))
+    parser.add_argument(
+        "--methods",
+        default=",".join(ORDER),
+        help="comma-separated; label=method runs a variant, e.g. unsir_lr=unsir",
+    )
     parser.add_argument(
         "--params",
         default="{}",

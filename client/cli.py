@@ -67,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--samples", type=_csv, help="sample ids, comma-separated")
     fg.add_argument("--method")
     fg.add_argument("--params", default="{}", help="JSON object of method parameters")
+    fg.add_argument(
+        "--acceptance", default=None, help='thresholds as JSON, e.g. {"max_forget_accuracy": 0.01}'
+    )
+    fg.add_argument(
+        "--reference-params",
+        default=None,
+        metavar="JSON",
+        help="also retrain a reference with these parameters ({} for defaults)",
+    )
+    fg.add_argument("--relearn-time", action="store_true", help="also measure relearn time")
     fg.add_argument("--ref", help="caller reference (ticket id)")
     fg.add_argument("--idempotency-key", default=None)
     fg.add_argument("--wait", action="store_true", help="wait with a progress bar")
@@ -124,6 +134,12 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
             model_version_id=args.version, dataset_id=args.dataset,
             forget_classes=args.classes, forget_samples=args.samples, method=args.method,
             params=json.loads(args.params), caller_reference=args.ref,
+            acceptance=json.loads(args.acceptance) if args.acceptance else None,
+            reference=(
+                {"method": "retrain", "params": json.loads(args.reference_params)}
+                if args.reference_params is not None else None
+            ),
+            measure_relearn_time=args.relearn_time,
         )  # fmt: skip
         print(f"accepted: request {request['id']}, job at {location}", file=sys.stderr)
         if not args.wait:

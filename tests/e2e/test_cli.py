@@ -45,11 +45,14 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     assert code == 0
     code, out = run(url, capsys, "forget", "--version", version["id"], "--dataset", "digits",
                     "--classes", "=3,8", "--ref", "CLI-1", "--params",
-                    json.dumps(SMALL_DATA_PARAMS), "--wait")  # fmt: skip
+                    json.dumps(SMALL_DATA_PARAMS), "--acceptance", '{"max_retain_drop": 0.04}',
+                    "--relearn-time", "--wait")  # fmt: skip
     job = json.loads(out)
     assert code == 0
     assert job["status"] == "succeeded"
-    assert job["metrics"]["forget_class_names"] == ["3", "8"]
+    assert job["metrics"]["forget"]["class_names"] == ["3", "8"]
+    assert job["metrics"]["acceptance"]["thresholds"]["max_retain_drop"] == 0.04
+    assert job["metrics"]["relearn_time"]["unlearned"]["epochs"] >= 1
     target = tmp_path / "out.safetensors"
     code, out = run(url, capsys, "download", "cli-cnn", "2", "-o", str(target))
     assert code == 0
