@@ -14,12 +14,15 @@ class Thresholds:
       the forget classes; the forgotten samples themselves for a sample request);
     - ``max_retain_drop``: how far held-out retain accuracy may fall below the original's;
     - ``max_mia_gap``: how far the entropy-attack member rate on the forget set may be from the
-      retrained reference's (checked only when the request asked for a reference).
+      retrained reference's (checked only when the request asked for a reference);
+    - ``max_forget_member_excess``: how far that member rate may exceed the rate on held-out
+      data: forgotten data should look no more like training data than unseen data does.
     """
 
     max_forget_accuracy: float | None = None
     max_retain_drop: float | None = 0.05
     max_mia_gap: float | None = 0.05
+    max_forget_member_excess: float | None = 0.10
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -44,20 +47,24 @@ def failures(
 ) -> list[dict[str, Any]]:
     """Each failed check with what was measured; an empty list means the deletion is accepted."""
     failed: list[dict[str, Any]] = []
-    forget = after["forget_accuracy"]
-    if thresholds.max_forget_accuracy is not None and forget is not None:
-        if forget > thresholds.max_forget_accuracy:
-            failed.append({"check": "max_forget_accuracy", "measured": forget,
-                           "threshold": thresholds.max_forget_accuracy})  # fmt: skip
-    if thresholds.max_retain_drop is not None and before["retain_accuracy"] is not None:
-        drop = before["retain_accuracy"] - after["retain_accuracy"]
-        if drop > thresholds.max_retain_drop:
-            failed.append({"check": "max_retain_drop", "measured": drop,
-                           "threshold": thresholds.max_retain_drop})  # fmt: skip
-    if thresholds.max_mia_gap is not None and reference is not None:
-        mine = after["mia"]["entropy"]["forget_member_rate"]
+
+    def check(name: str, measured: float | None) -> None:
+        limit = getattr(thresholds, name)
+        # A figure that could not be measured fails its check: nothing unverified is accepted.
+        if limit is not None and (measured is None or measured > limit):
+            failed.append({"check": name, "measured": measured, "threshold": limit})
+
+    check("max_forget_accuracy", after["forget_accuracy"])
+    retain = (before["retain_accuracy"], after["retain_accuracy"])
+    check("max_retain_drop", None if None in retain else retain[0] - retain[1])
+    mia = after["mia"]["entropy"]
+    check("max_forget_member_excess", _minus(mia["forget_member_rate"], mia["test_member_rate"]))
+    if reference is not None:
         theirs = reference["mia"]["entropy"]["forget_member_rate"]
-        if mine is not None and theirs is not None and abs(mine - theirs) > thresholds.max_mia_gap:
-            failed.append({"check": "max_mia_gap", "measured": abs(mine - theirs),
-                           "threshold": thresholds.max_mia_gap})  # fmt: skip
+        gap = _minus(mia["forget_member_rate"], theirs)
+        check("max_mia_gap", None if gap is None else abs(gap))
     return failed
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b

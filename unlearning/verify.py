@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from unlearning.data import ImageSource, InputSpec, iterate, sample_per_class
+from unlearning.progress import Progress, no_progress
 
 EVAL_CAP = 10_000  # at most this many samples per evaluated group, drawn with a fixed seed
 SVC_CAP = 2_000  # the SVC attack is quadratic in its training set
@@ -196,16 +197,17 @@ def prediction_distribution(out: Outputs, class_names: list[str]) -> dict[str, o
 
 def weight_distance(model: nn.Module, reference: nn.Module) -> dict[str, object]:
     """Per-layer L2 distance of the parameters, the global distance and the normalised one,
-    sqrt(sum ||p - p0||^2 / sum ||p0||^2)."""
+    sqrt(sum ||p - p0||^2 / sum ||p||^2) (methods doc s. 1.9; p0 is the reference)."""
     ref = dict(reference.named_parameters())
     layers: dict[str, float] = {}
     squared = base = 0.0
     for name, p in model.named_parameters():
         p0 = ref[name].detach().to(p.device, torch.float64)
-        d = float((p.detach().to(torch.float64) - p0).pow(2).sum())
+        mine = p.detach().to(torch.float64)
+        d = float((mine - p0).pow(2).sum())
         layers[name] = math.sqrt(d)
         squared += d
-        base += float(p0.pow(2).sum())
+        base += float(mine.pow(2).sum())
     return {
         "total": math.sqrt(squared),
         "normalised": math.sqrt(squared / base) if base else None,
@@ -220,7 +222,7 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
     retain_test = model_outputs(model, sets.test, sets.retain_test, spec, device)
     forget_test = (
         model_outputs(model, sets.test, sets.forget_test, spec, device)
-        if sets.forget_test is not None
+        if sets.forget_test is not None and len(sets.forget_test)
         else None
     )
     test = _join(retain_test, forget_test)
@@ -231,7 +233,8 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
         "retain_test": accuracy(retain_test),
         "test": accuracy(test),
     }
-    # A class is judged on held-out data of that class; samples on the samples themselves.
+    # A class is judged on held-out data of that class (its training samples when the held-out
+    # split has none); samples on the samples themselves.
     headline_forget = forget_test if forget_test is not None else forget_train
     return {
         "forget_accuracy": accuracy(headline_forget),
@@ -272,13 +275,12 @@ GAP_KEYS = ("forget_accuracy", "retain_accuracy", "test_accuracy")
 
 
 def gaps(after: dict, reference: dict) -> dict[str, float | None]:
-    """Each headline figure minus the retrained reference's, and SalUn's "Avg. Gap" (the mean
-    absolute difference over forget, retain and test accuracy and MIA-Efficacy)."""
+    """Each headline figure minus the retrained reference's, and SalUn's "Avg. Gap": the mean
+    absolute difference over UA, RA, TA and MIA-Efficacy, i.e. forget-train, retain-train and
+    test accuracy and MIA-Efficacy."""
     pairs = {key: (after[key], reference[key]) for key in GAP_KEYS}
-    pairs["forget_train_accuracy"] = (
-        after["accuracy"]["forget_train"],
-        reference["accuracy"]["forget_train"],
-    )
+    for split in ("forget_train", "retain_train"):
+        pairs[f"{split}_accuracy"] = (after["accuracy"][split], reference["accuracy"][split])
     pairs["entropy_mia_forget"] = (
         after["mia"]["entropy"]["forget_member_rate"],
         reference["mia"]["entropy"]["forget_member_rate"],
@@ -287,11 +289,8 @@ def gaps(after: dict, reference: dict) -> dict[str, float | None]:
     result = {
         k: (a - r if a is not None and r is not None else None) for k, (a, r) in pairs.items()
     }
-    averaged = [
-        abs(v) for k, v in result.items()
-        if k in ("forget_train_accuracy", "retain_accuracy", "test_accuracy", "mia_efficacy")
-        and v is not None
-    ]  # fmt: skip
+    salun = ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_efficacy")
+    averaged = [abs(v) for k, v in result.items() if k in salun and v is not None]
     result["avg_gap"] = sum(averaged) / len(averaged) if averaged else None
     return result
 
@@ -325,6 +324,7 @@ def relearn_time(
     target_accuracy: float,
     device: torch.device,
     config: RelearnConfig | None = None,
+    progress: Progress = no_progress,
 ) -> dict[str, object]:
     """Epochs of training on forget samples until forget accuracy is back at the target.
 
@@ -342,6 +342,7 @@ def relearn_time(
     gen = torch.Generator().manual_seed(config.seed)
     steps = seen = 0
     for epoch in range(config.max_epochs + 1):
+        progress("relearn", epoch / config.max_epochs)
         reached = accuracy(model_outputs(student, where, idx, spec, device))
         if reached is not None and reached >= target_accuracy:
             return {"epochs": epoch, "steps": steps, "reached": True, "accuracy": reached,

@@ -7,6 +7,7 @@ its own short transaction; the heavy work in between is plain torch from ``unlea
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import platform
 import time
@@ -73,7 +74,8 @@ def load_context(job_id: str) -> JobContext:
             job_id=job.id, request_id=request.id, method=request.method,
             params=dict(request.params), forget_classes=request.forget_classes,
             forget_samples=request.forget_samples,
-            acceptance=dict(request.acceptance or {}), reference=request.reference,
+            acceptance=request.acceptance or _default_acceptance(request),
+            reference=request.reference,
             measure_relearn_time=request.measure_relearn_time,
             model_id=model.id, version_id=version.id, storage_key=version.storage_key,
             architecture=model.architecture, architecture_args=dict(model.architecture_args),
@@ -83,6 +85,12 @@ def load_context(job_id: str) -> JobContext:
             ),
             dataset_kind=dataset.kind, dataset_location=resolve_location(dataset.location),
         )  # fmt: skip
+
+
+def _default_acceptance(request: DeletionRequest) -> dict[str, Any]:
+    """Thresholds for requests recorded before thresholds existed: the defaults of their kind."""
+    kind = "classes" if request.forget_classes is not None else "samples"
+    return dataclasses.asdict(acceptance.DEFAULTS[kind])
 
 
 def pick_device() -> torch.device:
@@ -186,11 +194,11 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     extra = 0
     limit = int(ctx.params.get(method.heal_limit_param, 0)) if method.heal_limit_param else 0
     # Only more repair can help a retain shortfall; forgetting is not bought back this way.
-    while method.heal and extra < limit and [f for f in failed if f["check"] == "max_retain_drop"]:
-        report("extra_repair", extra / limit)
+    healing = replace(task, progress=lambda _phase, f: report("extra_repair", (extra + f) / limit))
+    while method.heal and extra < limit and failed and only_retain_short(failed):
         with cost.phase("extra_repair"):
             cost.trained["extra_repair"] = cost.trained.get("extra_repair", 0) + method.heal(
-                task, config, extra
+                healing, config, extra
             )
         extra += 1
         refuse_diverged(model)
@@ -226,11 +234,15 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
         report("relearn", 0.0)
         with cost.phase("relearn"):
             metrics["relearn_time"] = _relearn(model, original, reference_model, before, sets, ctx,
-                                               device)  # fmt: skip
+                                               device, report)  # fmt: skip
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     report("save", 0.0)
     return Outcome(metrics, None if failed else model.state_dict(), failed)
+
+
+def only_retain_short(failed: list[dict[str, Any]]) -> bool:
+    return all(f["check"] == "max_retain_drop" for f in failed)
 
 
 def _load_model(ctx: JobContext) -> torch.nn.Module:
@@ -290,22 +302,27 @@ def _relearn(
     sets: verify.EvalSets,
     ctx: JobContext,
     device: torch.device,
+    report: ProgressReporter,
 ) -> dict[str, Any]:
     """Relearn time of the unlearned model, beside the original's and the reference's."""
     config = verify.RelearnConfig(seed=int(ctx.params.get("seed", 0)))
     target = config.tau * (before["forget_accuracy"] or 0.0)
-    measured = {
+    models = {"unlearned": model, "original": original}
+    if reference is not None:
+        models["reference"] = reference
+    measured: dict[str, Any] = {
         "protocol": {
             "optimizer": "adam", "lr": config.lr, "batch_size": config.batch_size,
             "samples_per_class": config.per_class, "tau": config.tau,
             "max_epochs": config.max_epochs, "target_accuracy": target,
         },
-        "unlearned": verify.relearn_time(model, sets, ctx.spec, target, device, config),
-        "original": verify.relearn_time(original, sets, ctx.spec, target, device, config),
     }  # fmt: skip
-    if reference is not None:
-        measured["reference"] = verify.relearn_time(reference, sets, ctx.spec, target, device,
-                                                    config)  # fmt: skip
+    for k, (name, subject) in enumerate(models.items()):
+        # Progress (and so a cancel check) every epoch, spread over the models measured.
+        def tick(_phase: str, f: float, k: int = k) -> None:
+            report("relearn", (k + f) / len(models))
+
+        measured[name] = verify.relearn_time(subject, sets, ctx.spec, target, device, config, tick)
     return measured
 
 
@@ -377,6 +394,10 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _figure(value: float | None) -> str:
+    return "nothing: it could not be measured" if value is None else f"{value:.4f}"
+
+
 def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
     """Accepted: write the checkpoint (atomically), then record version and success in one
     transaction. Rejected: record the measured figures and publish nothing."""
@@ -395,7 +416,7 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
         details = {**headline(metrics), "metrics": metrics}
         if stored is None:
             checks = ", ".join(
-                f"{f['check']} (measured {f['measured']:.4f}, threshold {f['threshold']})"
+                f"{f['check']} (measured {_figure(f['measured'])}, threshold {f['threshold']})"
                 for f in outcome.failures
             )
             moved = states.transition(

@@ -32,7 +32,10 @@ from unlearning import data
 
 
 def body_digest(body: DeletionRequestCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Only what the client sent: an explicit null threshold (check off) differs from an omitted
+    # one (the default applies), so the two must not replay each other.
+    sent = body.model_dump(mode="json", exclude_unset=True)
+    canonical = json.dumps(sent, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

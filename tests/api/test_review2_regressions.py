@@ -129,3 +129,24 @@ def test_timestamps_come_back_in_utc_whatever_the_database_time_zone(api, regist
     events = api.get("/v1/audit/events").json()["items"]
     assert events
     assert all(e["at"].endswith(("+00:00", "Z")) for e in events), events[0]["at"]
+
+
+def test_an_explicit_null_threshold_is_not_a_replay_of_an_omitted_one(api, registered):
+    """Review 3: null switches a check off, omitted keeps the default; the same key must not
+    silently return a request made under other thresholds."""
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [3],
+        "acceptance": {},
+    }
+    headers = {"Idempotency-Key": "review3-null"}
+    first = api.post("/v1/deletion-requests", json=body, headers=headers)
+    assert first.status_code == 202
+    assert first.json()["acceptance"]["max_retain_drop"] == 0.05
+    again = api.post("/v1/deletion-requests", json=body, headers=headers)
+    assert again.json()["id"] == first.json()["id"]
+    other = {**body, "acceptance": {"max_retain_drop": None}}
+    response = api.post("/v1/deletion-requests", json=other, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"

@@ -109,10 +109,10 @@ def test_salun_mask_keeps_the_asked_share_and_only_masked_weights_move(splits):
     mask = saliency_mask(task.model, task, 0.5, 128)
     kept = sum(int(m.sum()) for m in mask.values())
     total = sum(m.numel() for m in mask.values())
-    assert kept == pytest.approx(total / 2, abs=total * 0.01)
+    assert kept == round(total / 2)
 
     original = copy.deepcopy(task.model)
-    config = SalunConfig(epochs=3, weight_decay=0.0, momentum=0.0)
+    config = SalunConfig(epochs=3, weight_decay=0.0)  # decay would shrink every weight
     result = METHODS["salun"].run(task, config)
     assert result.details["masked_weight_share"] == pytest.approx(0.5, abs=0.01)
     after, before = dict(task.model.named_parameters()), dict(original.named_parameters())

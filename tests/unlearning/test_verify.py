@@ -158,7 +158,7 @@ def test_weight_distance_is_zero_to_itself_and_exact_for_a_known_change():
     assert dist["layers"][name] == pytest.approx(expected)
     assert sum(v for k, v in dist["layers"].items() if k != name) == 0.0
     assert dist["total"] == pytest.approx(expected)
-    norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in model.parameters()))
+    norm = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in moved.parameters()))
     assert dist["normalised"] == pytest.approx(expected / norm)
 
 
@@ -190,7 +190,7 @@ def test_gaps_to_the_reference_are_differences_and_avg_gap_their_mean_size():
     gap = verify.gaps(a, b)
     assert gap["forget_accuracy"] == pytest.approx(a["forget_accuracy"] - 0.0)
     assert gap["retain_accuracy"] == pytest.approx(a["retain_accuracy"] - b["retain_accuracy"])
-    parts = [gap[k] for k in ("forget_train_accuracy", "retain_accuracy", "test_accuracy",
+    parts = [gap[k] for k in ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy",
                               "mia_efficacy")]  # fmt: skip
     assert gap["avg_gap"] == pytest.approx(sum(abs(p) for p in parts) / 4)
     assert verify.gaps(b, b)["avg_gap"] == 0.0

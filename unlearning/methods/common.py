@@ -114,8 +114,8 @@ def descend(
         F.cross_entropy(model(x.to(device)), y.to(device)).backward()
         if grad_mask is not None:
             for name, p in model.named_parameters():
-                if p.grad is not None and name in grad_mask:
-                    p.grad.mul_(grad_mask[name])
+                if p.grad is not None:
+                    p.grad.mul_(grad_mask[name]) if name in grad_mask else p.grad.zero_()
         opt.step()
         seen += len(y)
         on_step(seen)

@@ -4,8 +4,10 @@ ICLR 2024): random-label fine-tuning restricted to the weights that matter most 
 1. *saliency*: the gradient of the forget set's cross-entropy, summed over all forget samples; the
    ``mask_ratio`` share of weights with the largest absolute gradient, ranked over the whole
    network, form the mask (the paper's default keeps half);
-2. *relabel*: SGD over the forget set with uniformly random labels mixed with the retain set,
-   with the gradient of every weight outside the mask zeroed before each step.
+2. *relabel*: SGD over the forget set with uniformly random labels (drawn once) mixed with the
+   retain set, with the gradient of every weight outside the mask zeroed before each step. As in
+   the SalUn code, the optimiser's weight decay still shrinks the weights outside the mask; with
+   ``weight_decay=0`` they do not move at all.
 
 It reads forget samples, so it serves sample-level requests (and class requests). Defaults are the
 repository's CIFAR-10 random-forgetting recipe (methods doc s. 4): 10 epochs at lr 0.013, SGD with
@@ -83,14 +85,13 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     opt = sgd(model, config.lr, config.momentum, config.weight_decay)
+    # SalUn draws the labels once, uniformly over all classes (the true one included).
+    forget_labels = rng.integers(0, task.num_classes, len(task.forget_idx))
     seen = 0
     for epoch in range(config.epochs):
         retain = _retain_sample(task, config, rng)
         idx = np.concatenate([task.forget_idx, retain])
-        # SalUn draws labels uniformly over all classes, the true one included.
-        labels = np.concatenate(
-            [rng.integers(0, task.num_classes, len(task.forget_idx)), task.source.targets[retain]]
-        )
+        labels = np.concatenate([forget_labels, task.source.targets[retain]])
         batches = labelled_batches(task.source, idx, labels, task.spec, config.batch_size, gen)
         on_step = epoch_progress(task.progress, "relabel", epoch, config.epochs, len(idx))
         seen += descend(model, opt, batches, task.device, on_step, grad_mask=mask)
@@ -102,19 +103,27 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
 def saliency_mask(
     model: nn.Module, task: UnlearningTask, ratio: float, batch_size: int
 ) -> dict[str, torch.Tensor]:
-    """1 for the ``ratio`` share of weights with the largest |gradient of the forget loss|."""
+    """1 for the ``ratio`` share of weights with the largest |gradient of the forget loss|, ranked
+    over the whole network; exactly that many, ties broken by position. A weight without a
+    gradient (unused by the forward pass) is outside the mask."""
     model.eval()  # BatchNorm statistics are not to move while the saliency is measured
     model.zero_grad(set_to_none=True)
     for x, y in iterate(task.source, task.forget_idx, task.spec, batch_size):
         F.cross_entropy(model(x.to(task.device)), y.to(task.device), reduction="sum").backward()
     grads = {
-        name: p.grad.detach().abs() for name, p in model.named_parameters() if p.grad is not None
+        name: p.grad.detach().abs() if p.grad is not None else torch.zeros_like(p)
+        for name, p in model.named_parameters()
     }
     model.zero_grad(set_to_none=True)
     flat = torch.cat([g.flatten() for g in grads.values()])
     keep = max(1, round(ratio * flat.numel()))
-    threshold = flat.kthvalue(flat.numel() - keep + 1).values
-    return {name: (g >= threshold).to(g.dtype) for name, g in grads.items()}
+    chosen = torch.zeros_like(flat)
+    chosen[torch.topk(flat, keep, sorted=False).indices] = 1.0
+    mask, start = {}, 0
+    for name, g in grads.items():
+        mask[name] = chosen[start : start + g.numel()].view_as(g)
+        start += g.numel()
+    return mask
 
 
 def _retain_sample(

@@ -318,5 +318,5 @@ def run_unsir(task: UnlearningTask, config: UnsirConfig) -> MethodResult:
 def extra_repair(task: UnlearningTask, config: UnsirConfig, round_: int) -> int:
     """One more repair epoch on the same retain subset, reshuffled; returns samples processed."""
     retain = retain_subset(task, config)
-    once = replace(config, repair_epochs=1, seed=config.seed + 1000 * (round_ + 1))
+    once = replace(config, repair_epochs=1, seed=(config.seed + 1000 * (round_ + 1)) % 2**32)
     return _repair(task.model, retain, task.spec, once, task.device, task.progress)

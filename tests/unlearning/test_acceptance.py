@@ -1,0 +1,53 @@
+"""The acceptance gate on hand-made figures, where the right decision is obvious."""
+
+from __future__ import annotations
+
+import pytest
+
+from unlearning.acceptance import DEFAULTS, Thresholds, failures
+
+
+def figures(forget=0.0, retain=0.9, member=0.1, held_out=0.5):
+    mia = {"forget_member_rate": member, "test_member_rate": held_out}
+    return {"forget_accuracy": forget, "retain_accuracy": retain, "mia": {"entropy": mia}}
+
+
+def checks(*args, **kwargs) -> list[str]:
+    return [f["check"] for f in failures(*args, **kwargs)]
+
+
+def test_a_clean_deletion_passes_the_class_defaults():
+    assert checks(DEFAULTS["classes"], figures(forget=0.9, retain=0.92), figures(), None) == []
+
+
+def test_each_threshold_fails_with_what_was_measured():
+    before = figures(forget=0.9, retain=0.92)
+    got = failures(DEFAULTS["classes"], before, figures(forget=0.2, retain=0.80), None)
+    assert got == [
+        {"check": "max_forget_accuracy", "measured": 0.2, "threshold": 0.05},
+        {"check": "max_retain_drop", "measured": pytest.approx(0.12), "threshold": 0.05},
+    ]
+    # Forget data still called members more often than held-out data: not forgotten.
+    assert checks(DEFAULTS["samples"], before, figures(member=0.7, held_out=0.5), None) == [
+        "max_forget_member_excess"
+    ]
+
+
+def test_the_reference_gap_is_checked_only_when_there_is_a_reference():
+    after, reference = figures(member=0.30), figures(member=0.10)
+    assert checks(DEFAULTS["samples"], figures(), after, None) == []
+    assert checks(DEFAULTS["samples"], figures(), after, reference) == ["max_mia_gap"]
+
+
+def test_null_switches_a_check_off_and_an_unmeasurable_figure_fails():
+    off = Thresholds(max_forget_accuracy=None, max_retain_drop=None, max_mia_gap=None,
+                     max_forget_member_excess=None)  # fmt: skip
+    assert checks(off, figures(), figures(forget=1.0, retain=0.0, member=1.0), None) == []
+    assert checks(DEFAULTS["classes"], figures(), figures(forget=None), None) == [  # type: ignore[arg-type]
+        "max_forget_accuracy"
+    ]
+
+
+def test_thresholds_outside_zero_to_one_are_refused():
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Thresholds(max_retain_drop=1.5)
