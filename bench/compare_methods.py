@@ -214,9 +214,9 @@ def table(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"{label}: retrain time / UNSIR time **{s['retrain_over_unsir']:.1f}x**; retraining "
-            f"reached its retain accuracy after "
-            + (f"{reach:.2f} s (**{s['retrain_to_same_accuracy_over_unsir']:.1f}x** its time)"
-               if reach else "never (within the original's recipe)")
+            + (f"reached its retain accuracy after {reach:.2f} s "
+               f"(**{s['retrain_to_same_accuracy_over_unsir']:.1f}x** its time)"
+               if reach else "never reached its retain accuracy (within the original's recipe)")
             + f"; retain gap to retrain {s['retain_gap_to_retrain'] * 100:+.1f} points, "
             f"entropy-MIA gap {s['mia_gap_to_retrain'] * 100:+.1f} points."
         )  # fmt: skip
