@@ -355,9 +355,13 @@ class InputSpec:
 
 
 def sample_per_class(
-    targets: np.ndarray, classes: Sequence[int], per_class: int, seed: int
+    targets: np.ndarray,
+    classes: Sequence[int] | np.ndarray,
+    per_class: int,
+    seed: int | np.random.Generator,
 ) -> np.ndarray:
-    """Up to ``per_class`` random indices of each listed class (clamped to the class size)."""
+    """Up to ``per_class`` random indices of each listed class (clamped to the class size).
+    A Generator given as ``seed`` is used as it is, so repeated calls draw different samples."""
     rng = np.random.default_rng(seed)
     picked = []
     for c in classes:

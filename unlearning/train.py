@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from unlearning.data import ImageSource, InputSpec, iterate
 from unlearning.progress import Progress, no_progress
+
+
+def descend(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    on_step: Callable[[int], None] | None = None,
+    grad_mask: dict[str, torch.Tensor] | None = None,
+) -> int:
+    """One pass of cross-entropy descent in train mode; ``grad_mask`` zeroes the gradient of
+    unmasked weights (and of every weight it does not name). Returns the samples processed."""
+    model.train()
+    seen = 0
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+        if grad_mask is not None:
+            for name, p in model.named_parameters():
+                if p.grad is not None:
+                    p.grad.mul_(grad_mask[name]) if name in grad_mask else p.grad.zero_()
+        opt.step()
+        seen += len(y)
+        if on_step is not None:
+            on_step(seen)
+    return seen
+
+
+def epoch_progress(
+    progress: Progress, phase: str, epoch: int, epochs: int, epoch_size: int
+) -> Callable[[int], None]:
+    """A step callback that reports the fraction of all epochs done."""
+    total = max(epochs * epoch_size, 1)
+    return lambda seen: progress(phase, (epoch * epoch_size + seen) / total)
 
 
 def train_classifier(
@@ -29,15 +66,11 @@ def train_classifier(
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model.to(device).train()
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    seen, total = 0, max(epochs * len(indices), 1)
-    for _ in range(epochs):
-        for x, y in iterate(source, indices, spec, batch_size, generator=gen):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-            seen += len(y)
-            progress(phase, seen / total)
+    seen = 0
+    for epoch in range(epochs):
+        batches = iterate(source, indices, spec, batch_size, generator=gen)
+        on_step = epoch_progress(progress, phase, epoch, epochs, len(indices))
+        seen += descend(model, opt, batches, device, on_step)
     return seen

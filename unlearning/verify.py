@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from unlearning.data import ImageSource, InputSpec, iterate, sample_per_class
 from unlearning.progress import Progress, no_progress
+from unlearning.train import descend
 
 EVAL_CAP = 10_000  # at most this many samples per evaluated group, drawn with a fixed seed
 SVC_CAP = 2_000  # the SVC attack is quadratic in its training set
@@ -349,12 +350,8 @@ def relearn_time(
                     "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip
         if epoch == config.max_epochs:
             break
-        student.train()
-        for x, y in iterate(sets.train, relearn_idx, spec, config.batch_size, generator=gen):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(student(x.to(device)), y.to(device)).backward()
-            opt.step()
-            steps += 1
-            seen += len(y)
+        batches = iterate(sets.train, relearn_idx, spec, config.batch_size, generator=gen)
+        seen += descend(student, opt, batches, device)
+        steps += math.ceil(len(relearn_idx) / config.batch_size)
     return {"epochs": None, "steps": steps, "reached": False, "accuracy": reached,
             "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip

@@ -246,9 +246,7 @@ def only_retain_short(failed: list[dict[str, Any]]) -> bool:
 
 
 def _load_model(ctx: JobContext) -> torch.nn.Module:
-    model = architectures.build_classifier(
-        ctx.architecture, len(ctx.class_names), ctx.architecture_args
-    )
+    model = _fresh(ctx)
     checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
     return model
 

@@ -11,10 +11,6 @@ from app.jobs import service as jobs
 # (phase, relative weight) in the order a job runs them; the pipeline sets the plan of each job
 # from its method and options, so ``progress`` rises steadily from 0 to 1.
 Plan = Sequence[tuple[str, float]]
-DEFAULT_PLAN: Plan = (
-    ("load", 0.5), ("evaluate_before", 1.0), ("noise", 3.0), ("impair", 3.0), ("repair", 1.5),
-    ("evaluate", 1.0), ("save", 0.3),
-)  # fmt: skip
 
 
 def phase_ranges(plan: Plan) -> dict[str, tuple[float, float]]:
@@ -32,7 +28,7 @@ class JobCanceled(Exception):
 
 
 class ProgressReporter:
-    def __init__(self, job_id: str, interval_s: float, plan: Plan = DEFAULT_PLAN) -> None:
+    def __init__(self, job_id: str, interval_s: float, plan: Plan = ()) -> None:
         self.job_id = job_id
         self.interval_s = interval_s
         self.ranges = phase_ranges(plan)

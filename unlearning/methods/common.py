@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from unlearning.data import ImageSource, InputSpec
 from unlearning.progress import Progress, no_progress
@@ -93,38 +92,26 @@ def labelled_batches(
         yield spec.prepare(source.images(idx[pos])), torch.as_tensor(labels[pos]).long()
 
 
-def sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+@dataclass(frozen=True)
+class SgdConfig:
+    """Parameters shared by the SGD-trained methods (momentum and decay as in the SSD and SalUn
+    code); each method overrides the defaults it takes from its own source."""
 
+    epochs: int = 5
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
 
-def descend(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    batches: Batches,
-    device: torch.device,
-    on_step: Callable[[int], None],
-    grad_mask: dict[str, torch.Tensor] | None = None,
-) -> int:
-    """One pass of cross-entropy descent; ``grad_mask`` zeroes the gradient of unmasked weights.
-    Returns the samples processed."""
-    model.train()
-    seen = 0
-    for x, y in batches:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-        if grad_mask is not None:
-            for name, p in model.named_parameters():
-                if p.grad is not None:
-                    p.grad.mul_(grad_mask[name]) if name in grad_mask else p.grad.zero_()
-        opt.step()
-        seen += len(y)
-        on_step(seen)
-    return seen
+    def __post_init__(self) -> None:
+        check_bounds(
+            self,
+            {"epochs": (1, 1_000), "batch_size": BATCH, "seed": SEED},
+            {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+        )
 
-
-def epoch_progress(
-    progress: Progress, phase: str, epoch: int, epochs: int, epoch_size: int
-) -> Callable[[int], None]:
-    """A step callback that reports the fraction of all epochs done."""
-    total = max(epochs * epoch_size, 1)
-    return lambda seen: progress(phase, (epoch * epoch_size + seen) / total)
+    def optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )

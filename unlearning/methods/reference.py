@@ -22,18 +22,15 @@ from torch.nn import functional as F
 from unlearning.methods.common import (
     BATCH,
     LR,
-    MOMENTUM,
     SEED,
     WEIGHT_DECAY,
     MethodResult,
+    SgdConfig,
     UnlearningTask,
     check_bounds,
-    descend,
-    epoch_progress,
     labelled_batches,
-    sgd,
 )
-from unlearning.train import train_classifier
+from unlearning.train import descend, epoch_progress, train_classifier
 
 
 @dataclass(frozen=True)
@@ -70,20 +67,8 @@ def retrain(task: UnlearningTask, config: RetrainConfig) -> MethodResult:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 5
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_bounds(
-            self,
-            {"epochs": (1, 1_000), "batch_size": BATCH, "seed": SEED},
-            {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
-        )
+class FinetuneConfig(SgdConfig):
+    """The SSD repository's fine-tuning: 5 epochs at lr 0.02 (the base defaults)."""
 
 
 def finetune(task: UnlearningTask, config: FinetuneConfig) -> MethodResult:
@@ -93,20 +78,11 @@ def finetune(task: UnlearningTask, config: FinetuneConfig) -> MethodResult:
 
 
 @dataclass(frozen=True)
-class RandomLabelConfig:
+class RandomLabelConfig(SgdConfig):
+    """The SSD repository's amnesiac (random labels): 3 epochs at lr 1e-4."""
+
     epochs: int = 3
     lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_bounds(
-            self,
-            {"epochs": (1, 1_000), "batch_size": BATCH, "seed": SEED},
-            {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
-        )
 
 
 def random_label(task: UnlearningTask, config: RandomLabelConfig) -> MethodResult:
@@ -133,13 +109,13 @@ def _sgd_epochs(
     phase: str,
     idx: np.ndarray,
     labels: np.ndarray,
-    config: FinetuneConfig | RandomLabelConfig,
+    config: SgdConfig,
 ) -> MethodResult:
     start = time.perf_counter()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     task.model.to(task.device)
-    opt = sgd(task.model, config.lr, config.momentum, config.weight_decay)
+    opt = config.optimizer(task.model)
     seen = 0
     for epoch in range(config.epochs):
         batches = labelled_batches(task.source, idx, labels, task.spec, config.batch_size, gen)
@@ -149,28 +125,14 @@ def _sgd_epochs(
 
 
 @dataclass(frozen=True)
-class NegGradPlusConfig:
-    epochs: int = 5
+class NegGradPlusConfig(SgdConfig):
     lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
     beta: float = 0.99
-    batch_size: int = 128
     forget_batch_size: int = 128
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        check_bounds(
-            self,
-            {
-                "epochs": (1, 1_000), "batch_size": BATCH, "forget_batch_size": BATCH,
-                "seed": SEED,
-            },
-            {
-                "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                "beta": (0.0, 1.0, True),
-            },
-        )  # fmt: skip
+        super().__post_init__()
+        check_bounds(self, {"forget_batch_size": BATCH}, {"beta": (0.0, 1.0, True)})
 
 
 def neggrad_plus(task: UnlearningTask, config: NegGradPlusConfig) -> MethodResult:
@@ -181,7 +143,7 @@ def neggrad_plus(task: UnlearningTask, config: NegGradPlusConfig) -> MethodResul
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     model, device, source = task.model.to(task.device), task.device, task.source
-    opt = sgd(model, config.lr, config.momentum, config.weight_decay)
+    opt = config.optimizer(model)
     retain_y, forget_y = source.targets[task.retain_idx], source.targets[task.forget_idx]
     model.train()
     seen = 0

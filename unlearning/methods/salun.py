@@ -25,43 +25,27 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearning.data import iterate
+from unlearning.data import iterate, sample_per_class
 from unlearning.methods.common import (
-    BATCH,
-    LR,
-    MOMENTUM,
-    SEED,
-    WEIGHT_DECAY,
     MethodResult,
+    SgdConfig,
     UnlearningTask,
     check_bounds,
-    descend,
-    epoch_progress,
     labelled_batches,
-    sgd,
 )
+from unlearning.train import descend, epoch_progress
 
 
 @dataclass(frozen=True)
-class SalunConfig:
-    mask_ratio: float = 0.5
+class SalunConfig(SgdConfig):
     epochs: int = 10
     lr: float = 0.013
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    mask_ratio: float = 0.5
     retain_per_class: int | None = None
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        check_bounds(
-            self,
-            {"epochs": (1, 1_000), "batch_size": BATCH, "seed": SEED},
-            {
-                "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
-                "mask_ratio": (0.0, 1.0, False),
-            },
-        )  # fmt: skip
+        super().__post_init__()
+        check_bounds(self, {}, {"mask_ratio": (0.0, 1.0, False)})
         if self.retain_per_class is not None and not 1 <= self.retain_per_class <= 10_000_000:
             raise ValueError("retain_per_class must be between 1 and 10000000, or null")
 
@@ -84,7 +68,7 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
     start = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    opt = sgd(model, config.lr, config.momentum, config.weight_decay)
+    opt = config.optimizer(model)
     # SalUn draws the labels once, uniformly over all classes (the true one included).
     forget_labels = rng.integers(0, task.num_classes, len(task.forget_idx))
     seen = 0
@@ -132,9 +116,5 @@ def _retain_sample(
     if config.retain_per_class is None:
         return task.retain_idx
     labels = task.source.targets[task.retain_idx]
-    picked = [
-        rng.choice(np.flatnonzero(labels == c), size=min(config.retain_per_class,
-                   int((labels == c).sum())), replace=False)
-        for c in np.unique(labels)
-    ]  # fmt: skip
-    return task.retain_idx[np.sort(np.concatenate(picked))]
+    picked = sample_per_class(labels, np.unique(labels), config.retain_per_class, rng)
+    return task.retain_idx[np.sort(picked)]

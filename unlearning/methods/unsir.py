@@ -38,6 +38,7 @@ from unlearning.methods.common import (
     check_bounds,
 )
 from unlearning.progress import Progress, no_progress
+from unlearning.train import descend, epoch_progress
 
 BatchFactory = Callable[[torch.Generator, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -105,9 +106,7 @@ class RetainSubset:
 
 
 @dataclass
-class UnsirResult:
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-    samples_processed: dict[str, int] = field(default_factory=dict)
+class UnsirResult(MethodResult):
     noise_loss: dict[int, float] = field(default_factory=dict)
 
 
@@ -254,15 +253,10 @@ def _train_epochs(
     phase: str,
     progress: Progress,
 ) -> int:
-    model.train()
     seen = 0
-    for _ in range(epochs):
-        for x, y in batches(gen, batch_size):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-            seen += len(y)
-            progress(phase, seen / (epochs * epoch_size))
+    for epoch in range(epochs):
+        on_step = epoch_progress(progress, phase, epoch, epochs, epoch_size)
+        seen += descend(model, opt, batches(gen, batch_size), device, on_step)
     return seen
 
 
@@ -305,14 +299,9 @@ def run_unsir(task: UnlearningTask, config: UnsirConfig) -> MethodResult:
         task.model, task.forget_classes or [], retain, task.spec, config,
         device=task.device, progress=task.progress,
     )  # fmt: skip
-    return MethodResult(
-        result.phase_seconds,
-        result.samples_processed,
-        {
-            "retain_subset_size": len(retain.indices),
-            "noise_final_loss": {str(c): v for c, v in result.noise_loss.items()},
-        },
-    )
+    result.details["retain_subset_size"] = len(retain.indices)
+    result.details["noise_final_loss"] = {str(c): v for c, v in result.noise_loss.items()}
+    return result
 
 
 def extra_repair(task: UnlearningTask, config: UnsirConfig, round_: int) -> int:
