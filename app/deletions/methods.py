@@ -47,11 +47,18 @@ def resolve_params(method: Method, params: dict[str, Any]) -> dict[str, Any]:
         config = TypeAdapter(method.config_type).validate_python(params, strict=False)
     except ValidationError as exc:
         raise InvalidMethodParams(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            f"{method.name} parameters: " + "; ".join(_explain(e) for e in exc.errors())
         ) from exc
     except ValueError as exc:  # raised by the config's own range checks
-        raise InvalidMethodParams(str(exc)) from exc
+        raise InvalidMethodParams(f"{method.name} parameters: {exc}") from exc
     return dict(dataclasses.asdict(config))
+
+
+def _explain(error: Any) -> str:
+    """One pydantic error as "field: message" (range checks of the whole config have no field)."""
+    where = ".".join(map(str, error["loc"]))
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 def resolve_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -59,7 +66,11 @@ def resolve_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None
     if reference is None:
         return None
     name = reference["method"]
-    return {"method": name, "params": resolve_params(METHODS[name], reference["params"])}
+    try:
+        params = resolve_params(METHODS[name], reference["params"])
+    except InvalidMethodParams as exc:
+        raise InvalidMethodParams(f"reference: {exc.detail}") from exc
+    return {"method": name, "params": params}
 
 
 def resolve_acceptance(given: dict[str, Any] | None, forgets: str) -> dict[str, Any]:
