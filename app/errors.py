@@ -63,6 +63,10 @@ class JobNotFound(NotFound):
     code = "job_not_found"
 
 
+class ArtifactNotFound(NotFound):
+    code = "artifact_not_found"
+
+
 class Conflict(ServiceError):
     status, code, title = 409, "conflict", "Conflict"
 
@@ -85,6 +89,18 @@ class Unprocessable(ServiceError):
 
 class InvalidArchitecture(Unprocessable):
     code = "invalid_architecture"
+
+
+class InvalidTransform(Unprocessable):
+    code = "invalid_transform"
+
+
+class MethodUnsupportedForModel(Unprocessable):
+    code = "method_unsupported_for_model"
+
+
+class OptionUnsupportedForModel(Unprocessable):
+    code = "option_unsupported_for_model"
 
 
 class InvalidCheckpoint(Unprocessable):

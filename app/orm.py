@@ -93,7 +93,12 @@ class Model(Base):
     architecture_args: Mapped[dict[str, Any]] = mapped_column(JSON)
     input_shape: Mapped[list[int]] = mapped_column(JSON)
     normalization: Mapped[dict[str, list[float]]] = mapped_column(JSON)
+    # Classifiers: their classes. Image-to-image models: empty (requests name dataset classes).
     class_names: Mapped[list[str]] = mapped_column(JSON)
+    # Image-to-image models only: parameter-name prefixes of the part unlearning may train, and
+    # the completion task ({"kind", "size", "cell"}) their evaluation masks follow.
+    encoder: Mapped[list[str] | None] = mapped_column(JSON)
+    transform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -137,6 +142,9 @@ class DeletionRequest(Base):
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_version.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id"))
+    # A proxy retain set (image-to-image requests): other data the owner may keep, used instead
+    # of the training data outside the forget set.
+    retain_dataset_id: Mapped[str | None] = mapped_column(ForeignKey("dataset.id"))
     forget_classes: Mapped[list[int] | None] = mapped_column(JSON)
     forget_samples: Mapped[list[str] | None] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(32))
@@ -172,6 +180,22 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class JobArtifact(Base):
+    """A file a job produced besides its checkpoint (the before/after completion grid)."""
+
+    __tablename__ = "job_artifact"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("job.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    media_type: Mapped[str] = mapped_column(String(100))
+    storage_key: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class JobEvent(Base):

@@ -66,5 +66,47 @@ def failures(
     return failed
 
 
+@dataclass(frozen=True)
+class I2IThresholds:
+    """The gate of image-to-image deletions, in dB of PSNR on the completed region of held-out
+    images under the evaluation mask; ``None`` switches a check off.
+
+    - ``max_retain_psnr_drop``: how far retain completions may fall below the original's;
+    - ``min_forget_psnr_drop``: how far forget completions must fall at least.
+    """
+
+    max_retain_psnr_drop: float | None = 1.0
+    min_forget_psnr_drop: float | None = 1.5
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value is not None and not 0.0 <= float(value) <= 100.0:
+                raise ValueError(f"{name} must be between 0 and 100 dB, or null; got {value}")
+
+
+I2I_DEFAULTS = I2IThresholds()
+
+
+def i2i_failures(
+    thresholds: I2IThresholds, before: dict[str, Any], after: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each failed check of an image-to-image deletion; a figure that could not be measured
+    fails its check."""
+    failed: list[dict[str, Any]] = []
+    retain_drop = _minus(before["retain"]["psnr"], after["retain"]["psnr"])
+    limit = thresholds.max_retain_psnr_drop
+    if limit is not None and (retain_drop is None or retain_drop > limit):
+        failed.append(
+            {"check": "max_retain_psnr_drop", "measured": retain_drop, "threshold": limit}
+        )
+    forget_drop = _minus(before["forget"]["psnr"], after["forget"]["psnr"])
+    least = thresholds.min_forget_psnr_drop
+    if least is not None and (forget_drop is None or forget_drop < least):
+        failed.append(
+            {"check": "min_forget_psnr_drop", "measured": forget_drop, "threshold": least}
+        )
+    return failed
+
+
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b

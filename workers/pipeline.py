@@ -26,7 +26,7 @@ from app.datasets.service import resolve_location
 from app.db import session_scope
 from app.jobs import states
 from app.models import service as models
-from app.orm import Dataset, DeletionRequest, Job, JobStatus, Model, ModelVersion
+from app.orm import Dataset, DeletionRequest, Job, JobArtifact, JobStatus, Model, ModelVersion
 from app.storage import get_store
 from unlearning import acceptance, architectures, checkpoints, data, verify
 from unlearning.methods import METHODS, UnlearningTask
@@ -56,6 +56,15 @@ class JobContext:
     spec: data.InputSpec
     dataset_kind: str
     dataset_location: str | None
+    task: str = "classification"
+    # Image-to-image models: the trained part, the completion task, the dataset's class names
+    # (the model has none) and the proxy retain set, if the request named one.
+    encoder: list[str] | None = None
+    transform: dict[str, Any] | None = None
+    dataset_class_names: list[str] = field(default_factory=list)
+    retain_dataset_id: str | None = None
+    retain_dataset_kind: str | None = None
+    retain_dataset_location: str | None = None
 
 
 def load_context(job_id: str) -> JobContext:
@@ -69,6 +78,9 @@ def load_context(job_id: str) -> JobContext:
         model = session.get(Model, version.model_id)
         dataset = session.get(Dataset, request.dataset_id)
         assert model is not None and dataset is not None
+        proxy = (
+            session.get(Dataset, request.retain_dataset_id) if request.retain_dataset_id else None
+        )
         c, h, w = model.input_shape
         return JobContext(
             job_id=job.id, request_id=request.id, method=request.method,
@@ -84,6 +96,11 @@ def load_context(job_id: str) -> JobContext:
                 (c, h, w), tuple(model.normalization["mean"]), tuple(model.normalization["std"])
             ),
             dataset_kind=dataset.kind, dataset_location=resolve_location(dataset.location),
+            task=model.task, encoder=model.encoder, transform=model.transform,
+            dataset_class_names=list(dataset.class_names),
+            retain_dataset_id=proxy.id if proxy else None,
+            retain_dataset_kind=proxy.kind if proxy else None,
+            retain_dataset_location=resolve_location(proxy.location) if proxy else None,
         )  # fmt: skip
 
 
@@ -130,6 +147,8 @@ class Outcome:
     metrics: dict[str, Any]
     state: dict[str, torch.Tensor] | None
     failures: list[dict[str, Any]]
+    # Files beside the checkpoint, by name: (media type, content). Kept for rejected jobs too.
+    artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
 def forget_split(train: data.ImageSource, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
@@ -380,6 +399,16 @@ def environment(device: torch.device) -> dict[str, str]:
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures an audit event repeats at its top level."""
+    if metrics.get("task") == "image_to_image":
+        before, after = metrics["before"], metrics["after"]
+        return {
+            "retain_psnr_before": before["retain"]["psnr"],
+            "retain_psnr_after": after["retain"]["psnr"],
+            "forget_psnr_before": before["forget"]["psnr"],
+            "forget_psnr_after": after["forget"]["psnr"],
+            "frozen_unchanged": metrics["weights"]["frozen_unchanged"],
+            "acceptance": metrics["acceptance"],
+        }
     before, after = metrics["before"], metrics["after"]
     return {
         "forget_accuracy_before": before["forget_accuracy"],
@@ -390,6 +419,10 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
         "entropy_mia_forget_after": after["mia"]["entropy"]["forget_member_rate"],
         "acceptance": metrics["acceptance"],
     }
+
+
+def _suffix(media_type: str) -> str:
+    return {"image/png": ".png"}.get(media_type, ".bin")
 
 
 def _figure(value: float | None) -> str:
@@ -405,13 +438,19 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
         start = time.perf_counter()
         stored = get_store().put_bytes(checkpoints.canonical_bytes(outcome.state), ".safetensors")
         metrics["phase_seconds"]["save"] = time.perf_counter() - start
+    files = {name: (media, get_store().put_bytes(content, _suffix(media)))
+             for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
     metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
     metrics = json_safe(metrics)
     with session_scope() as session:
         job = session.get(Job, ctx.job_id)
         model = session.get(Model, ctx.model_id)
         assert job is not None and model is not None
-        details = {**headline(metrics), "metrics": metrics}
+        for name, (media, obj) in files.items():
+            session.add(JobArtifact(job_id=job.id, name=name, media_type=media, storage_key=obj.key,
+                                    sha256=obj.sha256, size_bytes=obj.size))  # fmt: skip
+        details = {**headline(metrics), "metrics": metrics,
+                   "artifacts": {n: obj.sha256 for n, (_, obj) in files.items()}}  # fmt: skip
         if stored is None:
             checks = ", ".join(
                 f"{f['check']} (measured {_figure(f['measured'])}, threshold {f['threshold']})"

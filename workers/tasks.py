@@ -15,7 +15,7 @@ from app.jobs import service as jobs
 from app.jobs import states
 from app.orm import Job, JobStatus
 from app.queue import RUN_JOB_TASK, send_job
-from workers import pipeline
+from workers import i2i_pipeline, pipeline
 from workers.celery_app import app
 from workers.progress import JobCanceled, ProgressReporter
 
@@ -63,7 +63,8 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
     log.info("job %s claimed", job_id)
     try:
         ctx = pipeline.load_context(job_id)
-        outcome = pipeline.run(ctx, ProgressReporter(job_id, get_settings().progress_interval_s))
+        runner = i2i_pipeline.run if ctx.task == "image_to_image" else pipeline.run
+        outcome = runner(ctx, ProgressReporter(job_id, get_settings().progress_interval_s))
         if not pipeline.store_outcome(ctx, outcome):
             log.warning("job %s ended elsewhere before its result was stored", job_id)
             return "superseded"

@@ -13,18 +13,25 @@ from app.errors import (
     InvalidAcceptance,
     InvalidMethodParams,
     MethodUnsupportedForForgetSet,
+    MethodUnsupportedForModel,
     UnknownMethod,
 )
 from unlearning import acceptance
 from unlearning.methods import DEFAULT_METHOD, METHODS, Method
 
 
-def choose(method: str | None, forgets: str) -> Method:
-    """The named method (or the default for ``forgets``: "classes" or "samples")."""
-    name = method or DEFAULT_METHOD[forgets]
+def choose(method: str | None, forgets: str, task: str = "classification") -> Method:
+    """The named method (or the default for the model's ``task`` and ``forgets``: "classes"
+    or "samples")."""
+    name = method or DEFAULT_METHOD[(task, forgets)]
     found = METHODS.get(name)
     if found is None:
         raise UnknownMethod(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    if task not in found.tasks:
+        able = sorted(m.name for m in METHODS.values() if task in m.tasks)
+        raise MethodUnsupportedForModel(
+            f"{name} does not serve {task} models; methods for them: {able}", supported=able
+        )
     if forgets not in found.forgets:
         able = sorted(m.name for m in METHODS.values() if forgets in m.forgets)
         raise MethodUnsupportedForForgetSet(
@@ -35,14 +42,19 @@ def choose(method: str | None, forgets: str) -> Method:
     return found
 
 
-def resolve_params(method: Method, params: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter of ``method``, defaults filled in, so the job records all of them."""
+def resolve_params(
+    method: Method, params: dict[str, Any], family: str | None = None
+) -> dict[str, Any]:
+    """Every parameter of ``method``, defaults filled in (those of the network's ``family``
+    where the method has some), so the job records all of them."""
     known = {f.name for f in dataclasses.fields(method.config_type)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise InvalidMethodParams(
             f"unknown parameters for {method.name}: {unknown}; known: {sorted(known)}"
         )
+    if method.defaults_for is not None and family is not None:
+        params = {**method.defaults_for(family), **params}
     try:
         config = TypeAdapter(method.config_type).validate_python(params, strict=False)
     except ValidationError as exc:
@@ -73,14 +85,25 @@ def resolve_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None
     return {"method": name, "params": params}
 
 
-def resolve_acceptance(given: dict[str, Any] | None, forgets: str) -> dict[str, Any]:
-    """The request's thresholds over the defaults for its kind of forget set."""
-    defaults = dataclasses.asdict(acceptance.DEFAULTS[forgets])
+def resolve_acceptance(
+    given: dict[str, Any] | None, forgets: str, task: str = "classification"
+) -> dict[str, Any]:
+    """The request's thresholds over the defaults for its model's task and kind of forget set."""
+    kind: type[Any] = (
+        acceptance.I2IThresholds if task == "image_to_image" else acceptance.Thresholds
+    )
+    defaults = acceptance.I2I_DEFAULTS if task == "image_to_image" else acceptance.DEFAULTS[forgets]
+    known = {f.name for f in dataclasses.fields(kind)}
+    foreign = sorted(set(given or {}) - known)
+    if foreign:
+        raise InvalidAcceptance(
+            f"thresholds {foreign} do not apply to {task} models; they take {sorted(known)}"
+        )
     try:
-        thresholds = acceptance.Thresholds(**{**defaults, **(given or {})})
+        thresholds = kind(**{**dataclasses.asdict(defaults), **(given or {})})
     except ValueError as exc:
         raise InvalidAcceptance(str(exc)) from exc
-    return dataclasses.asdict(thresholds)
+    return dict(dataclasses.asdict(thresholds))
 
 
 def check_memory(

@@ -26,6 +26,19 @@ class AcceptanceIn(Part):
         description="largest distance of the forget set's entropy-MIA member rate from the "
         "retrained reference's (0.05; checked only with a reference)",
     )  # fmt: skip
+    max_forget_member_excess: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="largest excess of the forget set's entropy-MIA member rate over held-out "
+        "data's (0.10)",
+    )  # fmt: skip
+    max_retain_psnr_drop: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="image-to-image: largest fall in dB of retain completions' PSNR (1.0)",
+    )  # fmt: skip
+    min_forget_psnr_drop: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="image-to-image: least fall in dB of forget completions' PSNR (1.5)",
+    )  # fmt: skip
 
 
 class ReferenceIn(Part):
@@ -44,9 +57,16 @@ class DeletionRequestCreate(Body):
     forget_samples: list[StrictStr] | None = Field(
         None, min_length=1, max_length=1_000_000, description="sample ids of the dataset"
     )
+    retain_dataset_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="image-to-image: a proxy retain set (dataset id or name) used instead of "
+        "the training data outside the forget set",
+    )  # fmt: skip
     method: str | None = Field(
-        None, max_length=32, description="default: unsir for classes, salun for samples"
-    )
+        None, max_length=32,
+        description="default: unsir for classes, salun for samples (classifiers); i2i "
+        "(image-to-image models)",
+    )  # fmt: skip
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters")
     acceptance: AcceptanceIn | None = None
     reference: ReferenceIn | None = None
@@ -69,6 +89,7 @@ class DeletionRequestRead(BaseModel):
     model_version_id: str
     model_id: str
     dataset_id: str
+    retain_dataset_id: str | None
     forget_classes: list[int] | None
     forget_class_names: list[str] | None
     forget_samples_count: int | None

@@ -22,6 +22,7 @@ from app.errors import (
     InvalidDataset,
     InvalidForgetSet,
     ModelVersionNotFound,
+    OptionUnsupportedForModel,
     UnknownClass,
     UnknownSample,
 )
@@ -29,6 +30,7 @@ from app.jobs import service as jobs
 from app.jobs import states
 from app.orm import Dataset, DeletionRequest, Job, Model, ModelVersion
 from unlearning import data
+from unlearning.i2i import architectures as i2i_architectures
 
 
 def body_digest(body: DeletionRequestCreate) -> str:
@@ -49,21 +51,31 @@ def submit(
         if existing is not None:
             return existing, False
     version, model, dataset = _targets(session, body)
+    image_to_image = model.task == "image_to_image"
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
     if body.forget_classes is not None:
-        forgets, forget_classes = "classes", _resolve_classes(model, body.forget_classes)
+        # A classifier's own classes; an image-to-image model has none: the dataset's.
+        names = dataset.class_names if image_to_image else model.class_names
+        forgets, forget_classes = "classes", _resolve_classes(names, body.forget_classes)
     else:
         forgets, forget_samples = "samples", _check_samples(dataset, body.forget_samples or [])
-    method = methods.choose(body.method, forgets)
-    params = methods.resolve_params(method, body.params)
+    method = methods.choose(body.method, forgets, model.task)
+    family = i2i_architectures.family_of(model.architecture) if image_to_image else None
+    params = methods.resolve_params(method, body.params, family)
     if forget_classes is not None:
         methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
+    _check_options(body, model)
+    retain_dataset = (
+        datasets.get(session, body.retain_dataset_id) if body.retain_dataset_id else None
+    )
     given = body.acceptance.model_dump(exclude_unset=True) if body.acceptance else None
-    thresholds = methods.resolve_acceptance(given, forgets)
+    thresholds = methods.resolve_acceptance(given, forgets, model.task)
     reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)
     request = DeletionRequest(
-        model_version_id=version.id, dataset_id=dataset.id, forget_classes=forget_classes,
+        model_version_id=version.id, dataset_id=dataset.id,
+        retain_dataset_id=retain_dataset.id if retain_dataset else None,
+        forget_classes=forget_classes,
         forget_samples=forget_samples, method=method.name, params=params,
         acceptance=thresholds, reference=reference,
         measure_relearn_time=body.measure_relearn_time,
@@ -89,9 +101,8 @@ def submit(
         caller_reference=body.caller_reference, client_address=client,
         details={
             "forget_classes": forget_classes,
-            "forget_class_names": (
-                [model.class_names[c] for c in forget_classes] if forget_classes else None
-            ),
+            "forget_class_names": _class_names(model, dataset, forget_classes),
+            "retain_dataset_id": request.retain_dataset_id,
             "forget_samples_count": len(forget_samples) if forget_samples else None,
             "method": method.name, "params": params, "acceptance": thresholds,
             "reference": reference, "measure_relearn_time": body.measure_relearn_time,
@@ -114,6 +125,33 @@ def _replay(session: Session, key: str, digest: str) -> DeletionRequest | None:
     return existing
 
 
+def _check_options(body: DeletionRequestCreate, model: Model) -> None:
+    """Options that only one kind of model can honour are refused for the other."""
+    if model.task == "image_to_image":
+        unsupported = {
+            "reference": body.reference is not None,
+            "measure_relearn_time": body.measure_relearn_time,
+        }
+        named = [k for k, given in unsupported.items() if given]
+        if named:
+            raise OptionUnsupportedForModel(
+                f"{', '.join(named)} apply to classifiers only (a retrained reference and relearn "
+                "time are classification measurements)", unsupported=named,
+            )  # fmt: skip
+    elif body.retain_dataset_id is not None:
+        raise OptionUnsupportedForModel(
+            "retain_dataset_id (a proxy retain set) applies to image_to_image models only",
+            unsupported=["retain_dataset_id"],
+        )
+
+
+def _class_names(model: Model, dataset: Dataset, classes: list[int] | None) -> list[str] | None:
+    if not classes:
+        return None
+    names = dataset.class_names if model.task == "image_to_image" else model.class_names
+    return [names[c] for c in classes]
+
+
 def _targets(session: Session, body: DeletionRequestCreate) -> tuple[ModelVersion, Model, Dataset]:
     version = session.get(ModelVersion, body.model_version_id)
     if version is None:
@@ -121,7 +159,7 @@ def _targets(session: Session, body: DeletionRequestCreate) -> tuple[ModelVersio
     model = session.get(Model, version.model_id)
     assert model is not None
     dataset = datasets.get(session, body.dataset_id)
-    if len(dataset.class_names) != len(model.class_names):
+    if model.task == "classification" and len(dataset.class_names) != len(model.class_names):
         raise IncompatibleDataset(
             f"dataset {dataset.name!r} has {len(dataset.class_names)} classes, model "
             f"{model.name!r} has {len(model.class_names)}"
@@ -129,26 +167,25 @@ def _targets(session: Session, body: DeletionRequestCreate) -> tuple[ModelVersio
     return version, model, dataset
 
 
-def _resolve_classes(model: Model, wanted: list[int | str]) -> list[int]:
+def _resolve_classes(class_names: list[str], wanted: list[int | str]) -> list[int]:
     resolved: list[int] = []
     for item in wanted:
         if isinstance(item, int):
-            if not 0 <= item < len(model.class_names):
+            if not 0 <= item < len(class_names):
                 raise UnknownClass(
-                    f"class index {item} is out of range: the model has "
-                    f"{len(model.class_names)} classes", unknown=item,
-                )  # fmt: skip
+                    f"class index {item} is out of range: there are {len(class_names)} classes",
+                    unknown=item,
+                )
             index = item
-        elif item in model.class_names:
-            index = model.class_names.index(item)
+        elif item in class_names:
+            index = class_names.index(item)
         else:
             raise UnknownClass(
-                f"the model has no class named {item!r}; classes: {model.class_names[:20]}",
-                unknown=item,
+                f"there is no class named {item!r}; classes: {class_names[:20]}", unknown=item
             )
         if index not in resolved:
             resolved.append(index)
-    if len(resolved) >= len(model.class_names):
+    if len(resolved) >= len(class_names):
         raise InvalidForgetSet("forgetting every class leaves nothing to retain")
     return sorted(resolved)
 
@@ -198,16 +235,18 @@ def list_requests(
 def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
     version = session.get(ModelVersion, request.model_version_id)
     model = session.get(Model, version.model_id) if version else None
+    dataset = session.get(Dataset, request.dataset_id)
     assert version is not None
-    assert model is not None
+    assert model is not None and dataset is not None
     classes: list[int] | None = request.forget_classes
     extra: dict[str, Any] = {
-        "forget_class_names": [model.class_names[c] for c in classes] if classes else None,
+        "forget_class_names": _class_names(model, dataset, classes),
         "forget_samples_count": len(request.forget_samples) if request.forget_samples else None,
     }
     return DeletionRequestRead(
         id=request.id, model_version_id=request.model_version_id, model_id=model.id,
-        dataset_id=request.dataset_id, forget_classes=classes, method=request.method,
+        dataset_id=request.dataset_id, retain_dataset_id=request.retain_dataset_id,
+        forget_classes=classes, method=request.method,
         params=request.params, acceptance=request.acceptance, reference=request.reference,
         measure_relearn_time=request.measure_relearn_time,
         caller_reference=request.caller_reference,

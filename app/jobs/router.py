@@ -1,11 +1,17 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from app.deps import ReadSessionDep, SessionDep
-from app.errors import JobNotCancelable, JobNotFound
+from fastapi import APIRouter, Path
+from fastapi.responses import FileResponse, Response
+
+from app.audit import service as audit
+from app.deps import ClientDep, ReadSessionDep, SessionDep
+from app.errors import ArtifactNotFound, CheckpointMissing, JobNotCancelable, JobNotFound
 from app.jobs import service
-from app.jobs.schemas import JobEventRead, JobRead
+from app.jobs.schemas import ArtifactRead, JobEventRead, JobRead
+from app.orm import DeletionRequest, ModelVersion
+from app.storage import get_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,3 +41,44 @@ def job_events(job_id: str, session: ReadSessionDep) -> list[JobEventRead]:
 def cancel_job(job_id: str, session: SessionDep) -> JobRead:
     """A queued job is canceled at once; a running one stops at its next progress check."""
     return service.to_read(session, service.cancel(session, job_id))
+
+
+ArtifactName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+@router.get(
+    "/{job_id}/artifacts", summary="List a job's artifacts", response_model=list[ArtifactRead],
+    responses={404: JobNotFound.openapi()},
+)  # fmt: skip
+def list_artifacts(job_id: str, session: ReadSessionDep) -> list[ArtifactRead]:
+    """Files the job produced besides its checkpoint (image-to-image jobs: the before/after
+    completion grid, ``completions.png``), for succeeded and rejected jobs alike."""
+    service.get(session, job_id)
+    return [service.artifact_read(a) for a in service.artifacts(session, job_id)]
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}", summary="Download a job artifact", response_class=FileResponse,
+    responses={404: ArtifactNotFound.openapi()},
+)  # fmt: skip
+def download_artifact(
+    job_id: str, name: ArtifactName, session: SessionDep, client: ClientDep
+) -> Response:
+    """The file, with its SHA-256 as ETag and X-Checksum-SHA256; the download is audited."""
+    found = service.artifact(session, job_id, name)
+    job = service.get(session, job_id)
+    request = session.get(DeletionRequest, job.request_id)
+    version = session.get(ModelVersion, request.model_version_id) if request else None
+    audit.record(
+        session, "job_artifact.downloaded", model_id=version.model_id if version else None,
+        request_id=job.request_id, job_id=job.id,
+        caller_reference=request.caller_reference if request else None, client_address=client,
+        details={"name": found.name, "sha256": found.sha256},
+    )  # fmt: skip
+    path = get_store().path(found.storage_key)
+    if not path.is_file():
+        raise CheckpointMissing(f"the store has no file for artifact {name!r}; restore "
+                                f"{found.storage_key} from backup")  # fmt: skip
+    headers = {"ETag": f'"{found.sha256}"', "X-Checksum-SHA256": found.sha256}
+    return FileResponse(path, media_type=found.media_type, headers=headers,
+                        filename=f"{job.id}-{found.name}")  # fmt: skip

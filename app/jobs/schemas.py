@@ -8,6 +8,14 @@ from pydantic import BaseModel, ConfigDict
 from app.models.schemas import ModelVersionRead
 
 
+class ArtifactRead(BaseModel):
+    name: str
+    media_type: str
+    sha256: str
+    size_bytes: int
+    url: str
+
+
 class JobRead(BaseModel):
     id: str
     request_id: str
@@ -17,6 +25,7 @@ class JobRead(BaseModel):
     error: str | None
     metrics: dict[str, Any] | None
     output_version: ModelVersionRead | None
+    artifacts: list[ArtifactRead] = []
     cancel_requested: bool
     attempts: int
     created_at: datetime

@@ -7,11 +7,11 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app.errors import JobNotCancelable, JobNotFound
+from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import states
-from app.jobs.schemas import JobRead
+from app.jobs.schemas import ArtifactRead, JobRead
 from app.models.service import version_read
-from app.orm import Job, JobEvent, JobStatus, ModelVersion, utcnow
+from app.orm import Job, JobArtifact, JobEvent, JobStatus, ModelVersion, utcnow
 
 
 def get(session: Session, job_id: str) -> Job:
@@ -26,6 +26,28 @@ def for_request(session: Session, request_id: str) -> Job:
     return job
 
 
+def artifacts(session: Session, job_id: str) -> list[JobArtifact]:
+    query = select(JobArtifact).where(JobArtifact.job_id == job_id).order_by(JobArtifact.id)
+    return list(session.scalars(query))
+
+
+def artifact(session: Session, job_id: str, name: str) -> JobArtifact:
+    get(session, job_id)
+    found = session.scalars(
+        select(JobArtifact).where(JobArtifact.job_id == job_id, JobArtifact.name == name)
+    ).first()
+    if found is None:
+        raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
+    return found
+
+
+def artifact_read(a: JobArtifact) -> ArtifactRead:
+    return ArtifactRead(
+        name=a.name, media_type=a.media_type, sha256=a.sha256, size_bytes=a.size_bytes,
+        url=f"/v1/jobs/{a.job_id}/artifacts/{a.name}",
+    )  # fmt: skip
+
+
 def to_read(session: Session, job: Job) -> JobRead:
     output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
     return JobRead(
@@ -37,6 +59,7 @@ def to_read(session: Session, job: Job) -> JobRead:
         error=job.error,
         metrics=job.metrics,
         output_version=version_read(output) if output else None,
+        artifacts=[artifact_read(a) for a in artifacts(session, job.id)],
         cancel_requested=job.cancel_requested_at is not None,
         attempts=job.attempts,
         created_at=job.created_at,

@@ -22,6 +22,7 @@ from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVe
 from app.storage import get_store
 from app.uploads import received
 from unlearning import architectures
+from unlearning.i2i import architectures as i2i_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
@@ -29,8 +30,11 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version num
 
 @router.get("/architectures", summary="List architectures", response_model=ArchitectureList)
 def list_architectures() -> ArchitectureList:
-    """Built-in small networks and every torchvision classifier."""
-    return ArchitectureList(**architectures.list_architectures())
+    """Built-in small classifiers, every torchvision classifier, and the built-in
+    image-to-image networks."""
+    return ArchitectureList(
+        **architectures.list_architectures(), image_to_image=sorted(i2i_architectures.BUILTIN)
+    )
 
 
 @router.post(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.validation import Body, Part
 
@@ -25,13 +25,40 @@ class Architecture(Part):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+class TransformIn(Part):
+    """The completion task of an image-to-image model; evaluation masks follow it."""
+
+    kind: Literal["center_square", "outpaint", "random"] = Field(
+        "center_square",
+        description="center_square: inpaint a centred square; outpaint: complete a border on "
+        "all four sides; random: inpaint random cells of a grid",
+    )
+    size: float = Field(
+        0.5, gt=0.0, lt=1.0,
+        description="square side, border width (below 0.5) or share of hidden cells, as a "
+        "fraction of the image side",
+    )  # fmt: skip
+    cell: int = Field(4, ge=1, le=4096, description="cell side in pixels (random masks)")
+
+
 class ModelCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["classification", "image_to_image"] = "classification"
     architecture: Architecture
     input_shape: list[int] = Field(min_length=3, max_length=3, description="[C, H, W]")
     normalization: Normalization = Normalization(mean=[0.0], std=[1.0])
-    class_names: list[str] = Field(min_length=2, max_length=100_000)
+    class_names: list[str] = Field(
+        default_factory=list, max_length=100_000,
+        description="classifiers: at least two; image-to-image models: none",
+    )  # fmt: skip
+    encoder: list[str] | None = Field(
+        None, min_length=1, max_length=64,
+        description="image-to-image: parameter-name prefixes of the part unlearning trains "
+        "(default: the architecture's whole encoder, 'encoder.')",
+    )  # fmt: skip
+    transform: TransformIn | None = Field(
+        None, description="image-to-image: the completion task (default: centre square, 0.5)"
+    )
 
     @field_validator("input_shape")
     @classmethod
@@ -47,6 +74,27 @@ class ModelCreate(Body):
             raise ValueError("class names must be unique and non-empty")
         return v
 
+    @field_validator("encoder")
+    @classmethod
+    def _prefixes(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and any(not 1 <= len(p) <= 200 for p in v):
+            raise ValueError("encoder prefixes must be 1 to 200 characters long")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_task(self) -> ModelCreate:
+        if self.task == "classification":
+            if len(self.class_names) < 2:
+                raise ValueError("a classifier needs at least two class_names")
+            if self.encoder is not None or self.transform is not None:
+                raise ValueError("only image_to_image models declare an encoder and a transform")
+        elif self.class_names:
+            raise ValueError(
+                "image_to_image models take no class_names: deletion requests name the classes "
+                "of the registered dataset"
+            )
+        return self
+
 
 class ModelRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -59,6 +107,8 @@ class ModelRead(BaseModel):
     input_shape: list[int]
     normalization: dict[str, list[float]]
     class_names: list[str]
+    encoder: list[str] | None = None
+    transform: dict[str, Any] | None = None
     created_at: datetime
 
 
@@ -80,3 +130,4 @@ class ModelVersionRead(BaseModel):
 class ArchitectureList(BaseModel):
     builtin: list[str]
     torchvision: list[str]
+    image_to_image: list[str]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from torch import nn
 
 from app.audit import service as audit
 from app.errors import (
     InvalidArchitecture,
     InvalidCheckpoint,
+    InvalidTransform,
     ModelNotFound,
     ModelVersionNotFound,
     NameTaken,
@@ -19,26 +22,26 @@ from app.errors import (
     VersionConflict,
 )
 from app.models import repository as repo
-from app.models.schemas import ModelCreate, ModelVersionRead
+from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Model, ModelVersion
 from app.storage import LocalArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
-
-
-class TaskUnsupported(Unprocessable):
-    code = "task_unsupported"
+from unlearning.i2i import architectures as i2i_architectures
+from unlearning.i2i import masks
 
 
 def create_model(session: Session, body: ModelCreate, client: str | None) -> Model:
-    if body.task != "classification":
-        raise TaskUnsupported(
-            f"task {body.task!r} is not served yet; only 'classification' models can be registered"
-        )
     channels = body.input_shape[0]
     for field in ("mean", "std"):
         if len(getattr(body.normalization, field)) not in (1, channels):
             raise Unprocessable(f"normalization.{field} needs 1 or {channels} values")
-    _check_architecture(body)  # before the first query: no database lock held meanwhile
+    # Checked before the first query: no database lock is held meanwhile.
+    encoder: list[str] | None = None
+    transform: dict[str, Any] | None = None
+    if body.task == "image_to_image":
+        encoder, transform = _check_image_to_image(body)
+    else:
+        _check_architecture(body)
     if repo.name_exists(session, body.name):
         raise NameTaken(f"a model named {body.name!r} already exists")
     model = Model(
@@ -49,6 +52,8 @@ def create_model(session: Session, body: ModelCreate, client: str | None) -> Mod
         input_shape=body.input_shape,
         normalization=body.normalization.model_dump(),
         class_names=body.class_names,
+        encoder=encoder,
+        transform=transform,
     )
     session.add(model)
     try:
@@ -57,9 +62,40 @@ def create_model(session: Session, body: ModelCreate, client: str | None) -> Mod
         raise NameTaken(f"a model named {body.name!r} already exists") from exc
     audit.record(
         session, "model.registered", model_id=model.id, client_address=client,
-        details={"name": model.name, "architecture": model.architecture},
+        details={"name": model.name, "task": model.task, "architecture": model.architecture,
+                 "encoder": encoder, "transform": transform},
     )  # fmt: skip
     return model
+
+
+def _check_image_to_image(body: ModelCreate) -> tuple[list[str], dict[str, Any]]:
+    """The declared encoder (prefixes) and the transform, once the network is known to build,
+    to complete images of its input shape, and to have those parameters in its encoder."""
+    try:
+        net = i2i_architectures.build_on_meta(
+            body.architecture.name, body.input_shape, body.architecture.args
+        )
+        i2i_architectures.check_input_shape(net, body.input_shape)
+        encoder = i2i_architectures.resolve_encoder(net, body.encoder)
+    except architectures.ArchitectureError as exc:
+        raise InvalidArchitecture(str(exc)) from exc
+    transform = (body.transform or TransformIn()).model_dump()
+    try:
+        masks.Transform(**transform)
+    except ValueError as exc:
+        raise InvalidTransform(str(exc)) from exc
+    return encoder, transform
+
+
+def network_on_meta(model: Model) -> nn.Module:
+    """The registered network without weights, to check uploads against."""
+    if model.task == "image_to_image":
+        return i2i_architectures.build_on_meta(
+            model.architecture, model.input_shape, model.architecture_args
+        )
+    return architectures.build_on_meta(
+        model.architecture, len(model.class_names), model.architecture_args
+    )
 
 
 def _check_architecture(body: ModelCreate) -> None:
@@ -142,9 +178,7 @@ def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, s
         with upload.open("rb") as fh:
             source_format = checkpoints.sniff_format(fh.read(16))
         state = checkpoints.read_state_dict(upload)
-        net = architectures.build_on_meta(
-            model.architecture, len(model.class_names), model.architecture_args
-        )
+        net = network_on_meta(model)
     except checkpoints.CheckpointError as exc:
         raise InvalidCheckpoint(str(exc), code=exc.code) from exc
     problems = checkpoints.fit_problems(net, state)

@@ -227,8 +227,22 @@ def test_bad_models_and_datasets(api, store, tmp_path):
     assert_problem(api.post("/v1/models", json=bad_arch), 422, "invalid_architecture")
     wrong_shape = {**model_body("b"), "input_shape": [3, 8, 8]}
     assert_problem(api.post("/v1/models", json=wrong_shape), 422, "invalid_architecture")
+    # An image-to-image model has no classes, a built-in I2I network and a fitting transform.
     i2i = {**model_body("c"), "task": "image_to_image"}
-    assert_problem(api.post("/v1/models", json=i2i), 422, "task_unsupported")
+    assert_problem(api.post("/v1/models", json=i2i), 422, "validation_error")
+    i2i["class_names"] = []
+    assert_problem(api.post("/v1/models", json=i2i), 422, "invalid_architecture")
+    mae = {**i2i, "architecture": {"name": "mae_vit", "args": {"patch_size": 3}}}
+    assert_problem(api.post("/v1/models", json=mae), 422, "invalid_architecture")
+    mae["architecture"] = {"name": "mae_vit", "args": {"patch_size": 4}}
+    wide = {**mae, "transform": {"kind": "outpaint", "size": 0.6}}
+    assert_problem(api.post("/v1/models", json=wide), 422, "invalid_transform")
+    for encoder in (["decoder."], ["nothing."], [""]):
+        body = {**mae, "encoder": encoder}
+        code = "validation_error" if encoder == [""] else "invalid_architecture"
+        assert_problem(api.post("/v1/models", json=body), 422, code)
+    classifier_with_encoder = {**model_body("e"), "encoder": ["encoder."]}
+    assert_problem(api.post("/v1/models", json=classifier_with_encoder), 422, "validation_error")
     missing = {"name": "f", "kind": "fashion_mnist", "location": str(tmp_path / "none")}
     assert_problem(api.post("/v1/datasets", json=missing), 422, "dataset_unreadable")
     files = {"file": ("d.npz", b"not an archive", "application/octet-stream")}

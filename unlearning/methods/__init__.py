@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unlearning.methods.common import MethodResult, UnlearningTask
+from unlearning.methods.i2i import I2IConfig, I2ITask, defaults_for, run_i2i
 from unlearning.methods.reference import (
     FinetuneConfig,
     NegGradPlusConfig,
@@ -25,7 +26,8 @@ from unlearning.methods.unsir import UnsirConfig, extra_repair, run_unsir
 class Method:
     name: str
     config_type: type[Any]
-    run: Callable[[UnlearningTask, Any], MethodResult]
+    # Classifier methods take an UnlearningTask, image-to-image methods an I2ITask.
+    run: Callable[[Any, Any], MethodResult]
     # "classes", "samples" or both: what a request may name for this method.
     forgets: frozenset[str]
     summary: str
@@ -34,6 +36,11 @@ class Method:
     # One more healing step the acceptance gate may ask for; returns the samples it processed.
     heal: Callable[[UnlearningTask, Any, int], int] | None = None
     heal_limit_param: str | None = None
+    # The model tasks it serves.
+    tasks: frozenset[str] = frozenset({"classification"})
+    # Defaults that depend on the network's family (image-to-image recipes), filled in before
+    # the request's own parameters.
+    defaults_for: Callable[[str], dict[str, Any]] | None = None
 
 
 BOTH = frozenset({"classes", "samples"})
@@ -68,8 +75,20 @@ _ALL = (
         "train on the forget data relabelled at random, plus the retain data",
         (("random_label", 8.0),),
     ),
+    Method(
+        "i2i", I2IConfig, run_i2i, BOTH,
+        "image-to-image encoder unlearning: the encoder keeps retain embeddings and maps "
+        "forget images to the original encoder's embedding of noise; the decoder is frozen",
+        (("i2i", 8.0),), tasks=frozenset({"image_to_image"}), defaults_for=defaults_for,
+    ),
 )  # fmt: skip
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
-DEFAULT_METHOD = {"classes": "unsir", "samples": "salun"}
+# (model task, what the request forgets) -> the method used when the request names none.
+DEFAULT_METHOD = {
+    ("classification", "classes"): "unsir",
+    ("classification", "samples"): "salun",
+    ("image_to_image", "classes"): "i2i",
+    ("image_to_image", "samples"): "i2i",
+}
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "Method", "MethodResult", "UnlearningTask"]
+__all__ = ["DEFAULT_METHOD", "METHODS", "I2ITask", "Method", "MethodResult", "UnlearningTask"]

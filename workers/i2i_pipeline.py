@@ -1,0 +1,144 @@
+"""One image-to-image unlearning job: measure completions, train the encoder, measure again,
+apply the acceptance gate and draw the before/after grid. Nothing is stored here: the classifier
+pipeline's ``store_outcome`` records the result."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from app.storage import get_store
+from unlearning import acceptance, checkpoints, data, verify
+from unlearning.i2i import architectures, masks
+from unlearning.i2i import verify as i2i_verify
+from unlearning.methods import METHODS, I2ITask
+from workers.pipeline import (
+    EVAL_SEED,
+    Cost,
+    JobContext,
+    Outcome,
+    environment,
+    forget_split,
+    pick_device,
+    refuse_diverged,
+)
+from workers.progress import ProgressReporter
+
+GRID_NAME = "completions.png"
+
+
+def job_plan(ctx: JobContext) -> list[tuple[str, float]]:
+    return [("load", 0.5), ("evaluate_before", 1.0), *METHODS[ctx.method].phases,
+            ("evaluate", 1.0), ("save", 0.3)]  # fmt: skip
+
+
+def load_model(ctx: JobContext) -> architectures.I2IModel:
+    model = architectures.build(ctx.architecture, ctx.spec.shape, ctx.architecture_args)
+    checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
+    return model
+
+
+def retain_data(
+    ctx: JobContext, train: data.ImageSource, retain_idx: np.ndarray
+) -> tuple[data.ImageSource, np.ndarray]:
+    """The training data outside the forget set, or the request's proxy retain set (its
+    training split, all of it)."""
+    if ctx.retain_dataset_kind is None:
+        return train, retain_idx
+    proxy = data.open_split(
+        ctx.retain_dataset_kind, ctx.retain_dataset_location, "train", size=ctx.spec.shape[1:]
+    )
+    return proxy, np.arange(len(proxy))
+
+
+def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
+    device, cost = pick_device(), Cost()
+    report.set_plan(job_plan(ctx))
+    report("load", 0.0)
+    transform = masks.Transform(**(ctx.transform or {}))
+    with cost.phase("load"):
+        model = load_model(ctx)
+        original = copy.deepcopy(model).to(device)
+        train, test = data.open_splits(
+            ctx.dataset_kind, ctx.dataset_location, size=ctx.spec.shape[1:]
+        )
+        forget_idx, retain_idx = forget_split(train, ctx)
+        retain_source, retain_idx = retain_data(ctx, train, retain_idx)
+        sets = i2i_verify.eval_sets(train, test, forget_idx, ctx.forget_classes, seed=EVAL_SEED)
+
+    report("evaluate_before", 0.0)
+    with cost.phase("evaluate_before"):
+        before, before_done = i2i_verify.measure(original, sets, ctx.spec, transform, device)
+    task = I2ITask(
+        model, train, forget_idx, retain_source, retain_idx, ctx.forget_classes, ctx.spec,
+        transform, ctx.encoder or [architectures.ENCODER_PREFIX], device, progress=report,
+    )  # fmt: skip
+    method = METHODS[ctx.method]
+    result = method.run(task, method.config_type(**ctx.params))
+    cost.add(result.phase_seconds, result.samples_processed)
+    refuse_diverged(model)
+    report("evaluate", 0.0)
+    with cost.phase("evaluate"):
+        after, after_done = i2i_verify.measure(
+            model, sets, ctx.spec, transform, device, originals=before_done
+        )
+    cost.forward += 2 * i2i_verify.forward_samples(before)
+    failed = acceptance.i2i_failures(acceptance.I2IThresholds(**ctx.acceptance), before, after)
+    metrics: dict[str, Any] = {
+        "task": "image_to_image",
+        "method": ctx.method,
+        "params": ctx.params,
+        "forget": _forget_summary(ctx, forget_idx),
+        "retain": {
+            "source": "proxy dataset" if ctx.retain_dataset_kind else "training data",
+            "dataset_id": ctx.retain_dataset_id,
+            "available_samples": len(retain_idx),
+        },
+        "acceptance": {"thresholds": ctx.acceptance, "passed": not failed, "failures": failed},
+        "before": before,
+        "after": after,
+        "change": _change(before, after),
+        "weights": i2i_verify.weights_unchanged(model, original, task.encoder),
+        "weight_distance": {"to_original": verify.weight_distance(model, original)},
+        "method_details": result.details,
+        "environment": environment(device),
+        "phase_seconds": cost.seconds,
+        "samples_processed": {**cost.trained, "forward_only": cost.forward},
+    }
+    report("save", 0.0)
+    grid = i2i_verify.completion_grid(before_done, after_done, show_forget=_may_show_forget(ctx))
+    return Outcome(
+        metrics, None if failed else model.state_dict(), failed,
+        artifacts={GRID_NAME: ("image/png", grid)},
+    )  # fmt: skip
+
+
+def _may_show_forget(ctx: JobContext) -> bool:
+    """A sample request's forget images are the very data to be erased: keeping pictures of them
+    (and of the original model reconstructing them) would defeat the request. Class requests
+    show held-out images of the classes, never the training images named for deletion."""
+    return ctx.forget_classes is not None
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """After minus before, per group, for the headline figures."""
+    change: dict[str, Any] = {}
+    for group in ("retain", "forget"):
+        b, a = before[group], after[group]
+        change[group] = {
+            k: (None if b[k] is None or a[k] is None else a[k] - b[k])
+            for k in ("psnr", "ssim", "mse", "fd_random", "encoder_cosine")
+        }
+    return change
+
+
+def _forget_summary(ctx: JobContext, forget_idx: np.ndarray) -> dict[str, Any]:
+    if ctx.forget_classes is not None:
+        return {
+            "kind": "classes", "classes": ctx.forget_classes,
+            "class_names": [ctx.dataset_class_names[c] for c in ctx.forget_classes],
+            "train_samples": len(forget_idx),
+        }  # fmt: skip
+    return {"kind": "samples", "train_samples": len(forget_idx)}
