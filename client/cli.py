@@ -39,15 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
+    sub.add_parser("demo-i2i", help="run the image-to-image demo on the embedded default")
 
     reg = sub.add_parser("register-model", help="register a model")
     reg.add_argument("--name", required=True)
-    reg.add_argument("--arch", required=True, help="tiny_cnn, small_resnet, mlp or torchvision")
+    reg.add_argument("--task", default="classification",
+                     choices=["classification", "image_to_image"])  # fmt: skip
+    reg.add_argument(
+        "--arch", required=True,
+        help="tiny_cnn, small_resnet, mlp or torchvision (classifiers); mae_vit or "
+        "unet_inpainter (image_to_image)",
+    )  # fmt: skip
     reg.add_argument("--arch-args", default="{}", help="JSON object")
     reg.add_argument("--input-shape", required=True, help="C,H,W")
     reg.add_argument("--mean", default="0")
     reg.add_argument("--std", default="1")
-    reg.add_argument("--classes", required=True, help="comma-separated class names")
+    reg.add_argument("--classes", help="comma-separated class names (classifiers)")
+    reg.add_argument("--encoder", type=_csv, help="image_to_image: trained parameter prefixes")
+    reg.add_argument(
+        "--transform", help='image_to_image: JSON, e.g. {"kind": "center_square", "size": 0.5}'
+    )
 
     up = sub.add_parser("upload", help="upload a checkpoint as a new version")
     up.add_argument("model")
@@ -65,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--dataset", required=True)
     fg.add_argument("--classes", type=_classes, help="indices or names, comma-separated")
     fg.add_argument("--samples", type=_csv, help="sample ids, comma-separated")
+    fg.add_argument("--retain-dataset", help="image_to_image: a proxy retain dataset")
     fg.add_argument("--method")
     fg.add_argument("--params", default="{}", help="JSON object of method parameters")
     fg.add_argument(
@@ -84,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("job", "show a job"), ("wait", "wait for a job"), ("cancel", "cancel")):
         sub.add_parser(name, help=text).add_argument("job_id")
 
+    art = sub.add_parser("artifact", help="download a job artifact (e.g. completions.png)")
+    art.add_argument("job_id")
+    art.add_argument("name")
+    art.add_argument("-o", "--output", type=Path, required=True)
+
     dl = sub.add_parser("download", help="download a checkpoint and verify its SHA-256")
     dl.add_argument("model")
     dl.add_argument("number", type=int)
@@ -102,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
 
         run_demo()
         return 0
+    if args.command == "demo-i2i":
+        from client.demo_i2i import run_i2i_demo
+
+        run_i2i_demo()
+        return 0
     client = NepentheClient(args.url)
     try:
         return _dispatch(client, args)
@@ -114,12 +136,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     if args.command == "register-model":
+        extra: dict[str, Any] = {}
+        if args.encoder:
+            extra["encoder"] = args.encoder
+        if args.transform:
+            extra["transform"] = json.loads(args.transform)
         _print(client.register_model(
-            name=args.name, task="classification",
+            name=args.name, task=args.task,
             architecture={"name": args.arch, "args": json.loads(args.arch_args)},
             input_shape=[int(s) for s in _csv(args.input_shape)],
             normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
-            class_names=_csv(args.classes),
+            class_names=_csv(args.classes or ""), **extra,
         ))  # fmt: skip
     elif args.command == "upload":
         _print(client.upload_version(args.model, args.file, args.parent))
@@ -133,6 +160,7 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key or str(uuid.uuid4()),
             model_version_id=args.version, dataset_id=args.dataset,
             forget_classes=args.classes, forget_samples=args.samples, method=args.method,
+            **({"retain_dataset_id": args.retain_dataset} if args.retain_dataset else {}),
             params=json.loads(args.params), caller_reference=args.ref,
             acceptance=json.loads(args.acceptance) if args.acceptance else None,
             reference=(
@@ -152,6 +180,14 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
         return _wait(client, args.job_id)
     elif args.command == "cancel":
         _print(client.cancel_job(args.job_id))
+    elif args.command == "artifact":
+        found = {a["name"]: a for a in client.get_job(args.job_id)["artifacts"]}
+        if args.name not in found:
+            print(f"error: job {args.job_id} has no artifact {args.name!r}; it has "
+                  f"{sorted(found)}", file=sys.stderr)  # fmt: skip
+            return 1
+        digest = client.download(found[args.name]["url"], args.output)
+        print(f"{args.output}  sha256={digest}")
     elif args.command == "download":
         version = client.get_version(args.model, args.number)
         digest = client.download(version["download_url"], args.output)

@@ -63,3 +63,11 @@ def assert_forgotten_toward_held_out(before: dict[str, Any], after: dict[str, An
         score - mia_after["retain_member_score"]
     )
     assert after["retain_accuracy"] >= before["retain_accuracy"] - 0.02
+
+
+@lru_cache
+def i2i_trained_state() -> dict[str, torch.Tensor]:
+    """The demo's masked autoencoder trained to inpaint digits (about 15 s); cached per process."""
+    from client.demo_i2i import train_original
+
+    return train_original()

@@ -85,6 +85,7 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
             model, sets, ctx.spec, transform, device, originals=before_done
         )
     cost.forward += 2 * i2i_verify.forward_samples(before)
+    shown = _may_show_forget(ctx)
     failed = acceptance.i2i_failures(acceptance.I2IThresholds(**ctx.acceptance), before, after)
     metrics: dict[str, Any] = {
         "task": "image_to_image",
@@ -104,11 +105,12 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
         "weight_distance": {"to_original": verify.weight_distance(model, original)},
         "method_details": result.details,
         "environment": environment(device),
+        "artifacts": {GRID_NAME: {"groups": ["retain", "forget"] if shown else ["retain"]}},
         "phase_seconds": cost.seconds,
         "samples_processed": {**cost.trained, "forward_only": cost.forward},
     }
     report("save", 0.0)
-    grid = i2i_verify.completion_grid(before_done, after_done, show_forget=_may_show_forget(ctx))
+    grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)
     return Outcome(
         metrics, None if failed else model.state_dict(), failed,
         artifacts={GRID_NAME: ("image/png", grid)},

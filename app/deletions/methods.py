@@ -53,10 +53,10 @@ def resolve_params(
         raise InvalidMethodParams(
             f"unknown parameters for {method.name}: {unknown}; known: {sorted(known)}"
         )
-    if method.defaults_for is not None and family is not None:
-        params = {**method.defaults_for(family), **params}
     try:
         config = TypeAdapter(method.config_type).validate_python(params, strict=False)
+        if method.resolve_for is not None and family is not None:
+            config = method.resolve_for(config, family)
     except ValidationError as exc:
         raise InvalidMethodParams(
             f"{method.name} parameters: " + "; ".join(_explain(e) for e in exc.errors())

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unlearning.methods.common import MethodResult, UnlearningTask
-from unlearning.methods.i2i import I2IConfig, I2ITask, defaults_for, run_i2i
+from unlearning.methods.i2i import I2IConfig, I2ITask, resolve_for, run_i2i
 from unlearning.methods.reference import (
     FinetuneConfig,
     NegGradPlusConfig,
@@ -38,9 +38,9 @@ class Method:
     heal_limit_param: str | None = None
     # The model tasks it serves.
     tasks: frozenset[str] = frozenset({"classification"})
-    # Defaults that depend on the network's family (image-to-image recipes), filled in before
-    # the request's own parameters.
-    defaults_for: Callable[[str], dict[str, Any]] | None = None
+    # Fills the defaults that depend on the network's family (image-to-image recipes) into a
+    # config built from the request's own parameters.
+    resolve_for: Callable[[Any, str], Any] | None = None
 
 
 BOTH = frozenset({"classes", "samples"})
@@ -79,7 +79,7 @@ _ALL = (
         "i2i", I2IConfig, run_i2i, BOTH,
         "image-to-image encoder unlearning: the encoder keeps retain embeddings and maps "
         "forget images to the original encoder's embedding of noise; the decoder is frozen",
-        (("i2i", 8.0),), tasks=frozenset({"image_to_image"}), defaults_for=defaults_for,
+        (("i2i", 8.0),), tasks=frozenset({"image_to_image"}), resolve_for=resolve_for,
     ),
 )  # fmt: skip
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}

@@ -96,8 +96,12 @@ class I2IConfig:
 
 
 def defaults_for(family: str) -> dict[str, object]:
-    """The parameters a request gets for a network of ``family``, before its own overrides."""
+    """The parameters a request gets for a network of ``family`` when it sets none."""
     return asdict(I2IConfig().resolved(family))
+
+
+def resolve_for(config: I2IConfig, family: str) -> I2IConfig:
+    return config.resolved(family)
 
 
 @dataclass
