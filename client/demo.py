@@ -147,16 +147,21 @@ def print_audit(client: NepentheClient, model_id: str) -> None:
               f"ref={e['caller_reference'] or '-'}")  # fmt: skip
 
 
-def run_demo(workdir: Path | None = None) -> dict[str, Any]:
-    workdir = workdir or ROOT / "var" / "demo"
+def embedded_env(workdir: Path) -> dict[str, str]:
+    """A fresh ``workdir`` and the settings of the embedded default inside it (no servers)."""
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    env = {
+    return {
         "NEPENTHE_DATABASE_URL": f"sqlite:///{workdir / 'nepenthe.db'}",
         "NEPENTHE_BROKER_URL": "filesystem://",
         "NEPENTHE_BROKER_DIR": str(workdir / "broker"),
         "NEPENTHE_STORE_DIR": str(ROOT / "models_store"),
     }
+
+
+def run_demo(workdir: Path | None = None) -> dict[str, Any]:
+    workdir = workdir or ROOT / "var" / "demo"
+    env = embedded_env(workdir)
     original = train_original(workdir)
     with LocalService(env, ROOT, workdir / "logs") as service:
         print(f"API at {service.url}, worker started (SQLite + filesystem broker)")

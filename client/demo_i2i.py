@@ -10,7 +10,6 @@ before/after grid, and prints the audit trail. It stops what it started.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ import safetensors.torch
 import torch
 
 from client.api import NepentheClient
-from client.demo import print_audit, show_progress
+from client.demo import embedded_env, print_audit, show_progress
 from client.local import LocalService
 from unlearning import checkpoints, data
 from unlearning.i2i import architectures, masks
@@ -107,14 +106,7 @@ def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
 
 def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
     workdir = workdir or ROOT / "var" / "demo-i2i"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    env = {
-        "NEPENTHE_DATABASE_URL": f"sqlite:///{workdir / 'nepenthe.db'}",
-        "NEPENTHE_BROKER_URL": "filesystem://",
-        "NEPENTHE_BROKER_DIR": str(workdir / "broker"),
-        "NEPENTHE_STORE_DIR": str(ROOT / "models_store"),
-    }
+    env = embedded_env(workdir)
     start = time.perf_counter()
     original = train_original()
     print(f"trained mae_vit to inpaint digits in {time.perf_counter() - start:.1f} s")

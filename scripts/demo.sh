@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The demo on the embedded default (SQLite, local models_store/, filesystem broker): no servers.
+# The demos on the embedded default (SQLite, local models_store/, filesystem broker): no servers.
+# First a classifier forgets classes and samples, then an image-to-image model forgets classes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/nepenthe demo
+.venv/bin/nepenthe demo
+exec .venv/bin/nepenthe demo-i2i

@@ -21,6 +21,7 @@ from workers.pipeline import (
     Outcome,
     environment,
     forget_split,
+    forget_summary,
     pick_device,
     refuse_diverged,
 )
@@ -91,7 +92,7 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
         "task": "image_to_image",
         "method": ctx.method,
         "params": ctx.params,
-        "forget": _forget_summary(ctx, forget_idx),
+        "forget": forget_summary(ctx, forget_idx, ctx.dataset_class_names),
         "retain": {
             "source": "proxy dataset" if ctx.retain_dataset_kind else "training data",
             "dataset_id": ctx.retain_dataset_id,
@@ -134,13 +135,3 @@ def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
             for k in ("psnr", "ssim", "mse", "fd_random", "encoder_cosine")
         }
     return change
-
-
-def _forget_summary(ctx: JobContext, forget_idx: np.ndarray) -> dict[str, Any]:
-    if ctx.forget_classes is not None:
-        return {
-            "kind": "classes", "classes": ctx.forget_classes,
-            "class_names": [ctx.dataset_class_names[c] for c in ctx.forget_classes],
-            "train_samples": len(forget_idx),
-        }  # fmt: skip
-    return {"kind": "samples", "train_samples": len(forget_idx)}

@@ -227,7 +227,7 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     metrics: dict[str, Any] = {
         "method": ctx.method,
         "params": ctx.params,
-        "forget": _forget_summary(ctx, forget_idx),
+        "forget": forget_summary(ctx, forget_idx, ctx.class_names),
         "acceptance": {
             "thresholds": ctx.acceptance,
             "passed": not failed,
@@ -343,11 +343,15 @@ def _relearn(
     return measured
 
 
-def _forget_summary(ctx: JobContext, forget_idx: np.ndarray) -> dict[str, Any]:
+def forget_summary(
+    ctx: JobContext, forget_idx: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """What the request forgets; ``class_names`` are the model's (classifiers) or the dataset's
+    (image-to-image models, which have none)."""
     if ctx.forget_classes is not None:
         return {
             "kind": "classes", "classes": ctx.forget_classes,
-            "class_names": [ctx.class_names[c] for c in ctx.forget_classes],
+            "class_names": [class_names[c] for c in ctx.forget_classes],
             "train_samples": len(forget_idx),
         }  # fmt: skip
     return {"kind": "samples", "train_samples": len(forget_idx)}

@@ -258,3 +258,25 @@ def test_encoder_unlearning_forgets_real_digit_classes_and_keeps_the_rest():
     assert image.format == "PNG" and image.height > 4 * 16
     narrower = Image.open(io.BytesIO(v.completion_grid(done, after_done, show_forget=False)))
     assert narrower.width < image.width
+
+
+def test_progress_is_reported_every_step_and_can_stop_the_method():
+    """A cancel arrives as an exception from the progress callback (workers/progress.py)."""
+    seen: list[tuple[str, float]] = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(phase: str, fraction: float) -> None:
+        seen.append((phase, fraction))
+        if len(seen) == 3:
+            raise Stop
+
+    model = architectures.build("unet_inpainter", (1, 8, 8), {"base": 4, "levels": 1})
+    before = {k: t.clone() for k, t in model.state_dict().items()}
+    with pytest.raises(Stop):
+        run_i2i(_digits_task(model, [3], progress=progress), I2IConfig(epochs=2, lr=1e-3))
+    assert [p for p, _ in seen] == ["i2i"] * 3
+    assert 0 < seen[0][1] < seen[1][1] < seen[2][1] < 1
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in decoder)
