@@ -139,6 +139,10 @@ class InvalidForgetSet(Unprocessable):
     code = "invalid_forget_set"
 
 
+class InvalidRetainSet(Unprocessable):
+    code = "invalid_retain_set"
+
+
 class UnknownSample(Unprocessable):
     code = "unknown_sample"
 

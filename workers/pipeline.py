@@ -20,6 +20,7 @@ import numpy as np
 import sklearn
 import torch
 import torchvision
+from sqlalchemy import select
 
 from app.config import get_settings
 from app.datasets.service import resolve_location
@@ -27,7 +28,7 @@ from app.db import session_scope
 from app.jobs import states
 from app.models import service as models
 from app.orm import Dataset, DeletionRequest, Job, JobArtifact, JobStatus, Model, ModelVersion
-from app.storage import get_store
+from app.storage import StoredObject, get_store
 from unlearning import acceptance, architectures, checkpoints, data, verify
 from unlearning.methods import METHODS, UnlearningTask
 from unlearning.methods.reference import RetrainConfig
@@ -446,6 +447,37 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
              for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
     metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
     metrics = json_safe(metrics)
+    try:
+        moved = _record_outcome(ctx, outcome, metrics, stored, files)
+    except BaseException:
+        _discard_unreferenced([obj.key for _, obj in files.values()])
+        raise
+    if not moved:
+        _discard_unreferenced([obj.key for _, obj in files.values()])
+    return moved
+
+
+def _discard_unreferenced(keys: list[str]) -> None:
+    """Remove artifact files no job refers to: the grid of a job that ended elsewhere shows images
+    of the forget classes, and nothing of it should outlive the job. (The store is
+    content-addressed, so a file another job recorded with the same bytes is kept.)"""
+    if not keys:
+        return
+    with session_scope() as session:
+        query = select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
+        kept = set(session.scalars(query))
+    for key in set(keys) - kept:
+        get_store().delete(key)
+
+
+def _record_outcome(
+    ctx: JobContext,
+    outcome: Outcome,
+    metrics: dict[str, Any],
+    stored: StoredObject | None,
+    files: dict[str, tuple[str, StoredObject]],
+) -> bool:
+    """Version (when accepted), artifacts and the job's last transition, in one transaction."""
     with session_scope() as session:
         job = session.get(Job, ctx.job_id)
         model = session.get(Model, ctx.model_id)

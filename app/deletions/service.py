@@ -21,6 +21,7 @@ from app.errors import (
     IncompatibleDataset,
     InvalidDataset,
     InvalidForgetSet,
+    InvalidRetainSet,
     ModelVersionNotFound,
     OptionUnsupportedForModel,
     UnknownClass,
@@ -66,9 +67,15 @@ def submit(
     if forget_classes is not None:
         methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
     _check_options(body, model)
-    retain_dataset = (
-        datasets.get(session, body.retain_dataset_id) if body.retain_dataset_id else None
-    )
+    retain_dataset = None
+    if body.retain_dataset_id is not None:
+        retain_dataset = datasets.get(session, body.retain_dataset_id)
+        if retain_dataset.id == dataset.id:
+            # Its whole training split would be kept, the forget set included.
+            raise InvalidRetainSet(
+                "a proxy retain set must be another dataset: this one holds the data to forget; "
+                "omit retain_dataset_id to retain the rest of the training data"
+            )
     given = body.acceptance.model_dump(exclude_unset=True) if body.acceptance else None
     thresholds = methods.resolve_acceptance(given, forgets, model.task)
     reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)

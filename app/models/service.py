@@ -81,9 +81,14 @@ def _check_image_to_image(body: ModelCreate) -> tuple[list[str], dict[str, Any]]
         raise InvalidArchitecture(str(exc)) from exc
     transform = (body.transform or TransformIn()).model_dump()
     try:
-        masks.Transform(**transform)
+        hidden = masks.hidden_share(masks.Transform(**transform), body.input_shape)
     except ValueError as exc:
         raise InvalidTransform(str(exc)) from exc
+    if not 0.0 < hidden < 1.0:
+        raise InvalidTransform(
+            f"the transform hides {hidden:.0%} of a {body.input_shape[1]}x{body.input_shape[2]} "
+            "image: it must hide some pixels and leave some visible"
+        )
     return encoder, transform
 
 

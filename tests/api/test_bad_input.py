@@ -237,6 +237,11 @@ def test_bad_models_and_datasets(api, store, tmp_path):
     mae["architecture"] = {"name": "mae_vit", "args": {"patch_size": 4}}
     wide = {**mae, "transform": {"kind": "outpaint", "size": 0.6}}
     assert_problem(api.post("/v1/models", json=wide), 422, "invalid_transform")
+    # Transforms that would hide every pixel of an 8x8 image: nothing left to complete from.
+    for everything in ({"kind": "outpaint", "size": 0.49}, {"kind": "random", "size": 0.5,
+                                                           "cell": 64}):  # fmt: skip
+        body = {**mae, "transform": everything}
+        assert_problem(api.post("/v1/models", json=body), 422, "invalid_transform")
     for encoder in (["decoder."], ["nothing."], [""]):
         body = {**mae, "encoder": encoder}
         code = "validation_error" if encoder == [""] else "invalid_architecture"

@@ -124,6 +124,7 @@ def test_refusals_leave_nothing_behind(api, i2i, registered, store):
         ({"forget_classes": ["ten"]}, 422, "unknown_class"),
         ({"forget_classes": list(range(10))}, 422, "invalid_forget_set"),
         ({"retain_dataset_id": "nope"}, 404, "dataset_not_found"),
+        ({"retain_dataset_id": "digits"}, 422, "invalid_retain_set"),  # holds the forget set
     ):
         assert_problem(submit(api, i2i, **body), status, code)
     # And the other way round: classifier requests refuse the I2I method and options.

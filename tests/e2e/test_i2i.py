@@ -104,22 +104,26 @@ def test_a_masked_autoencoder_forgets_two_digit_classes(client, tmp_path):
     assert done["details"]["artifacts"]["completions.png"] == job["artifacts"][0]["sha256"]
 
 
-def proxy_dataset(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:
-    """Held-out digits as a proxy retain set: data the owner may keep."""
-    test = data.open_split("sklearn_digits", None, "test")
-    images = (test.images(np.arange(len(test))).numpy()[:, 0] * 255).round().astype(np.uint8)
+def proxy_dataset(client: NepentheClient, tmp_path: Path, exclude: list[str]) -> dict[str, Any]:
+    """A proxy retain set: 300 training digits outside the forget set (data the owner may keep),
+    disjoint from the held-out images the retain figures are measured on."""
+    train = data.open_split("sklearn_digits", None, "train")
+    keep = np.flatnonzero(~np.isin(train.ids, exclude))[:300]
+    images = (train.images(keep).numpy()[:, 0] * 255).round().astype(np.uint8)
     path = tmp_path / "proxy.npz"
-    np.savez(path, images=images, labels=test.targets)
+    np.savez(path, images=images, labels=train.targets[keep])
     return client.upload_npz_dataset("digits-proxy", path)
 
 
 @pytest.mark.parametrize("service_env", ["embedded"], indirect=True)
 def test_samples_with_a_proxy_retain_set_and_a_rejected_result(client, tmp_path):
     reg = register(client, tmp_path)
-    proxy = proxy_dataset(client, tmp_path)
     train = data.open_split("sklearn_digits", None, "train")
     picked = np.random.default_rng(0).choice(len(train), 30, replace=False)
-    samples = submit(client, reg, forget_samples=[train.ids[i] for i in sorted(picked)],
+    forget_ids = [train.ids[i] for i in sorted(picked)]
+    proxy = proxy_dataset(client, tmp_path, exclude=forget_ids)
+    assert proxy["train_count"] + proxy["test_count"] == 300
+    samples = submit(client, reg, forget_samples=forget_ids,
                      retain_dataset_id=proxy["name"], params=SMALL_MODEL_PARAMS,
                      acceptance={"min_forget_psnr_drop": None})  # fmt: skip
     strict = submit(client, reg, forget_classes=[3], params={"epochs": 1},

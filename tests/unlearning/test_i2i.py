@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +21,14 @@ from unlearning import acceptance, data
 from unlearning.architectures import ArchitectureError
 from unlearning.i2i import architectures, masks
 from unlearning.i2i import verify as v
-from unlearning.methods.i2i import I2IConfig, I2ITask, defaults_for, learning_rate, run_i2i
+from unlearning.methods.i2i import (
+    EmptySet,
+    I2IConfig,
+    I2ITask,
+    defaults_for,
+    learning_rate,
+    run_i2i,
+)
 
 CPU = torch.device("cpu")
 
@@ -87,18 +94,33 @@ def test_masks_hide_what_the_transform_says():
             masks.Transform(*bad)  # type: ignore[arg-type]
 
 
-def test_noise_takes_the_batch_statistics():
-    images = torch.rand(64, 1, 16, 16) * 0.5
-    spec = data.InputSpec((1, 16, 16), (0.0,), (1.0,))
+def test_noise_takes_the_statistics_of_the_batch_the_model_sees():
+    # The batch as the model sees it (its size and channels), in [0, 1]: mean 0.5, sd 0.1.
+    pixels = 0.5 + 0.1 * torch.randn(64, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    spec = data.InputSpec((1, 16, 16), (0.5,), (0.5,))
     gen = torch.Generator().manual_seed(0)
-    noise = masks.noise_input(images, "normal_batchstats", spec, gen)
-    assert noise.shape == images.shape
-    assert noise.min() >= 0 and noise.max() <= 1
-    assert float(noise.mean()) == pytest.approx(float(images.mean()), abs=0.02)
-    constant = masks.noise_input(images, "constant", spec, gen)
-    assert torch.allclose(constant, torch.full_like(images, float(images.mean())))
+    noise = masks.noise_input(pixels, 16, "normal_batchstats", spec, gen)
+    assert noise.shape == (16, 1, 16, 16)
+    back = noise * 0.5 + 0.5  # un-normalised
+    assert back.min() >= 0 and back.max() <= 1
+    assert float(back.mean()) == pytest.approx(float(pixels.mean()), abs=0.01)
+    assert float(back.std()) == pytest.approx(float(pixels.std()), rel=0.05)
+    # Pixel noise, not smooth: neighbouring pixels are uncorrelated.
+    pairs = torch.stack([back[..., :-1].flatten(), back[..., 1:].flatten()])
+    assert abs(float(torch.corrcoef(pairs)[0, 1])) < 0.05
+    constant = masks.noise_input(pixels, 4, "constant", spec, gen) * 0.5 + 0.5
+    assert torch.allclose(constant, torch.full((4, 1, 16, 16), float(pixels.mean())), atol=1e-6)
     with pytest.raises(ValueError, match="unknown noise"):
-        masks.noise_input(images, "pink", spec, gen)
+        masks.noise_input(pixels, 4, "pink", spec, gen)
+
+
+def test_an_empty_forget_or_retain_set_is_refused_before_any_training():
+    model = architectures.build("unet_inpainter", (1, 8, 8), {"base": 4, "levels": 1})
+    task = _digits_task(model, [3])
+    with pytest.raises(EmptySet, match="forget set"):
+        run_i2i(replace(task, forget_idx=np.empty(0, dtype=np.int64)), I2IConfig())
+    with pytest.raises(EmptySet, match="retain set"):
+        run_i2i(replace(task, retain_idx=np.empty(0, dtype=np.int64)), I2IConfig())
 
 
 def test_metrics_give_known_answers():

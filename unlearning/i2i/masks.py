@@ -83,6 +83,11 @@ def eval_mask(t: Transform, n: int, h: int, w: int, seed: int = 0) -> torch.Tens
     return random_cells(n, h, w, torch.full((n,), t.size), t.cell, gen)
 
 
+def hidden_share(t: Transform, input_shape: tuple[int, int, int] | list[int]) -> float:
+    """The share of pixels the evaluation mask hides on images of ``input_shape``."""
+    return float(eval_mask(t, 1, int(input_shape[1]), int(input_shape[2])).mean())
+
+
 def train_mask(t: Transform, n: int, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
     """A random T per image: half get the registered shape at a jittered size (x0.75 to x1.25),
     half random cells at MAGE's masking ratio (truncated normal, mean 0.55, sd 0.25, in
@@ -102,24 +107,25 @@ def train_mask(t: Transform, n: int, h: int, w: int, gen: torch.Generator) -> to
     return torch.where(shaped.view(-1, 1, 1, 1), shaped_masks, cell_masks)
 
 
-def noise_input(
-    images: torch.Tensor, kind: str, spec: InputSpec, gen: torch.Generator
-) -> torch.Tensor:
-    """Model input for the noise images the forget set is pulled toward, shaped like ``images``
-    (pixels in [0, 1]). ``normal_batchstats`` (the default, MAGE's ``normal``): Gaussian with the
-    batch's scalar mean and std, clamped to [0, 1]; ``uniform``: U[0, 1]; ``constant``: the
-    batch mean everywhere; ``std_normal``: N(0, 1) in the model's normalised input space."""
-    shape = images.shape
+def noise_input(pixels: torch.Tensor, count: int, kind: str, spec: InputSpec,
+                gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+    """Model input for ``count`` noise images, the targets the forget set is pulled toward.
+
+    ``pixels`` is the batch as the model sees it (its size and channels), un-normalised to
+    [0, 1]. ``normal_batchstats`` (the default, MAGE's ``normal``): Gaussian with the scalar
+    mean and std of the whole batch, clamped to [0, 1]; ``uniform``: U[0, 1]; ``constant``: the
+    batch mean everywhere; ``std_normal``: N(0, 1) in the model's normalised input space.
+    """
+    shape = (count, *pixels.shape[1:])
     if kind == "std_normal":
-        c, h, w = spec.shape
-        return torch.randn((shape[0], c, h, w), generator=gen)
+        return torch.randn(shape, generator=gen)
     if kind == "normal_batchstats":
-        mean, std = images.mean(), images.std()
+        mean, std = pixels.mean(), pixels.std()
         noise = (torch.randn(shape, generator=gen) * std + mean).clamp(0.0, 1.0)
     elif kind == "uniform":
         noise = torch.rand(shape, generator=gen)
     elif kind == "constant":
-        noise = torch.full(shape, float(images.mean()))
+        noise = torch.full(shape, float(pixels.mean()))
     else:
         raise ValueError(f"unknown noise type {kind!r}; known: {NOISE_TYPES}")
-    return spec.prepare(noise)
+    return spec.prepare(noise)  # the shape already fits: this only normalises

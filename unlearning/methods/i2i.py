@@ -23,6 +23,7 @@ from torch.nn import functional as F
 from unlearning.data import ImageSource, InputSpec, sample_per_class
 from unlearning.i2i.architectures import Features, I2IModel, trainable
 from unlearning.i2i.masks import NOISE_TYPES, Transform, noise_input, train_mask
+from unlearning.i2i.verify import to_pixels
 from unlearning.methods.common import SEED, MethodResult, check_bounds
 from unlearning.progress import Progress, no_progress
 
@@ -125,9 +126,17 @@ class I2ITask:
     progress: Progress = no_progress
 
 
+class EmptySet(ValueError):
+    """The forget or the retain set holds no image: there is nothing to train on."""
+
+
 def training_sets(task: I2ITask, config: I2IConfig) -> tuple[np.ndarray, np.ndarray]:
     """The forget images the method reads (a sample of each forget class, or every named sample)
     and a retain sample ``retain_ratio`` times as large (all of it if smaller)."""
+    if not len(task.forget_idx):
+        raise EmptySet("the forget set has no training image (a forget class may have none)")
+    if not len(task.retain_idx):
+        raise EmptySet("the retain set has no image: name other classes or a proxy retain set")
     rng = np.random.default_rng(config.seed)
     forget = task.forget_idx
     if task.forget_classes is not None:
@@ -211,12 +220,14 @@ def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
     for step, (f_idx, r_idx) in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = learning_rate(c, step, steps_per_epoch)
-        xr01, xf01 = task.retain_source.images(r_idx), task.forget_source.images(f_idx)
-        xr, xf = task.spec.prepare(xr01), task.spec.prepare(xf01)
+        xr = task.spec.prepare(task.retain_source.images(r_idx))
+        xf = task.spec.prepare(task.forget_source.images(f_idx))
         h, w = task.spec.shape[1:]
         mask = train_mask(task.transform, len(xr) + len(xf), h, w, gen)
-        noise = noise_input(xf01, c.noise_type, task.spec, gen)
-        x = torch.cat([xr, xf]).to(device)
+        x = torch.cat([xr, xf])
+        # Noise statistics of the whole mixed batch, at the model's size (MAGE's batch stats).
+        noise = noise_input(to_pixels(x, task.spec), len(xf), c.noise_type, task.spec, gen)
+        x = x.to(device)
         mask, noise = mask.to(device), noise.to(device)
         with _autocast(c, device):
             with torch.no_grad():
