@@ -56,9 +56,8 @@ def submit(
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
     if body.forget_classes is not None:
-        # A classifier's own classes; an image-to-image model has none: the dataset's.
-        names = dataset.class_names if image_to_image else model.class_names
-        forgets, forget_classes = "classes", _resolve_classes(names, body.forget_classes)
+        forgets = "classes"
+        forget_classes = _resolve_classes(_classes_of(model, dataset), body.forget_classes)
     else:
         forgets, forget_samples = "samples", _check_samples(dataset, body.forget_samples or [])
     method = methods.choose(body.method, forgets, model.task)
@@ -152,10 +151,15 @@ def _check_options(body: DeletionRequestCreate, model: Model) -> None:
         )
 
 
+def _classes_of(model: Model, dataset: Dataset) -> list[str]:
+    """A classifier's own classes; an image-to-image model has none: the dataset's."""
+    return dataset.class_names if model.task == "image_to_image" else model.class_names
+
+
 def _class_names(model: Model, dataset: Dataset, classes: list[int] | None) -> list[str] | None:
     if not classes:
         return None
-    names = dataset.class_names if model.task == "image_to_image" else model.class_names
+    names = _classes_of(model, dataset)
     return [names[c] for c in classes]
 
 

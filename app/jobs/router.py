@@ -65,8 +65,8 @@ def download_artifact(
     job_id: str, name: ArtifactName, session: SessionDep, client: ClientDep
 ) -> Response:
     """The file, with its SHA-256 as ETag and X-Checksum-SHA256; the download is audited."""
-    found = service.artifact(session, job_id, name)
     job = service.get(session, job_id)
+    found = service.artifact(session, job, name)
     request = session.get(DeletionRequest, job.request_id)
     version = session.get(ModelVersion, request.model_version_id) if request else None
     audit.record(

@@ -31,13 +31,12 @@ def artifacts(session: Session, job_id: str) -> list[JobArtifact]:
     return list(session.scalars(query))
 
 
-def artifact(session: Session, job_id: str, name: str) -> JobArtifact:
-    get(session, job_id)
+def artifact(session: Session, job: Job, name: str) -> JobArtifact:
     found = session.scalars(
-        select(JobArtifact).where(JobArtifact.job_id == job_id, JobArtifact.name == name)
+        select(JobArtifact).where(JobArtifact.job_id == job.id, JobArtifact.name == name)
     ).first()
     if found is None:
-        raise ArtifactNotFound(f"job {job_id} has no artifact {name!r}")
+        raise ArtifactNotFound(f"job {job.id} has no artifact {name!r}")
     return found
 
 

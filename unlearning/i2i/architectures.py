@@ -13,6 +13,7 @@ network zeroes hidden pixels itself, so nothing hidden can leak into a completio
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -25,25 +26,22 @@ from unlearning.architectures import ArchitectureError
 Features = list[torch.Tensor]
 
 
-class I2IModel(nn.Module):
+class I2IModel(nn.Module, ABC):
     encoder: nn.Module
     decoder: nn.Module
     # The methods doc's per-family defaults (section 2.7): the forget weight alpha and the recipe.
     family: str = "vqgan"
 
+    @abstractmethod
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
-        raise NotImplementedError
+        """The embedding the method matches: one tensor per feature level."""
 
+    @abstractmethod
     def decode(self, features: Features, mask: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The whole predicted image, in model input space."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x, mask), mask)
-
-
-def complete(model: I2IModel, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The completed image: the visible pixels as given, the hidden ones as predicted."""
-    return x * (1 - mask) + model(x, mask) * mask
 
 
 def _size(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:

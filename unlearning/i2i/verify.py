@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -288,11 +290,15 @@ def completion_grid(
     return out.getvalue()
 
 
-def weights_unchanged(
-    model: nn.Module, original: nn.Module, encoder: list[str]
-) -> dict[str, object]:
+def weights_unchanged(model: nn.Module, original: nn.Module, encoder: list[str]) -> dict[str, Any]:
     """Proof that only the declared encoder moved: every other tensor compared bit for bit."""
-    mine, theirs = model.state_dict(), original.state_dict()
+    return frozen_report(model.state_dict(), original.state_dict(), encoder)
+
+
+def frozen_report(
+    mine: Mapping[str, torch.Tensor], theirs: Mapping[str, torch.Tensor], encoder: list[str]
+) -> dict[str, Any]:
+    """The same comparison on two state dicts (say, two checkpoint files)."""
     frozen = [k for k in mine if not any(k.startswith(p) for p in encoder)]
     changed = [k for k in frozen if not torch.equal(mine[k].cpu(), theirs[k].cpu())]
     moved = [k for k in mine if k not in frozen and not torch.equal(mine[k].cpu(), theirs[k].cpu())]
