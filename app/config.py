@@ -6,7 +6,7 @@ from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,10 @@ class Environment(StrEnum):
     development = "development"
     testing = "testing"
     production = "production"
+
+
+# Known to everyone who reads this file, so refused in production (check_production).
+DEVELOPMENT_SECRET = "nepenthe-development-secret-not-for-production"
 
 
 class Settings(BaseSettings):
@@ -59,9 +63,63 @@ class Settings(BaseSettings):
         "longest job, or Redis hands a running job to a second worker",
     )
 
+    secret_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET),
+        description="server secret that API key hashes are keyed with (HMAC-SHA256); at least "
+        "32 characters in production, where the development default is refused",
+    )
+    signing_key_file: Path = Field(
+        Path("var/signing-key.pem"),
+        description="Ed25519 private key (PKCS#8 PEM) that signs receipts, certificates and "
+        "audit heads; created on first use outside production, required in production",
+    )
+    due_months: int = Field(
+        1,
+        ge=1,
+        le=12,
+        description="statutory period: a request is due this many months after "
+        "it was received (GDPR Art. 12(3): one month)",
+    )
+    max_extension_months: int = Field(
+        2,
+        ge=0,
+        le=12,
+        description="most months a request's deadline may be extended in all "
+        "(GDPR Art. 12(3): two further months)",
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="deliveries tried per event")
+    webhook_backoff_s: float = Field(
+        2.0, gt=0, description="first retry delay of a failed webhook delivery; doubles each try"
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook delivery")
+    webhook_queue: str = Field("webhooks", description="Celery queue that carries webhook sends")
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    def production_problems(self) -> list[str]:
+        """Why these settings must not run in production (empty when they may)."""
+        if self.env is not Environment.production:
+            return []
+        problems = []
+        secret = self.secret_key.get_secret_value()
+        if secret == DEVELOPMENT_SECRET or len(secret) < 32:
+            problems.append(
+                "NEPENTHE_SECRET_KEY is the development default or shorter than 32 characters"
+            )
+        if not self.signing_key_file.is_file():
+            problems.append(
+                f"NEPENTHE_SIGNING_KEY_FILE {self.signing_key_file} does not exist; create one "
+                "with `nepenthe-admin create-signing-key`"
+            )
+        return problems
+
+    def check_production(self) -> None:
+        """Refuse to start in production with a default secret or no signing key."""
+        problems = self.production_problems()
+        if problems:
+            raise RuntimeError("refusing to start in production: " + "; ".join(problems))
 
 
 @lru_cache

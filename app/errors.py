@@ -25,6 +25,7 @@ class ServiceError(Exception):
     status: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     title: ClassVar[str] = "Bad request"
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -37,6 +38,20 @@ class ServiceError(Exception):
             "description": f"{cls.title} (code `{cls.code}`)",
             "content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}},
         }
+
+
+class Unauthenticated(ServiceError):
+    status, code, title = 401, "unauthenticated", "Authentication required"
+    headers = {"WWW-Authenticate": 'Bearer realm="nepenthe"'}
+
+
+class InvalidApiKey(Unauthenticated):
+    code, title = "invalid_api_key", "Invalid API key"
+    headers = {"WWW-Authenticate": 'Bearer realm="nepenthe", error="invalid_token"'}
+
+
+class InsufficientScope(ServiceError):
+    status, code, title = 403, "insufficient_scope", "Insufficient scope"
 
 
 class NotFound(ServiceError):
@@ -65,6 +80,26 @@ class JobNotFound(NotFound):
 
 class ArtifactNotFound(NotFound):
     code = "artifact_not_found"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
+class ReceiptNotIssued(NotFound):
+    code = "receipt_not_issued"
+
+
+class CertificateNotIssued(NotFound):
+    code = "certificate_not_issued"
+
+
+class VersionSuperseded(ServiceError):
+    status, code, title = 410, "version_superseded", "Version superseded"
 
 
 class Conflict(ServiceError):
@@ -155,6 +190,14 @@ class InvalidAcceptance(Unprocessable):
     code = "invalid_acceptance"
 
 
+class InvalidPageToken(Unprocessable):
+    code = "invalid_page_token"
+
+
+class InvalidTimeBound(Unprocessable):
+    code = "invalid_time_bound"
+
+
 class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
     title = "Idempotency key reused with another body"
@@ -203,7 +246,9 @@ def problem_response(
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     code = getattr(exc, "instance_code", exc.code)
-    return problem_response(request, exc.status, code, exc.title, exc.detail, **exc.extra)
+    response = problem_response(request, exc.status, code, exc.title, exc.detail, **exc.extra)
+    response.headers.update(exc.headers)
+    return response
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

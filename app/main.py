@@ -11,6 +11,8 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 
 from app.audit.router import router as audit_router
+from app.auth.router import router as auth_router
+from app.config import get_settings
 from app.datasets.router import router as datasets_router
 from app.db import get_engine
 from app.deletions.router import router as deletions_router
@@ -26,6 +28,7 @@ def _operation_id(route: APIRoute) -> str:
 
 def create_app() -> FastAPI:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    get_settings().check_production()
     app = FastAPI(
         title="Nepenthe",
         version="0.1.0",
@@ -63,7 +66,9 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
-    for router in (models_router, datasets_router, deletions_router, jobs_router, audit_router):
+    routers = (auth_router, models_router, datasets_router, deletions_router, jobs_router,
+               audit_router)  # fmt: skip
+    for router in routers:
         app.include_router(router)
     return app
 

@@ -83,11 +83,38 @@ Timestamp = UtcDateTime()
 Id = String(36)
 
 
-class Model(Base):
-    __tablename__ = "model"
+class Organization(Base):
+    """A tenant: it sees only its own models, datasets, requests, keys and audit events."""
+
+    __tablename__ = "organization"
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: only an HMAC of its secret is kept, so the table leaks no usable key."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Model(Base):
+    __tablename__ = "model"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
     task: Mapped[str] = mapped_column(String(32))
     architecture: Mapped[str] = mapped_column(String(100))
     architecture_args: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -119,14 +146,22 @@ class ModelVersion(Base):
     produced_by_request_id: Mapped[str | None] = mapped_column(
         ForeignKey("deletion_request.id", use_alter=True)
     )
+    # Set when a deletion request succeeded on this version or an ancestor: these weights still
+    # hold the data that request removed, so downloads need an admin's audited reason.
+    superseded_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    superseded_by_request_id: Mapped[str | None] = mapped_column(
+        ForeignKey("deletion_request.id", use_alter=True)
+    )
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class Dataset(Base):
     __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(32))
     location: Mapped[str | None] = mapped_column(Text)
     class_names: Mapped[list[str]] = mapped_column(JSON)
@@ -138,8 +173,14 @@ class Dataset(Base):
 
 class DeletionRequest(Base):
     __tablename__ = "deletion_request"
+    __table_args__ = (
+        UniqueConstraint("org_id", "idempotency_key"),
+        Index("ix_deletion_request_org_created", "org_id", "created_at", "id"),
+        Index("ix_deletion_request_org_due", "org_id", "due_at"),
+    )
 
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"))
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_version.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("dataset.id"))
     # A proxy retain set (image-to-image requests): other data the owner may keep, used instead
@@ -157,8 +198,34 @@ class DeletionRequest(Base):
         Boolean, default=False, server_default=false()
     )
     caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # The id the controller's privacy platform gave the data-subject request (OpenDSR's
+    # subject_request_id, a Transcend request id), for the auditor's lookups.
+    upstream_request_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     body_sha256: Mapped[str] = mapped_column(String(64))
+    # SHA-256 of the canonical forget specification: names what was forgotten without the data.
+    forget_spec_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    # The statutory clock: received (created_at) plus settings.due_months, plus extensions.
+    due_at: Mapped[datetime] = mapped_column(Timestamp)
+    # Signed documents ({"payload", "signature"}): the receipt at acceptance, the certificate
+    # when the job succeeded. Requests accepted before receipts existed (migration 0004) have none.
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    certificate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class DueDateExtension(Base):
+    """One extension of a request's deadline, with its reason (GDPR Art. 12(3))."""
+
+    __tablename__ = "due_date_extension"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("deletion_request.id"), index=True)
+    months: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    previous_due_at: Mapped[datetime] = mapped_column(Timestamp)
+    due_at: Mapped[datetime] = mapped_column(Timestamp)
+    actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -212,19 +279,85 @@ class JobEvent(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of everything done: requests, job state changes, downloads."""
+    """Append-only record of everything done: requests, job state changes, downloads, keys.
+
+    Each organisation's events form a hash chain: ``seq`` counts from 1, ``prev_hash`` is the
+    ``hash`` of event ``seq - 1`` and ``hash`` covers the canonical serialisation of the row
+    (app.audit.chain), so an edited, deleted or reordered row breaks the chain. Rows are
+    chained as their transaction commits; on PostgreSQL a trigger refuses UPDATE and DELETE.
+    """
 
     __tablename__ = "audit_event"
-    __table_args__ = (Index("ix_audit_event_at_id", "at", "id"),)
+    __table_args__ = (
+        UniqueConstraint("org_id", "seq"),
+        Index("ix_audit_event_org_at", "org_id", "at", "id"),
+        Index("ix_audit_event_org_request", "org_id", "request_id", "id"),
+        Index("ix_audit_event_org_model", "org_id", "model_id", "id"),
+        Index("ix_audit_event_org_caller_reference", "org_id", "caller_reference", "id"),
+        Index("ix_audit_event_org_action", "org_id", "action", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"))
+    seq: Mapped[int] = mapped_column(BigInteger)
     at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
-    action: Mapped[str] = mapped_column(String(64), index=True)
-    model_id: Mapped[str | None] = mapped_column(Id, index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    # Who: "key:<id>" for an API key, "worker:<host>" for a worker, "cli:<user>" for the
+    # admin command line.
+    actor: Mapped[str] = mapped_column(String(200))
+    model_id: Mapped[str | None] = mapped_column(Id)
     model_version_id: Mapped[str | None] = mapped_column(Id)
     dataset_id: Mapped[str | None] = mapped_column(Id)
-    request_id: Mapped[str | None] = mapped_column(Id, index=True)
+    request_id: Mapped[str | None] = mapped_column(Id)
     job_id: Mapped[str | None] = mapped_column(Id)
-    caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
+    caller_reference: Mapped[str | None] = mapped_column(String(200))
     client_address: Mapped[str | None] = mapped_column(String(100))
+    # The X-Request-ID of the HTTP request that caused the event (None for worker events).
+    http_request_id: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The last event of each organisation's chain: where the next event links on."""
+
+    __tablename__ = "audit_chain_head"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Webhook(Base):
+    """A URL told of every state change of the organisation's deletion requests."""
+
+    __tablename__ = "webhook"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organization.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # Kept in clear: the service needs it to sign each delivery (HMAC-SHA256).
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class WebhookDelivery(Base):
+    """One event to one webhook: written with the state change, sent after commit, retried."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhook.id"), index=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(Id)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -7,9 +7,12 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
+
+from app.errors import InvalidTimeBound
 
 MAX_DEPTH = 32
 
@@ -56,3 +59,13 @@ class Body(Part):
     @classmethod
     def _finite_and_printable(cls, data: Any) -> Any:
         return check_json_value(data, "body")
+
+
+def utc_bound(moment: datetime | None, name: str) -> datetime | None:
+    """A query's time bound in UTC (naive times are read as UTC)."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (OverflowError, ValueError) as exc:
+        raise InvalidTimeBound(f"{name} is outside the representable range of times") from exc

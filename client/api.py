@@ -24,8 +24,9 @@ class ApiError(Exception):
 
 
 class NepentheClient:
-    def __init__(self, base_url: str, timeout: float = 60.0) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()
@@ -110,10 +111,12 @@ class NepentheClient:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s")
             time.sleep(poll_s)
 
-    def download(self, download_url: str, target: Path) -> str:
-        """Stream a checkpoint to ``target``; verifies and returns its SHA-256."""
+    def download(self, download_url: str, target: Path, override_reason: str | None = None) -> str:
+        """Stream a checkpoint to ``target``; verifies and returns its SHA-256. An admin
+        downloads a superseded version by giving ``override_reason``."""
         digest = hashlib.sha256()
-        with self.http.stream("GET", download_url) as response:
+        params = {"override_reason": override_reason} if override_reason else None
+        with self.http.stream("GET", download_url, params=params) as response:
             if response.status_code >= 400:
                 response.read()
                 self._check(response)
@@ -139,3 +142,71 @@ class NepentheClient:
             if not page["next_page_token"]:
                 return
             params["page_token"] = page["next_page_token"]
+
+    # Keys and identity
+
+    def whoami(self) -> dict[str, Any]:
+        return dict(self._json(self.http.get("/v1/whoami")))
+
+    def create_key(self, name: str, scopes: list[str]) -> dict[str, Any]:
+        body = {"name": name, "scopes": scopes}
+        return dict(self._json(self.http.post("/v1/keys", json=body)))
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        return list(self._json(self.http.get("/v1/keys")))
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(self._json(self.http.post(f"/v1/keys/{key_id}/revoke")))
+
+    # The auditor's side
+
+    def list_requests(
+        self, filters: dict[str, Any], page_size: int = 200
+    ) -> Iterator[dict[str, Any]]:
+        """Every deletion request matching ``filters``, following the Link headers."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        url: str | None = "/v1/deletion-requests"
+        query: dict[str, Any] | None = {**params, "limit": page_size}
+        while url:
+            response = self._check(self.http.get(url, params=query))
+            yield from response.json()
+            url = response.links.get("next", {}).get("url")
+            query = None  # the next link carries the query
+
+    def deadlines(self, within_days: float = 7) -> list[dict[str, Any]]:
+        params = {"within_days": within_days}
+        return list(self._json(self.http.get("/v1/deletion-requests/deadlines", params=params)))
+
+    def extend(self, request_id: str, months: int, reason: str) -> dict[str, Any]:
+        body = {"months": months, "reason": reason}
+        url = f"/v1/deletion-requests/{request_id}/extensions"
+        return dict(self._json(self.http.post(url, json=body)))
+
+    def request_document(self, request_id: str, kind: str) -> dict[str, Any]:
+        """``kind``: receipt, certificate or evidence (signed JSON documents)."""
+        return dict(self._json(self.http.get(f"/v1/deletion-requests/{request_id}/{kind}")))
+
+    def request_versions(self, request_id: str) -> list[dict[str, Any]]:
+        return list(self._json(self.http.get(f"/v1/deletion-requests/{request_id}/versions")))
+
+    def export_csv(self, target: Path, **filters: Any) -> None:
+        params = {k: v for k, v in filters.items() if v is not None}
+        with self.http.stream("GET", "/v1/deletion-requests/export.csv", params=params) as r:
+            if r.status_code >= 400:
+                r.read()
+                self._check(r)
+            with target.open("wb") as fh:
+                for chunk in r.iter_bytes():
+                    fh.write(chunk)
+
+    def audit_verify(
+        self, anchor_seq: int | None = None, anchor_hash: str | None = None
+    ) -> dict[str, Any]:
+        params = {"anchor_seq": anchor_seq, "anchor_hash": anchor_hash} if anchor_seq else {}
+        return dict(self._json(self.http.get("/v1/audit/verify", params=params)))
+
+    def audit_head(self) -> dict[str, Any]:
+        return dict(self._json(self.http.get("/v1/audit/head")))
+
+    def signing_key(self) -> dict[str, Any]:
+        return dict(self._json(self.http.get("/v1/signing-key")))

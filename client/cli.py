@@ -10,7 +10,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from client.api import ApiError, NepentheClient
+from app import signing
+from client.api import TERMINAL, ApiError, NepentheClient
 
 
 def _csv(value: str) -> list[str]:
@@ -36,6 +37,8 @@ def _print(obj: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nepenthe", description=__doc__)
     p.add_argument("--url", default=os.environ.get("NEPENTHE_URL", "http://127.0.0.1:8000"))
+    p.add_argument("--api-key", default=os.environ.get("NEPENTHE_API_KEY"),
+                   help="API key (default: $NEPENTHE_API_KEY)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fg.add_argument("--relearn-time", action="store_true", help="also measure relearn time")
     fg.add_argument("--ref", help="caller reference (ticket id)")
+    fg.add_argument("--upstream-id", help="the privacy platform's data-subject request id")
     fg.add_argument("--idempotency-key", default=None)
     fg.add_argument("--wait", action="store_true", help="wait with a progress bar")
 
@@ -105,11 +109,66 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("model")
     dl.add_argument("number", type=int)
     dl.add_argument("-o", "--output", type=Path, required=True)
+    dl.add_argument("--override-reason", help="admin: why a superseded version is needed")
 
     au = sub.add_parser("audit", help="query the audit trail")
-    for flag in ("--model", "--request", "--ref", "--action", "--since", "--until"):
+    for flag in ("--model", "--request", "--ref", "--action", "--by", "--since", "--until"):
         au.add_argument(flag)
+    _add_compliance_commands(sub)
     return p
+
+
+def _add_compliance_commands(sub: Any) -> None:
+    sub.add_parser("whoami", help="the organisation and scopes of the API key")
+    keys = sub.add_parser("create-key", help="admin: create an API key (token printed once)")
+    keys.add_argument("--name", required=True)
+    keys.add_argument("--scope", action="append", required=True,
+                      choices=["register", "submit", "download", "audit", "admin"])  # fmt: skip
+    sub.add_parser("keys", help="admin: list the organisation's API keys")
+    sub.add_parser("revoke-key", help="admin: revoke an API key").add_argument("key_id")
+
+    rq = sub.add_parser("requests", help="find deletion requests (auditor's query)")
+    _add_request_filters(rq)
+    dd = sub.add_parser("deadlines", help="open requests overdue or due within N days")
+    dd.add_argument("--within-days", type=float, default=7.0)
+    ex = sub.add_parser("extend", help="extend a request's deadline, with a reason")
+    ex.add_argument("request_id")
+    ex.add_argument("--months", type=int, required=True)
+    ex.add_argument("--reason", required=True)
+    for kind, text in (("receipt", "the signed receipt"), ("certificate", "the signed "
+                       "certificate"), ("evidence", "the signed evidence export")):  # fmt: skip
+        doc = sub.add_parser(kind, help=f"save {text} of a request")
+        doc.add_argument("request_id")
+        doc.add_argument("-o", "--output", type=Path, help="file (default: print)")
+    sub.add_parser("versions", help="versions that still hold a request's data").add_argument(
+        "request_id"
+    )
+    csv_cmd = sub.add_parser("export-csv", help="export matching requests as CSV")
+    csv_cmd.add_argument("-o", "--output", type=Path, required=True)
+    _add_request_filters(csv_cmd)
+
+    av = sub.add_parser("audit-verify", help="verify the organisation's audit hash chain")
+    av.add_argument("--anchor", type=Path, help="a head saved earlier with audit-head")
+    sub.add_parser("audit-head", help="export the signed chain head").add_argument(
+        "-o", "--output", type=Path, help="file (default: print)"
+    )
+    sk = sub.add_parser("signing-key", help="save the service's public key (PEM)")
+    sk.add_argument("-o", "--output", type=Path, required=True)
+    vf = sub.add_parser("verify", help="verify a receipt, certificate, head or evidence file "
+                        "offline")  # fmt: skip
+    vf.add_argument("file", type=Path)
+    vf.add_argument("--public-key", type=Path, required=True, help="PEM from signing-key")
+
+
+def _add_request_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ref", dest="caller_reference")
+    p.add_argument("--upstream-id", dest="upstream_request_id")
+    p.add_argument("--model", dest="model_id")
+    p.add_argument("--status", choices=sorted(TERMINAL | {"queued", "running"}))
+    p.add_argument("--since", dest="received_since", help="received at or after (ISO 8601)")
+    p.add_argument("--until", dest="received_until", help="received before (ISO 8601)")
+    p.add_argument("--open", action="store_const", const="true", help="only open requests")
+    p.add_argument("--due-before", help="deadline before (ISO 8601)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
         run_i2i_demo()
         return 0
-    client = NepentheClient(args.url)
+    if args.command == "verify":
+        return verify_file(args.file, args.public_key)
+    client = NepentheClient(args.url, args.api_key)
     try:
         return _dispatch(client, args)
     except ApiError as exc:
@@ -162,6 +223,7 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
             forget_classes=args.classes, forget_samples=args.samples, method=args.method,
             **({"retain_dataset_id": args.retain_dataset} if args.retain_dataset else {}),
             params=json.loads(args.params), caller_reference=args.ref,
+            **({"upstream_request_id": args.upstream_id} if args.upstream_id else {}),
             acceptance=json.loads(args.acceptance) if args.acceptance else None,
             reference=(
                 {"method": "retrain", "params": json.loads(args.reference_params)}
@@ -190,14 +252,91 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
         print(f"{args.output}  sha256={digest}")
     elif args.command == "download":
         version = client.get_version(args.model, args.number)
-        digest = client.download(version["download_url"], args.output)
+        digest = client.download(version["download_url"], args.output, args.override_reason)
         print(f"{args.output}  sha256={digest}")
     elif args.command == "audit":
         for event in client.audit(
             model_id=args.model, request_id=args.request, caller_reference=args.ref,
-            action=args.action, since=args.since, until=args.until,
+            action=args.action, by=args.by, since=args.since, until=args.until,
         ):  # fmt: skip
             print(json.dumps(event, default=str))
+    else:
+        return _dispatch_compliance(client, args)
+    return 0
+
+
+FILTERS = ("caller_reference", "upstream_request_id", "model_id", "status", "received_since",
+           "received_until", "open", "due_before")  # fmt: skip
+
+
+def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> int:
+    filters = {name: getattr(args, name, None) for name in FILTERS}
+    if args.command == "whoami":
+        _print(client.whoami())
+    elif args.command == "create-key":
+        _print(client.create_key(args.name, args.scope))
+    elif args.command == "keys":
+        _print(client.list_keys())
+    elif args.command == "revoke-key":
+        _print(client.revoke_key(args.key_id))
+    elif args.command == "requests":
+        for request in client.list_requests(filters):
+            print(json.dumps(request, default=str))
+    elif args.command == "deadlines":
+        for r in client.deadlines(args.within_days):
+            state = "OVERDUE" if r["overdue"] else "due"
+            print(f"{state:8} {r['due_at']}  {r['id']}  ref={r['caller_reference']}  "
+                  f"upstream={r['upstream_request_id']}  job={r['job']['status']}")  # fmt: skip
+    elif args.command == "extend":
+        _print(client.extend(args.request_id, args.months, args.reason))
+    elif args.command in ("receipt", "certificate", "evidence"):
+        _save(client.request_document(args.request_id, args.command), args.output)
+    elif args.command == "versions":
+        _print(client.request_versions(args.request_id))
+    elif args.command == "export-csv":
+        client.export_csv(args.output, **filters)
+        print(args.output)
+    elif args.command == "audit-verify":
+        return _audit_verify(client, args.anchor)
+    elif args.command == "audit-head":
+        _save(client.audit_head(), args.output)
+    elif args.command == "signing-key":
+        args.output.write_text(client.signing_key()["public_key_pem"])
+        print(args.output)
+    return 0
+
+
+def _save(document: dict[str, Any], output: Path | None) -> None:
+    if output is None:
+        _print(document)
+        return
+    output.write_text(json.dumps(document, indent=2, sort_keys=True))
+    print(output)
+
+
+def _audit_verify(client: NepentheClient, anchor_file: Path | None) -> int:
+    """Walk the chain on the server; with a saved head, also check the log still holds it."""
+    anchor: dict[str, Any] = {}
+    if anchor_file is not None:
+        anchor = json.loads(anchor_file.read_text())["payload"]
+    report = client.audit_verify(anchor.get("seq"), anchor.get("hash"))
+    _print(report)
+    return 0 if report["ok"] else 1
+
+
+def verify_file(path: Path, public_key: Path) -> int:
+    """Offline: check a signed document against the published key; no server is contacted."""
+    try:
+        document = json.loads(path.read_text())
+        payload = signing.verify(document, signing.load_public_key(public_key.read_bytes()))
+    except (signing.VerificationError, ValueError) as exc:
+        print(f"INVALID: {path}: {exc}", file=sys.stderr)
+        return 1
+    print(f"valid {payload.get('type')} signed by key {document['signature']['key_id']}")
+    for field in ("request_id", "input_checkpoint_sha256", "output_checkpoint_sha256",
+                  "forget_spec_sha256", "completed_at", "seq", "hash"):  # fmt: skip
+        if field in payload:
+            print(f"  {field}: {payload[field]}")
     return 0
 
 

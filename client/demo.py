@@ -165,7 +165,7 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
     original = train_original(workdir)
     with LocalService(env, ROOT, workdir / "logs") as service:
         print(f"API at {service.url}, worker started (SQLite + filesystem broker)")
-        client = NepentheClient(service.url)
+        client = NepentheClient(service.url, service.admin_key)
         model = client.register_model(
             name="digits-tiny-cnn", task="classification",
             architecture={"name": "tiny_cnn", "args": {"in_channels": 1}},

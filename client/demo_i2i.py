@@ -115,7 +115,7 @@ def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
     safetensors.torch.save_file(copy.deepcopy(original), str(weights))
     with LocalService(env, ROOT, workdir / "logs") as service:
         print(f"API at {service.url}, worker started (SQLite + filesystem broker)")
-        client = NepentheClient(service.url)
+        client = NepentheClient(service.url, service.admin_key)
         model = client.register_model(**model_body("digits-mae"))
         version = client.upload_version(model["id"], weights)
         dataset = client.register_dataset("digits", "sklearn_digits")

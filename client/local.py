@@ -30,10 +30,30 @@ def migrate(env: dict[str, str], cwd: Path) -> None:
         raise RuntimeError(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
 
 
-class LocalService:
-    """API (uvicorn) and one Celery worker sharing the settings in ``env``."""
+def create_admin_key(env: dict[str, str], cwd: Path, org: str) -> str:
+    """An admin key of ``org`` (created when new), made as an operator would: with the
+    nepenthe-admin command against the service's database."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app.cli", "create-key", "--org", org, "--create-org",
+         "--name", f"{org}-admin"], env=env, cwd=cwd, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"nepenthe-admin create-key failed:\n{done.stdout}{done.stderr}")
+    return done.stdout.strip()
 
-    def __init__(self, env: dict[str, str], cwd: Path, log_dir: Path, port: int | None = None):
+
+class LocalService:
+    """API (uvicorn) and one Celery worker sharing the settings in ``env``; ``admin_key`` is an
+    admin key of the organisation ``org``."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        cwd: Path,
+        log_dir: Path,
+        port: int | None = None,
+        org: str = "local",
+    ):
         self.env = {**os.environ, **env}
         self.cwd = cwd
         self.log_dir = log_dir
@@ -42,10 +62,13 @@ class LocalService:
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
+        self.org = org
+        self.admin_key = ""
 
     def __enter__(self) -> LocalService:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.env, self.cwd)
+        self.admin_key = create_admin_key(self.env, self.cwd, self.org)
         self.api = self._spawn(
             "api",
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",

@@ -89,10 +89,11 @@ def reset_caches() -> None:
     """Settings, engines and the producer are cached per process; tests switch them."""
     from app.config import get_settings
     from app.db import dispose_engines
+    from app.keys import get_signer
     from app.queue import producer
 
     dispose_engines()
-    for cached in (get_settings, producer):
+    for cached in (get_settings, producer, get_signer):
         cached.cache_clear()
 
 
@@ -108,6 +109,7 @@ def service_env(
         "NEPENTHE_PROGRESS_INTERVAL_S": "0.1",
         "NEPENTHE_DEVICE": "cpu",
         "NEPENTHE_DATA_ROOTS": json.dumps([str(tmp_path), str(FASHION_ROOT.resolve())]),
+        "NEPENTHE_SIGNING_KEY_FILE": str(tmp_path / "signing-key.pem"),
     }
     if backend == "production":
         env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("pg_url")
@@ -135,7 +137,18 @@ def api(service_env: dict[str, str]) -> Iterator[TestClient]:
     from app.main import create_app
 
     with TestClient(create_app(), raise_server_exceptions=False) as client:
+        client.headers["Authorization"] = f"Bearer {new_key('acme')}"
         yield client
+
+
+def new_key(org: str, *scopes: str) -> str:
+    """A key of ``org`` (created when new) with ``scopes`` (default: admin), made as the
+    operator makes the first one: with nepenthe-admin's function, on the configured database."""
+    from app.actors import Scope
+    from app.cli import create_key
+
+    wanted = [Scope(s) for s in scopes] or [Scope.admin]
+    return create_key(org, f"{org}-{'-'.join(wanted)}", wanted, create_org=True)
 
 
 def snapshot(store: Path) -> dict[str, Any]:

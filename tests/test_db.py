@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
-from app.orm import AuditEvent
+from app.orm import Organization
 
 
 @pytest.fixture(params=["sqlite", "pg"])
@@ -18,7 +18,7 @@ def url(request: pytest.FixtureRequest) -> str:
 def count(url: str) -> int:
     engine = make_engine(url)
     with Session(engine) as session:
-        n = int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
+        n = int(session.scalar(select(func.count()).select_from(Organization)) or 0)
     engine.dispose()
     return n
 
@@ -28,7 +28,7 @@ def test_a_savepoint_taken_first_is_undone_by_the_outer_rollback(url):
     engine = make_engine(url)
     with Session(engine) as session:
         with session.begin_nested():
-            session.add(AuditEvent(action="test.nested"))
+            session.add(Organization(name="test.nested"))
         session.rollback()
     engine.dispose()
     assert count(url) == 0
@@ -37,10 +37,10 @@ def test_a_savepoint_taken_first_is_undone_by_the_outer_rollback(url):
 def test_a_failed_savepoint_keeps_the_outer_work(url):
     engine = make_engine(url)
     with Session(engine) as session:
-        session.add(AuditEvent(action="test.outer"))
+        session.add(Organization(name="test.outer"))
         session.flush()
         nested = session.begin_nested()
-        session.add(AuditEvent(action="test.inner"))
+        session.add(Organization(name="test.inner"))
         session.flush()
         nested.rollback()
         session.commit()

@@ -11,5 +11,6 @@ from celery import Celery
 from app.config import get_settings
 from app.queue import celery_config
 
+get_settings().check_production()
 app = Celery("nepenthe-worker", include=["workers.tasks"])
 app.conf.update(celery_config(get_settings()))

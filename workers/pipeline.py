@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,25 @@ import sklearn
 import torch
 import torchvision
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.datasets.service import resolve_location
 from app.db import session_scope
+from app.deletions import evidence
 from app.jobs import states
+from app.models import lineage
 from app.models import service as models
-from app.orm import Dataset, DeletionRequest, Job, JobArtifact, JobStatus, Model, ModelVersion
+from app.orm import (
+    Dataset,
+    DeletionRequest,
+    Job,
+    JobArtifact,
+    JobStatus,
+    Model,
+    ModelVersion,
+    utcnow,
+)
 from app.storage import StoredObject, get_store
 from unlearning import acceptance, architectures, checkpoints, data, verify
 from unlearning.methods import METHODS, UnlearningTask
@@ -470,6 +483,19 @@ def _discard_unreferenced(keys: list[str]) -> None:
         get_store().delete(key)
 
 
+def conclude(
+    session: Session, job: Job, output: ModelVersion, metrics: dict[str, Any], at: datetime
+) -> list[str]:
+    """A succeeded request's evidence: the signed certificate, and the versions that still hold
+    the forgotten data marked superseded. Returns the ids of the versions marked."""
+    request = session.get(DeletionRequest, job.request_id)
+    source = session.get(ModelVersion, output.parent_version_id)
+    assert request is not None and source is not None
+    session.flush()  # the output version's id and the job's attempts, as the certificate names
+    evidence.issue_certificate(request, job, source, output, metrics, at)
+    return [v.id for v in lineage.supersede(session, source, output, request.id, at)]
+
+
 def _record_outcome(
     ctx: JobContext,
     outcome: Outcome,
@@ -502,11 +528,14 @@ def _record_outcome(
                 session, model, stored.key, stored.sha256, stored.size, "safetensors",
                 parent_version_id=ctx.version_id, produced_by_request_id=ctx.request_id,
             )  # fmt: skip
+            now = utcnow()
+            superseded = conclude(session, job, version, metrics, now)
+            details["superseded_version_ids"] = superseded
             moved = states.transition(
                 session, job, JobStatus.succeeded, reason="unlearning finished",
                 values={
                     "metrics": metrics, "output_version_id": version.id,
-                    "progress": 1.0, "phase": "save",
+                    "progress": 1.0, "phase": "save", "finished_at": now,
                 },
                 details={
                     "output_version_id": version.id, "output_sha256": stored.sha256, **details

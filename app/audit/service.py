@@ -1,4 +1,4 @@
-"""The audit trail: append-only rows for every request, job state change and download."""
+"""The audit trail: append-only, hash-chained rows for everything done, per organisation."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.orm import AuditEvent
+from app.actors import Actor
+from app.audit import chain
+from app.keys import get_signer
+from app.orm import AuditChainHead, AuditEvent, utcnow
 
 
 def record(
     session: Session,
+    actor: Actor,
     action: str,
     *,
     model_id: str | None = None,
@@ -21,48 +25,91 @@ def record(
     request_id: str | None = None,
     job_id: str | None = None,
     caller_reference: str | None = None,
-    client_address: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
+    """Queue an event; it is chained and written when the session's transaction commits."""
     event = AuditEvent(
+        org_id=actor.org_id,
         action=action,
+        actor=actor.name,
         model_id=model_id,
         model_version_id=model_version_id,
         dataset_id=dataset_id,
         request_id=request_id,
         job_id=job_id,
         caller_reference=caller_reference,
-        client_address=client_address,
+        client_address=actor.client_address,
+        http_request_id=actor.http_request_id,
         details=details or {},
     )
-    session.add(event)
+    chain.queue(session, event)
     return event
+
+
+def start_chain(session: Session, org_id: str) -> None:
+    """The empty chain of a new organisation (its head row is what appends lock)."""
+    session.add(AuditChainHead(org_id=org_id, seq=0, hash=chain.GENESIS_HASH))
 
 
 def search(
     session: Session,
+    org_id: str,
     *,
     model_id: str | None,
     request_id: str | None,
     caller_reference: str | None,
     action: str | None,
+    actor: str | None,
     since: datetime | None,
     until: datetime | None,
-    after_id: int,
+    after_seq: int,
     limit: int,
 ) -> list[AuditEvent]:
-    """Events in the order they were written, after the cursor ``after_id``."""
-    query = select(AuditEvent).where(AuditEvent.id > after_id)
-    if model_id:
-        query = query.where(AuditEvent.model_id == model_id)
-    if request_id:
-        query = query.where(AuditEvent.request_id == request_id)
-    if caller_reference:
-        query = query.where(AuditEvent.caller_reference == caller_reference)
-    if action:
-        query = query.where(AuditEvent.action == action)
+    """The organisation's events in chain order, after the cursor ``after_seq``."""
+    query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after_seq)
+    filters = {
+        AuditEvent.model_id: model_id, AuditEvent.request_id: request_id,
+        AuditEvent.caller_reference: caller_reference, AuditEvent.action: action,
+        AuditEvent.actor: actor,
+    }  # fmt: skip
+    for column, wanted in filters.items():
+        if wanted:
+            query = query.where(column == wanted)
     if since:
         query = query.where(AuditEvent.at >= since)
     if until:
         query = query.where(AuditEvent.at < until)
-    return list(session.scalars(query.order_by(AuditEvent.id).limit(limit)))
+    return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)))
+
+
+def events_of_request(session: Session, org_id: str, request_id: str) -> list[AuditEvent]:
+    query = select(AuditEvent).where(
+        AuditEvent.org_id == org_id, AuditEvent.request_id == request_id
+    )
+    return list(session.scalars(query.order_by(AuditEvent.seq)))
+
+
+def verify(
+    session: Session, org_id: str, anchor: tuple[int, str] | None = None
+) -> chain.ChainReport:
+    """Walk the organisation's whole chain; report the first broken link."""
+    report = chain.ChainReport(org_id=org_id)
+    chain.walk(chain.in_batches(session, org_id), report)
+    chain.check_head(report, session.get(AuditChainHead, org_id))
+    if anchor is not None:
+        seq, expected = anchor
+        found = session.scalar(
+            select(AuditEvent.hash).where(AuditEvent.org_id == org_id, AuditEvent.seq == seq)
+        )
+        chain.check_anchor(report, seq, expected, found)
+    return report
+
+
+def signed_head(session: Session, org_id: str) -> dict[str, Any]:
+    """The chain head, signed: kept elsewhere, it makes a later truncation detectable."""
+    head = session.get(AuditChainHead, org_id)
+    seq, digest = (head.seq, head.hash) if head else (0, chain.GENESIS_HASH)
+    return get_signer().sign({
+        "type": "nepenthe.audit_head", "org_id": org_id, "seq": seq, "hash": digest,
+        "exported_at": chain.timestamp(utcnow()),
+    })  # fmt: skip

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.actors import Actor
 from app.audit import service as audit
 from app.config import get_settings
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
@@ -18,14 +19,12 @@ from unlearning import data
 STORE_PREFIX = "store:"
 
 
-def register(
-    session: Session, name: str, kind: str, location: str | None, client: str | None
-) -> Dataset:
+def register(session: Session, name: str, kind: str, location: str | None, actor: Actor) -> Dataset:
     # Read the source before the first query, so no database lock is held meanwhile.
     if location is not None:
         location = str(_allowed_path(location))
     train, test = _open_both(kind, location)
-    return _insert(session, name, kind, location, train, test, client)
+    return _insert(session, name, kind, location, train, test, actor)
 
 
 def _insert(
@@ -35,11 +34,13 @@ def _insert(
     location: str | None,
     train: data.ImageSource,
     test: data.ImageSource,
-    client: str | None,
+    actor: Actor,
 ) -> Dataset:
-    if session.scalar(select(func.count()).where(Dataset.name == name)):
+    taken = select(func.count()).where(Dataset.org_id == actor.org_id, Dataset.name == name)
+    if session.scalar(taken):
         raise NameTaken(f"a dataset named {name!r} already exists")
     dataset = Dataset(
+        org_id=actor.org_id,
         name=name,
         kind=kind,
         location=location,
@@ -54,20 +55,20 @@ def _insert(
     except IntegrityError as exc:
         raise NameTaken(f"a dataset named {name!r} already exists") from exc
     audit.record(
-        session, "dataset.registered", dataset_id=dataset.id, client_address=client,
+        session, actor, "dataset.registered", dataset_id=dataset.id,
         details={"name": name, "kind": kind, "train": len(train), "test": len(test)},
     )  # fmt: skip
     return dataset
 
 
 def register_npz(
-    session: Session, store: LocalArtifactStore, name: str, upload: Path, client: str | None
+    session: Session, store: LocalArtifactStore, name: str, upload: Path, actor: Actor
 ) -> Dataset:
     # Validate before storing, so a bad archive leaves nothing on disk; store before the first
     # query, so no database lock is held while a large archive is written.
     train, test = _open_both("npz", str(upload))
     stored = store.put_bytes(upload.read_bytes(), ".npz")
-    return _insert(session, name, "npz", STORE_PREFIX + stored.key, train, test, client)
+    return _insert(session, name, "npz", STORE_PREFIX + stored.key, train, test, actor)
 
 
 def _allowed_path(location: str) -> Path:
@@ -114,15 +115,18 @@ def resolve_location(location: str | None) -> str | None:
     return str(get_store().path(location.removeprefix(STORE_PREFIX)))
 
 
-def get(session: Session, ref: str) -> Dataset:
-    # An id always wins over a name, so a name cannot shadow another dataset.
+def get(session: Session, org_id: str, ref: str) -> Dataset:
+    """The organisation's dataset by id, else by name (an id always wins, so a name cannot
+    shadow another dataset); another organisation's dataset is not found."""
     dataset = session.get(Dataset, ref)
-    if dataset is None:
-        dataset = session.scalars(select(Dataset).where(Dataset.name == ref)).first()
+    if dataset is None or dataset.org_id != org_id:
+        query = select(Dataset).where(Dataset.org_id == org_id, Dataset.name == ref)
+        dataset = session.scalars(query).first()
     if dataset is None:
         raise DatasetNotFound(f"no dataset {ref!r}")
     return dataset
 
 
-def list_all(session: Session) -> list[Dataset]:
-    return list(session.scalars(select(Dataset).order_by(Dataset.created_at, Dataset.id)))
+def list_all(session: Session, org_id: str) -> list[Dataset]:
+    query = select(Dataset).where(Dataset.org_id == org_id)
+    return list(session.scalars(query.order_by(Dataset.created_at, Dataset.id)))

@@ -1,18 +1,30 @@
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
-from app.deletions import service
-from app.deletions.schemas import DeletionRequestCreate, DeletionRequestRead
-from app.deps import ClientDep, ReadSessionDep, SessionDep
+from app.deletions import export, service
+from app.deletions.schemas import (
+    DeletionRequestCreate,
+    DeletionRequestRead,
+    ExtensionCreate,
+    VersionContainment,
+)
+from app.deps import ActorDep, AuditDep, ReadSessionDep, SessionDep, SubmitDep
 from app.errors import (
+    CertificateNotIssued,
     DatasetNotFound,
     DeletionRequestNotFound,
     IdempotencyKeyReused,
+    InvalidTimeBound,
     ModelVersionNotFound,
+    ReceiptNotIssued,
 )
+from app.orm import JobStatus, utcnow
+from app.validation import utc_bound
 
 router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 
@@ -21,6 +33,7 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
     "", status_code=202, summary="Submit a deletion request", response_model=DeletionRequestRead,
     responses={
         404: ModelVersionNotFound.openapi(), 422: IdempotencyKeyReused.openapi(),
+        409: service.InputSuperseded.openapi(),
         400: {"description": "Malformed JSON (code `malformed_json`)"},
     },
     openapi_extra={"x-404-also": DatasetNotFound.code},
@@ -28,12 +41,13 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 def submit(
     body: DeletionRequestCreate,
     session: SessionDep,
-    client: ClientDep,
+    actor: SubmitDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestRead:
-    """Accept a request to forget classes; poll the job named by the Location header."""
-    request, created = service.submit(session, body, idempotency_key, client)
+    """Accept a request to forget classes or samples; its signed receipt is at ``receipt_url``.
+    Poll the job named by the Location header."""
+    request, created = service.submit(session, body, idempotency_key, actor)
     read = service.to_read(session, request)
     response.headers["Location"] = f"/v1/jobs/{read.job.id}"
     response.headers["Content-Location"] = f"/v1/deletion-requests/{request.id}"
@@ -42,22 +56,143 @@ def submit(
     return read
 
 
-@router.get("", summary="List deletion requests", response_model=list[DeletionRequestRead])
-def list_requests(
-    session: ReadSessionDep,
+def request_filter(
     model_id: str | None = None,
     caller_reference: str | None = None,
+    upstream_request_id: str | None = None,
+    status: JobStatus | None = Query(None, description="the job's status"),
+    received_since: datetime | None = Query(None, description="inclusive (ISO 8601)"),
+    received_until: datetime | None = Query(None, description="exclusive (ISO 8601)"),
+    open: bool | None = Query(None, description="true: not yet carried out nor canceled"),
+    due_before: datetime | None = Query(None, description="deadline before this time"),
+) -> service.RequestFilter:
+    return service.RequestFilter(
+        model_id=model_id, caller_reference=caller_reference,
+        upstream_request_id=upstream_request_id, status=status,
+        received_since=utc_bound(received_since, "received_since"),
+        received_until=utc_bound(received_until, "received_until"), open=open,
+        due_before=utc_bound(due_before, "due_before"),
+    )  # fmt: skip
+
+
+@router.get(
+    "", summary="List deletion requests", response_model=list[DeletionRequestRead],
+    responses={422: InvalidTimeBound.openapi()},
+)  # fmt: skip
+def list_requests(
+    session: ReadSessionDep,
+    actor: ActorDep,
+    request: Request,
+    response: Response,
+    where: Annotated[service.RequestFilter, Depends(request_filter)],
     limit: int = Query(100, ge=1, le=1000),
+    page_token: str | None = Query(None, max_length=64, description="from the Link header"),
 ) -> list[DeletionRequestRead]:
-    """Deletion requests, oldest first, optionally for one model or caller reference."""
-    found = service.list_requests(session, model_id, caller_reference, limit)
+    """The organisation's requests in the order received, filtered in the database. When more
+    match, the ``Link: <...>; rel="next"`` header names the next page."""
+    found = service.list_requests(session, actor.org_id, where, page_token, limit + 1)
+    if len(found) > limit:
+        found = found[:limit]
+        next_url = request.url.include_query_params(page_token=found[-1].id)
+        response.headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
     return [service.to_read(session, r) for r in found]
+
+
+@router.get(
+    "/deadlines", summary="Overdue and soon-due requests", response_model=list[DeletionRequestRead]
+)
+def deadlines(
+    session: ReadSessionDep,
+    actor: ActorDep,
+    within_days: float = Query(7, ge=0, le=366, description="due within this many days"),
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> list[DeletionRequestRead]:
+    """Open requests whose deadline has passed (``overdue``) or falls within ``within_days``,
+    soonest first."""
+    where = service.RequestFilter(open=True, due_before=utcnow() + timedelta(days=within_days))
+    found = service.list_requests(session, actor.org_id, where, None, limit)
+    return sorted((service.to_read(session, r) for r in found), key=lambda r: r.due_at)
+
+
+@router.get(
+    "/export.csv", summary="Export requests as CSV", response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+)  # fmt: skip
+def export_csv(
+    actor: AuditDep,
+    where: Annotated[service.RequestFilter, Depends(request_filter)],
+    limit: int = Query(100_000, ge=1, le=1_000_000),
+) -> StreamingResponse:
+    """The matching requests, one row each: deadlines, status, output and certificate."""
+    return StreamingResponse(
+        export.csv_lines(actor.org_id, where, limit), media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="deletion-requests.csv"'},
+    )  # fmt: skip
 
 
 @router.get(
     "/{request_id}", summary="Get a deletion request", response_model=DeletionRequestRead,
     responses={404: DeletionRequestNotFound.openapi()},
 )  # fmt: skip
-def get_request(request_id: str, session: ReadSessionDep) -> DeletionRequestRead:
-    """The request with its job's current state."""
-    return service.to_read(session, service.get(session, request_id))
+def get_request(request_id: str, session: ReadSessionDep, actor: ActorDep) -> DeletionRequestRead:
+    """The request with its deadline and its job's current state."""
+    return service.to_read(session, service.get(session, actor.org_id, request_id))
+
+
+@router.get(
+    "/{request_id}/receipt", summary="The signed receipt",
+    responses={404: DeletionRequestNotFound.openapi()},
+)  # fmt: skip
+def receipt(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
+    """Signed (Ed25519) when the request was accepted; verify it with `nepenthe verify`."""
+    found = service.get(session, actor.org_id, request_id)
+    if found.receipt is None:
+        raise ReceiptNotIssued("this request was accepted before receipts were issued")
+    return found.receipt
+
+
+@router.get(
+    "/{request_id}/certificate", summary="The signed certificate",
+    responses={404: CertificateNotIssued.openapi()},
+)  # fmt: skip
+def certificate(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
+    """Signed when the job succeeded: times, checkpoints, method, code, device, metrics."""
+    found = service.get(session, actor.org_id, request_id)
+    if found.certificate is None:
+        raise CertificateNotIssued(
+            "a certificate is issued when the request's job succeeds; it has not"
+        )
+    return found.certificate
+
+
+@router.post(
+    "/{request_id}/extensions", status_code=201, summary="Extend the deadline",
+    response_model=DeletionRequestRead, responses={404: DeletionRequestNotFound.openapi()},
+)  # fmt: skip
+def extend(
+    request_id: str, body: ExtensionCreate, session: SessionDep, actor: SubmitDep
+) -> DeletionRequestRead:
+    """Add months to the deadline, with the reason (audited; at most two months in all by
+    default, decided within the first period)."""
+    found = service.extend(session, actor, request_id, body.months, body.reason)
+    return service.to_read(session, found)
+
+
+@router.get(
+    "/{request_id}/versions", summary="Versions that still hold the data",
+    response_model=list[VersionContainment], responses={404: DeletionRequestNotFound.openapi()},
+)  # fmt: skip
+def versions(request_id: str, session: ReadSessionDep, actor: ActorDep) -> list[VersionContainment]:
+    """The request's input version and every version derived from it, each marked with whether
+    it still contains the data the request names, and whether it is superseded."""
+    return service.containment(session, service.get(session, actor.org_id, request_id))
+
+
+@router.get(
+    "/{request_id}/evidence", summary="Export a request's evidence",
+    responses={404: DeletionRequestNotFound.openapi()},
+)  # fmt: skip
+def evidence(request_id: str, session: ReadSessionDep, actor: AuditDep) -> dict[str, Any]:
+    """Receipt, certificate, job history, audit events and version containment, as one signed
+    JSON document."""
+    return export.evidence(session, service.get(session, actor.org_id, request_id))

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from app.jobs.schemas import JobRead
 from app.validation import Body, Part
@@ -74,14 +74,52 @@ class DeletionRequestCreate(Body):
         False, description="also measure relearn time (costs up to 50 short epochs per model)"
     )
     caller_reference: str | None = Field(
-        None, max_length=200, description="your ticket or upstream request id"
+        None, max_length=200, description="your own reference (a ticket number)"
     )
+    upstream_request_id: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="the data-subject request's id in your privacy platform (OpenDSR "
+        "subject_request_id, a Transcend request id); auditors can look requests up by it",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _one_forget_set(self) -> DeletionRequestCreate:
         if (self.forget_classes is None) == (self.forget_samples is None):
             raise ValueError("name exactly one of forget_classes or forget_samples")
         return self
+
+
+class ExtensionCreate(Body):
+    months: int = Field(ge=1, le=12, description="months added to the deadline")
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="why the request needs longer (told to the data subject)",
+    )
+
+
+class ExtensionRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    months: int
+    reason: str
+    previous_due_at: datetime
+    due_at: datetime
+    actor: str
+    created_at: datetime
+
+
+class VersionContainment(BaseModel):
+    """A model version and whether it still holds the data a request names."""
+
+    id: str
+    number: int
+    sha256: str
+    parent_version_id: str | None
+    produced_by_request_id: str | None
+    contains_forgotten_data: bool
+    superseded_at: datetime | None
+    superseded_by_request_id: str | None
 
 
 class DeletionRequestRead(BaseModel):
@@ -99,5 +137,20 @@ class DeletionRequestRead(BaseModel):
     reference: dict[str, Any] | None
     measure_relearn_time: bool
     caller_reference: str | None
+    upstream_request_id: str | None
+    forget_spec_sha256: str = Field(
+        description="SHA-256 of the canonical forget specification (what the receipt names)"
+    )
     created_at: datetime
+    received_at: datetime
+    due_at: datetime = Field(description="received plus the statutory period and extensions")
+    open: bool = Field(
+        description="not yet carried out: the job has not succeeded, and the "
+        "request was not canceled"
+    )
+    overdue: bool
+    completed_at: datetime | None
+    extensions: list[ExtensionRead]
+    receipt_url: str
+    certificate_url: str | None
     job: JobRead

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import queue
+from app.actors import Actor
 from app.audit import service as audit
 from app.datasets import service as datasets
-from app.deletions import methods
-from app.deletions.schemas import DeletionRequestCreate, DeletionRequestRead
+from app.deletions import clock, evidence, methods
+from app.deletions.schemas import (
+    DeletionRequestCreate,
+    DeletionRequestRead,
+    ExtensionRead,
+    VersionContainment,
+)
 from app.errors import (
+    Conflict,
     DeletionRequestNotFound,
     IdempotencyKeyReused,
     IncompatibleDataset,
@@ -29,9 +38,14 @@ from app.errors import (
 )
 from app.jobs import service as jobs
 from app.jobs import states
-from app.orm import Dataset, DeletionRequest, Job, Model, ModelVersion
+from app.models import lineage
+from app.orm import Dataset, DeletionRequest, Job, JobStatus, Model, ModelVersion, utcnow
 from unlearning import data
 from unlearning.i2i import architectures as i2i_architectures
+
+
+class InputSuperseded(Conflict):
+    code = "version_superseded"
 
 
 def body_digest(body: DeletionRequestCreate) -> str:
@@ -43,15 +57,15 @@ def body_digest(body: DeletionRequestCreate) -> str:
 
 
 def submit(
-    session: Session, body: DeletionRequestCreate, idempotency_key: str | None, client: str | None
+    session: Session, body: DeletionRequestCreate, idempotency_key: str | None, actor: Actor
 ) -> tuple[DeletionRequest, bool]:
     """Returns the request and whether it was created now (False: an idempotent replay)."""
     digest = body_digest(body)
     if idempotency_key is not None:
-        existing = _replay(session, idempotency_key, digest)
+        existing = _replay(session, actor.org_id, idempotency_key, digest)
         if existing is not None:
             return existing, False
-    version, model, dataset = _targets(session, body)
+    version, model, dataset = _targets(session, actor.org_id, body)
     image_to_image = model.task == "image_to_image"
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
@@ -68,7 +82,7 @@ def submit(
     _check_options(body, model)
     retain_dataset = None
     if body.retain_dataset_id is not None:
-        retain_dataset = datasets.get(session, body.retain_dataset_id)
+        retain_dataset = datasets.get(session, actor.org_id, body.retain_dataset_id)
         if retain_dataset.id == dataset.id:
             # Its whole training split would be kept, the forget set included.
             raise InvalidRetainSet(
@@ -78,23 +92,28 @@ def submit(
     given = body.acceptance.model_dump(exclude_unset=True) if body.acceptance else None
     thresholds = methods.resolve_acceptance(given, forgets, model.task)
     reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)
+    retain_id = retain_dataset.id if retain_dataset else None
+    received = utcnow()
     request = DeletionRequest(
-        model_version_id=version.id, dataset_id=dataset.id,
-        retain_dataset_id=retain_dataset.id if retain_dataset else None,
-        forget_classes=forget_classes,
+        org_id=actor.org_id, model_version_id=version.id, dataset_id=dataset.id,
+        retain_dataset_id=retain_id, forget_classes=forget_classes,
         forget_samples=forget_samples, method=method.name, params=params,
         acceptance=thresholds, reference=reference,
         measure_relearn_time=body.measure_relearn_time,
-        caller_reference=body.caller_reference, idempotency_key=idempotency_key,
-        body_sha256=digest,
+        caller_reference=body.caller_reference, upstream_request_id=body.upstream_request_id,
+        idempotency_key=idempotency_key, body_sha256=digest,
+        forget_spec_sha256=evidence.forget_spec_sha256(
+            dataset.id, retain_id, forget_classes, forget_samples),
+        created_at=received, due_at=clock.due_at(received),
     )  # fmt: skip
+    receipt = evidence.issue_receipt(request, version)
     try:
         with session.begin_nested():
             session.add(request)
     except IntegrityError:
         # Another request with the same key committed between our check and our insert.
         assert idempotency_key is not None
-        existing = _replay(session, idempotency_key, digest)
+        existing = _replay(session, actor.org_id, idempotency_key, digest)
         if existing is None:
             raise
         return existing, False
@@ -102,10 +121,15 @@ def submit(
     session.add(job)
     session.flush()
     audit.record(
-        session, "deletion_request.created", model_id=model.id, model_version_id=version.id,
-        dataset_id=dataset.id, request_id=request.id, job_id=job.id,
-        caller_reference=body.caller_reference, client_address=client,
+        session, actor, "deletion_request.created", model_id=model.id,
+        model_version_id=version.id, dataset_id=dataset.id, request_id=request.id, job_id=job.id,
+        caller_reference=body.caller_reference,
         details={
+            "upstream_request_id": body.upstream_request_id,
+            "forget_spec_sha256": request.forget_spec_sha256,
+            "input_checkpoint_sha256": version.sha256,
+            "due_at": request.due_at.isoformat(),
+            "receipt_signature": receipt["signature"]["value"],
             "forget_classes": forget_classes,
             "forget_class_names": _class_names(model, dataset, forget_classes),
             "retain_dataset_id": request.retain_dataset_id,
@@ -115,14 +139,16 @@ def submit(
             "idempotency_key": idempotency_key,
         },
     )  # fmt: skip
-    states.record_created(session, job, reason="deletion request accepted")
+    states.record_created(session, job, actor, reason="deletion request accepted")
     queue.enqueue_after_commit(session, job.id)
     return request, True
 
 
-def _replay(session: Session, key: str, digest: str) -> DeletionRequest | None:
+def _replay(session: Session, org_id: str, key: str, digest: str) -> DeletionRequest | None:
     existing = session.scalars(
-        select(DeletionRequest).where(DeletionRequest.idempotency_key == key)
+        select(DeletionRequest).where(
+            DeletionRequest.org_id == org_id, DeletionRequest.idempotency_key == key
+        )
     ).first()
     if existing is not None and existing.body_sha256 != digest:
         raise IdempotencyKeyReused(
@@ -163,13 +189,20 @@ def _class_names(model: Model, dataset: Dataset, classes: list[int] | None) -> l
     return [names[c] for c in classes]
 
 
-def _targets(session: Session, body: DeletionRequestCreate) -> tuple[ModelVersion, Model, Dataset]:
+def _targets(
+    session: Session, org_id: str, body: DeletionRequestCreate
+) -> tuple[ModelVersion, Model, Dataset]:
     version = session.get(ModelVersion, body.model_version_id)
-    if version is None:
+    model = session.get(Model, version.model_id) if version is not None else None
+    if version is None or model is None or model.org_id != org_id:
         raise ModelVersionNotFound(f"no model version {body.model_version_id!r}")
-    model = session.get(Model, version.model_id)
-    assert model is not None
-    dataset = datasets.get(session, body.dataset_id)
+    if version.superseded_at is not None:
+        raise InputSuperseded(
+            f"version {version.number} still holds data that deletion request "
+            f"{version.superseded_by_request_id} removed; submit against the version that "
+            "request produced", superseded_by_request_id=version.superseded_by_request_id,
+        )  # fmt: skip
+    dataset = datasets.get(session, org_id, body.dataset_id)
     if model.task == "classification" and len(dataset.class_names) != len(model.class_names):
         raise IncompatibleDataset(
             f"dataset {dataset.name!r} has {len(dataset.class_names)} classes, model "
@@ -223,24 +256,102 @@ def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
     return distinct
 
 
-def get(session: Session, request_id: str) -> DeletionRequest:
+def get(session: Session, org_id: str, request_id: str) -> DeletionRequest:
     request = session.get(DeletionRequest, request_id)
-    if request is None:
+    if request is None or request.org_id != org_id:
         raise DeletionRequestNotFound(f"no deletion request {request_id!r}")
     return request
 
 
+@dataclass(frozen=True)
+class RequestFilter:
+    """The auditor's filters; each one narrows the query in the database."""
+
+    model_id: str | None = None
+    caller_reference: str | None = None
+    upstream_request_id: str | None = None
+    status: JobStatus | None = None
+    received_since: datetime | None = None
+    received_until: datetime | None = None
+    open: bool | None = None
+    due_before: datetime | None = None
+
+
 def list_requests(
-    session: Session, model_id: str | None, caller_reference: str | None, limit: int
+    session: Session, org_id: str, where: RequestFilter, after_id: str | None, limit: int
 ) -> list[DeletionRequest]:
-    query = select(DeletionRequest)
-    if model_id:
-        query = query.join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id).where(
-            ModelVersion.model_id == model_id
+    """The organisation's requests in the order received, after the request ``after_id``."""
+    query = (
+        select(DeletionRequest)
+        .join(Job, Job.request_id == DeletionRequest.id)
+        .where(DeletionRequest.org_id == org_id)
+    )
+    if after_id is not None:
+        last = get(session, org_id, after_id)
+        query = query.where(
+            (DeletionRequest.created_at > last.created_at)
+            | ((DeletionRequest.created_at == last.created_at) & (DeletionRequest.id > last.id))
         )
-    if caller_reference:
-        query = query.where(DeletionRequest.caller_reference == caller_reference)
-    return list(session.scalars(query.order_by(DeletionRequest.created_at).limit(limit)))
+    query = _filtered(query, where)
+    order = (DeletionRequest.created_at, DeletionRequest.id)
+    return list(session.scalars(query.order_by(*order).limit(limit)))
+
+
+def _filtered(query: Select[Any], where: RequestFilter) -> Select[Any]:
+    if where.model_id:
+        query = query.join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id).where(
+            ModelVersion.model_id == where.model_id
+        )
+    equal = {
+        DeletionRequest.caller_reference: where.caller_reference,
+        DeletionRequest.upstream_request_id: where.upstream_request_id, Job.status: where.status,
+    }  # fmt: skip
+    for column, wanted in equal.items():
+        if wanted:
+            query = query.where(column == wanted)
+    if where.received_since:
+        query = query.where(DeletionRequest.created_at >= where.received_since)
+    if where.received_until:
+        query = query.where(DeletionRequest.created_at < where.received_until)
+    if where.open is not None:
+        closed = Job.status.in_(list(clock.CLOSED))
+        query = query.where(~closed if where.open else closed)
+    if where.due_before:
+        query = query.where(DeletionRequest.due_at < where.due_before)
+    return query
+
+
+def extend(
+    session: Session, actor: Actor, request_id: str, months: int, reason: str
+) -> DeletionRequest:
+    request = get(session, actor.org_id, request_id)
+    clock.extend(session, actor, request, jobs.for_request(session, request.id), months, reason)
+    return request
+
+
+def containment(session: Session, request: DeletionRequest) -> list[VersionContainment]:
+    """The request's input version and everything derived from it, each marked with whether it
+    still holds the data the request names (only the request's output and what derives from
+    it do not)."""
+    source = session.get(ModelVersion, request.model_version_id)
+    assert source is not None
+    job = jobs.for_request(session, request.id)
+    output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
+    holding = {v.id for v in lineage.still_holding(session, source, output)}
+    every = [source, *lineage.descendants(session, source)]
+    return [
+        VersionContainment(
+            id=v.id,
+            number=v.number,
+            sha256=v.sha256,
+            parent_version_id=v.parent_version_id,
+            produced_by_request_id=v.produced_by_request_id,
+            contains_forgotten_data=v.id in holding,
+            superseded_at=v.superseded_at,
+            superseded_by_request_id=v.superseded_by_request_id,
+        )
+        for v in every
+    ]
 
 
 def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
@@ -249,18 +360,26 @@ def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
     dataset = session.get(Dataset, request.dataset_id)
     assert version is not None
     assert model is not None and dataset is not None
+    job = jobs.for_request(session, request.id)
     classes: list[int] | None = request.forget_classes
-    extra: dict[str, Any] = {
-        "forget_class_names": _class_names(model, dataset, classes),
-        "forget_samples_count": len(request.forget_samples) if request.forget_samples else None,
-    }
+    is_open = clock.is_open(job.status)
+    completed = job.finished_at if job.status == JobStatus.succeeded else None
+    base = f"/v1/deletion-requests/{request.id}"
     return DeletionRequestRead(
         id=request.id, model_version_id=request.model_version_id, model_id=model.id,
         dataset_id=request.dataset_id, retain_dataset_id=request.retain_dataset_id,
-        forget_classes=classes, method=request.method,
-        params=request.params, acceptance=request.acceptance, reference=request.reference,
-        measure_relearn_time=request.measure_relearn_time,
+        forget_classes=classes, forget_class_names=_class_names(model, dataset, classes),
+        forget_samples_count=len(request.forget_samples) if request.forget_samples else None,
+        method=request.method, params=request.params, acceptance=request.acceptance,
+        reference=request.reference, measure_relearn_time=request.measure_relearn_time,
         caller_reference=request.caller_reference,
-        created_at=request.created_at,
-        job=jobs.to_read(session, jobs.for_request(session, request.id)), **extra,
+        upstream_request_id=request.upstream_request_id,
+        forget_spec_sha256=request.forget_spec_sha256, created_at=request.created_at,
+        received_at=request.created_at, due_at=request.due_at, open=is_open,
+        overdue=is_open and utcnow() > request.due_at, completed_at=completed,
+        extensions=[ExtensionRead.model_validate(e)
+                    for e in clock.extensions(session, request.id)],
+        receipt_url=f"{base}/receipt",
+        certificate_url=f"{base}/certificate" if request.certificate else None,
+        job=jobs.to_read(session, job),
     )  # fmt: skip

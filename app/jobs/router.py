@@ -6,7 +6,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response
 
 from app.audit import service as audit
-from app.deps import ClientDep, ReadSessionDep, SessionDep
+from app.deps import ActorDep, DownloadDep, ReadSessionDep, SessionDep, SubmitDep
 from app.errors import ArtifactNotFound, CheckpointMissing, JobNotCancelable, JobNotFound
 from app.jobs import service
 from app.jobs.schemas import ArtifactRead, JobEventRead, JobRead
@@ -20,27 +20,28 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
     "/{job_id}", summary="Get a job", response_model=JobRead,
     responses={404: JobNotFound.openapi()},
 )  # fmt: skip
-def get_job(job_id: str, session: ReadSessionDep) -> JobRead:
+def get_job(job_id: str, session: ReadSessionDep, actor: ActorDep) -> JobRead:
     """Status, phase, fraction done, timestamps, error, metrics and the output version."""
-    return service.to_read(session, service.get(session, job_id))
+    return service.to_read(session, service.get(session, actor.org_id, job_id))
 
 
 @router.get(
     "/{job_id}/events", summary="Job history", response_model=list[JobEventRead],
     responses={404: JobNotFound.openapi()},
 )  # fmt: skip
-def job_events(job_id: str, session: ReadSessionDep) -> list[JobEventRead]:
+def job_events(job_id: str, session: ReadSessionDep, actor: ActorDep) -> list[JobEventRead]:
     """Every status change of the job, oldest first."""
-    return [JobEventRead.model_validate(e) for e in service.events(session, job_id)]
+    job = service.get(session, actor.org_id, job_id)
+    return [JobEventRead.model_validate(e) for e in service.events(session, job.id)]
 
 
 @router.post(
     "/{job_id}/cancel", status_code=202, summary="Cancel a job", response_model=JobRead,
     responses={404: JobNotFound.openapi(), 409: JobNotCancelable.openapi()},
 )  # fmt: skip
-def cancel_job(job_id: str, session: SessionDep) -> JobRead:
+def cancel_job(job_id: str, session: SessionDep, actor: SubmitDep) -> JobRead:
     """A queued job is canceled at once; a running one stops at its next progress check."""
-    return service.to_read(session, service.cancel(session, job_id))
+    return service.to_read(session, service.cancel(session, actor, job_id))
 
 
 ArtifactName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -50,10 +51,10 @@ ArtifactName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Z
     "/{job_id}/artifacts", summary="List a job's artifacts", response_model=list[ArtifactRead],
     responses={404: JobNotFound.openapi()},
 )  # fmt: skip
-def list_artifacts(job_id: str, session: ReadSessionDep) -> list[ArtifactRead]:
+def list_artifacts(job_id: str, session: ReadSessionDep, actor: ActorDep) -> list[ArtifactRead]:
     """Files the job produced besides its checkpoint (image-to-image jobs: the before/after
     completion grid, ``completions.png``), for succeeded and rejected jobs alike."""
-    service.get(session, job_id)
+    service.get(session, actor.org_id, job_id)
     return [service.artifact_read(a) for a in service.artifacts(session, job_id)]
 
 
@@ -62,17 +63,17 @@ def list_artifacts(job_id: str, session: ReadSessionDep) -> list[ArtifactRead]:
     responses={404: ArtifactNotFound.openapi()},
 )  # fmt: skip
 def download_artifact(
-    job_id: str, name: ArtifactName, session: SessionDep, client: ClientDep
+    job_id: str, name: ArtifactName, session: SessionDep, actor: DownloadDep
 ) -> Response:
     """The file, with its SHA-256 as ETag and X-Checksum-SHA256; the download is audited."""
-    job = service.get(session, job_id)
+    job = service.get(session, actor.org_id, job_id)
     found = service.artifact(session, job, name)
     request = session.get(DeletionRequest, job.request_id)
     version = session.get(ModelVersion, request.model_version_id) if request else None
     audit.record(
-        session, "job_artifact.downloaded", model_id=version.model_id if version else None,
-        request_id=job.request_id, job_id=job.id,
-        caller_reference=request.caller_reference if request else None, client_address=client,
+        session, actor, "job_artifact.downloaded",
+        model_id=version.model_id if version else None, request_id=job.request_id, job_id=job.id,
+        caller_reference=request.caller_reference if request else None,
         details={"name": found.name, "sha256": found.sha256},
     )  # fmt: skip
     path = get_store().path(found.storage_key)

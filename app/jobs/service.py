@@ -7,15 +7,21 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.actors import Actor
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import states
 from app.jobs.schemas import ArtifactRead, JobRead
 from app.models.service import version_read
-from app.orm import Job, JobArtifact, JobEvent, JobStatus, ModelVersion, utcnow
+from app.orm import DeletionRequest, Job, JobArtifact, JobEvent, JobStatus, ModelVersion, utcnow
 
 
-def get(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+def get(session: Session, org_id: str, job_id: str) -> Job:
+    """The organisation's job; another organisation's is not found."""
+    job = session.scalars(
+        select(Job)
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(Job.id == job_id, DeletionRequest.org_id == org_id)
+    ).first()
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job
@@ -69,18 +75,18 @@ def to_read(session: Session, job: Job) -> JobRead:
 
 
 def events(session: Session, job_id: str) -> list[JobEvent]:
-    get(session, job_id)
     return list(
         session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
     )
 
 
-def cancel(session: Session, job_id: str) -> Job:
+def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running job's worker to stop at its next check."""
-    job = get(session, job_id)
+    job = get(session, actor.org_id, job_id)
     if job.status == JobStatus.queued and states.transition(
-        session, job, JobStatus.canceled, reason="canceled by the client before it started"
-    ):
+        session, job, JobStatus.canceled, actor=actor,
+        reason="canceled by the client before it started",
+    ):  # fmt: skip
         return job
     if job.status == JobStatus.running:
         asked = session.execute(
@@ -89,7 +95,7 @@ def cancel(session: Session, job_id: str) -> Job:
             .values(cancel_requested_at=utcnow(), updated_at=utcnow())
         )
         if asked.rowcount == 1:  # type: ignore[attr-defined]
-            states.record_cancel_requested(session, job)
+            states.record_cancel_requested(session, job, actor)
         session.refresh(job)
         return job
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")

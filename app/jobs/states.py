@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from app.actors import Actor, worker_actor
 from app.audit import service as audit
 from app.orm import DeletionRequest, Job, JobEvent, JobStatus, ModelVersion, utcnow
 
@@ -23,15 +24,16 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
 }
 
 
-def record_created(session: Session, job: Job, reason: str) -> None:
+def record_created(session: Session, job: Job, actor: Actor, reason: str) -> None:
     """The first history row of a new job (status ``queued``)."""
     session.add(JobEvent(job_id=job.id, from_status=None, to_status=job.status, reason=reason))
-    _audit(session, job, None, JobStatus(job.status), reason, {})
+    _audit(session, job, actor, None, JobStatus(job.status), reason, {})
 
 
-def record_cancel_requested(session: Session, job: Job) -> None:
+def record_cancel_requested(session: Session, job: Job, actor: Actor) -> None:
     """Audit the client's cancel of a running job (the status changes later, in the worker)."""
-    _audit(session, job, None, None, "cancel requested by the client", {}, "job.cancel_requested")
+    _audit(session, job, actor, None, None, "cancel requested by the client", {},
+           "job.cancel_requested")  # fmt: skip
 
 
 def transition(
@@ -39,11 +41,15 @@ def transition(
     job: Job,
     to: JobStatus,
     *,
+    actor: Actor | None = None,
     reason: str | None = None,
     values: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
 ) -> bool:
-    """Move ``job`` from its current status to ``to``; False when another process moved it first."""
+    """Move ``job`` from its current status to ``to``; False when another process moved it first.
+
+    ``actor`` is who moved it: the API's caller, or (None) the worker running the job.
+    """
     current = JobStatus(job.status)
     if to not in ALLOWED.get(current, frozenset()):
         return False
@@ -63,7 +69,7 @@ def transition(
         session.refresh(job)
         return False
     session.add(JobEvent(job_id=job.id, from_status=current, to_status=to, reason=reason))
-    _audit(session, job, current, to, reason, details or {})
+    _audit(session, job, actor, current, to, reason, details or {})
     session.refresh(job)
     return True
 
@@ -71,6 +77,7 @@ def transition(
 def _audit(
     session: Session,
     job: Job,
+    actor: Actor | None,
     from_status: JobStatus | None,
     to: JobStatus | None,
     reason: str | None,
@@ -78,12 +85,14 @@ def _audit(
     action: str | None = None,
 ) -> None:
     row = session.execute(
-        select(DeletionRequest.caller_reference, ModelVersion.model_id, ModelVersion.id)
+        select(DeletionRequest.caller_reference, DeletionRequest.org_id, ModelVersion.model_id,
+               ModelVersion.id)
         .join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id)
         .where(DeletionRequest.id == job.request_id)
-    ).one()
+    ).one()  # fmt: skip
     audit.record(
-        session, action or f"job.{to}", model_id=row.model_id, model_version_id=row.id,
+        session, actor or worker_actor(row.org_id), action or f"job.{to}",
+        model_id=row.model_id, model_version_id=row.id,
         request_id=job.request_id, job_id=job.id, caller_reference=row.caller_reference,
         details={"from": from_status, "to": to, "reason": reason, **details},
     )  # fmt: skip

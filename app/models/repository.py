@@ -8,18 +8,24 @@ from sqlalchemy.orm import Session
 from app.orm import Model, ModelVersion
 
 
-def find_model(session: Session, ref: str) -> Model | None:
-    """A model by id, else by name (an id always wins, so a name cannot shadow another model)."""
+def find_model(session: Session, org_id: str, ref: str) -> Model | None:
+    """The organisation's model by id, else by name (an id always wins, so a name cannot shadow
+    another model). Another organisation's model is not found."""
     by_id = session.get(Model, ref)
-    return by_id or session.scalars(select(Model).where(Model.name == ref)).first()
+    if by_id is not None and by_id.org_id == org_id:
+        return by_id
+    query = select(Model).where(Model.org_id == org_id, Model.name == ref)
+    return session.scalars(query).first()
 
 
-def name_exists(session: Session, name: str) -> bool:
-    return session.scalar(select(func.count()).where(Model.name == name)) != 0
+def name_exists(session: Session, org_id: str, name: str) -> bool:
+    query = select(func.count()).where(Model.org_id == org_id, Model.name == name)
+    return session.scalar(query) != 0
 
 
-def list_models(session: Session) -> list[Model]:
-    return list(session.scalars(select(Model).order_by(Model.created_at, Model.id)))
+def list_models(session: Session, org_id: str) -> list[Model]:
+    query = select(Model).where(Model.org_id == org_id).order_by(Model.created_at, Model.id)
+    return list(session.scalars(query))
 
 
 def next_version_number(session: Session, model_id: str) -> int:

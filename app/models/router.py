@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Path, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from app.audit import service as audit
-from app.deps import ClientDep, ReadSessionDep, SessionDep
+from app.deps import ActorDep, DownloadDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import (
     CheckpointMissing,
     InvalidArchitecture,
@@ -15,6 +15,7 @@ from app.errors import (
     ModelVersionNotFound,
     NameTaken,
     PayloadTooLarge,
+    VersionSuperseded,
 )
 from app.models import repository as repo
 from app.models import service
@@ -29,7 +30,7 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version num
 
 
 @router.get("/architectures", summary="List architectures", response_model=ArchitectureList)
-def list_architectures() -> ArchitectureList:
+def list_architectures(_: ActorDep) -> ArchitectureList:
     """Built-in small classifiers, every torchvision classifier, and the built-in
     image-to-image networks."""
     return ArchitectureList(
@@ -42,27 +43,27 @@ def list_architectures() -> ArchitectureList:
     responses={409: NameTaken.openapi(), 422: InvalidArchitecture.openapi()},
 )  # fmt: skip
 def create_model(
-    body: ModelCreate, session: SessionDep, client: ClientDep, response: Response
+    body: ModelCreate, session: SessionDep, actor: RegisterDep, response: Response
 ) -> ModelRead:
     """Register a model: architecture, input shape, normalisation and class names."""
-    model = service.create_model(session, body, client)
+    model = service.create_model(session, body, actor)
     response.headers["Location"] = f"/v1/models/{model.id}"
     return ModelRead.model_validate(model)
 
 
 @router.get("/models", summary="List models", response_model=list[ModelRead])
-def list_models(session: ReadSessionDep) -> list[ModelRead]:
-    """Every registered model."""
-    return [ModelRead.model_validate(m) for m in repo.list_models(session)]
+def list_models(session: ReadSessionDep, actor: ActorDep) -> list[ModelRead]:
+    """Every model of the caller's organisation."""
+    return [ModelRead.model_validate(m) for m in repo.list_models(session, actor.org_id)]
 
 
 @router.get(
     "/models/{model_ref}", summary="Get a model", response_model=ModelRead,
     responses={404: ModelNotFound.openapi()},
 )  # fmt: skip
-def get_model(model_ref: str, session: ReadSessionDep) -> ModelRead:
+def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> ModelRead:
     """A model by id or name."""
-    return ModelRead.model_validate(service.get_model(session, model_ref))
+    return ModelRead.model_validate(service.get_model(session, actor.org_id, model_ref))
 
 
 @router.post(
@@ -77,15 +78,17 @@ def upload_version(
     model_ref: str,
     read: ReadSessionDep,
     session: SessionDep,
-    client: ClientDep,
+    actor: RegisterDep,
     response: Response,
     file: Annotated[UploadFile, File(description="safetensors, or a .pt state dict")],
     parent_version_id: Annotated[str | None, Form()] = None,
 ) -> ModelVersionRead:
     """Validate the weights against the architecture and store them as a new version."""
     with received(file) as path:
-        prepared = service.prepare_version(read, get_store(), model_ref, path, parent_version_id)
-    version = service.record_version(session, prepared, client)
+        prepared = service.prepare_version(
+            read, get_store(), actor.org_id, model_ref, path, parent_version_id
+        )
+    version = service.record_version(session, prepared, actor)
     response.headers["Location"] = service.download_url(version).removesuffix("/checkpoint")
     return service.version_read(version)
 
@@ -94,9 +97,11 @@ def upload_version(
     "/models/{model_ref}/versions", summary="List versions",
     response_model=list[ModelVersionRead], responses={404: ModelNotFound.openapi()},
 )  # fmt: skip
-def list_versions(model_ref: str, session: ReadSessionDep) -> list[ModelVersionRead]:
+def list_versions(
+    model_ref: str, session: ReadSessionDep, actor: ActorDep
+) -> list[ModelVersionRead]:
     """Every version of a model, oldest first, with its lineage."""
-    model = service.get_model(session, model_ref)
+    model = service.get_model(session, actor.org_id, model_ref)
     return [service.version_read(v) for v in repo.list_versions(session, model.id)]
 
 
@@ -104,29 +109,53 @@ def list_versions(model_ref: str, session: ReadSessionDep) -> list[ModelVersionR
     "/models/{model_ref}/versions/{number}", summary="Get a version",
     response_model=ModelVersionRead, responses={404: ModelVersionNotFound.openapi()},
 )  # fmt: skip
-def get_version(model_ref: str, number: VersionNumber, session: ReadSessionDep) -> ModelVersionRead:
-    """One version: digest, size, parent and the deletion request that produced it."""
-    return service.version_read(service.get_version(session, model_ref, number))
+def get_version(
+    model_ref: str, number: VersionNumber, session: ReadSessionDep, actor: ActorDep
+) -> ModelVersionRead:
+    """One version: digest, size, parent, the deletion request that produced it, and whether a
+    later request superseded it."""
+    return service.version_read(service.get_version(session, actor.org_id, model_ref, number))
 
 
 @router.get(
     "/models/{model_ref}/versions/{number}/checkpoint", summary="Download a checkpoint",
-    response_class=FileResponse, responses={404: ModelVersionNotFound.openapi()},
+    response_class=FileResponse,
+    responses={404: ModelVersionNotFound.openapi(), 410: VersionSuperseded.openapi()},
 )  # fmt: skip
 def download_checkpoint(
-    model_ref: str, number: VersionNumber, session: SessionDep, client: ClientDep, request: Request
+    model_ref: str,
+    number: VersionNumber,
+    session: SessionDep,
+    actor: DownloadDep,
+    request: Request,
+    override_reason: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=1000,
+            description="admin only: why a superseded "
+            "version must be downloaded (kept in the audit log)",
+        ),
+    ] = None,
 ) -> Response:
-    """Stream the safetensors file; its SHA-256 is the ETag and the X-Checksum-SHA256 header."""
-    version = service.get_version(session, model_ref, number)
+    """Stream the safetensors file; its SHA-256 is the ETag and the X-Checksum-SHA256 header.
+    A superseded version is refused (410) unless an admin gives ``override_reason``."""
+    version = service.get_version(session, actor.org_id, model_ref, number)
+    service.check_downloadable(version, actor, override_reason)
     etag = f'"{version.sha256}"'
     headers = {"ETag": etag, "X-Checksum-SHA256": version.sha256}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
+    details = {"number": version.number, "sha256": version.sha256}
+    if override_reason is not None:
+        details |= {"superseded_by_request_id": version.superseded_by_request_id,
+                    "override_reason": override_reason}  # fmt: skip
     audit.record(
-        session, "model_version.downloaded", model_id=version.model_id,
-        model_version_id=version.id, request_id=version.produced_by_request_id,
-        caller_reference=service.caller_reference_of(session, version),
-        client_address=client, details={"number": version.number, "sha256": version.sha256},
+        session, actor,
+        "model_version.downloaded_superseded" if override_reason else "model_version.downloaded",
+        model_id=version.model_id, model_version_id=version.id,
+        request_id=version.produced_by_request_id,
+        caller_reference=service.caller_reference_of(session, version), details=details,
     )  # fmt: skip
     path = get_store().path(version.storage_key)
     if not path.is_file():

@@ -123,6 +123,13 @@ class ModelVersionRead(BaseModel):
     source_format: str
     parent_version_id: str | None
     produced_by_request_id: str | None
+    superseded_at: datetime | None = Field(
+        None,
+        description="set once a deletion request succeeded on this version or an "
+        "ancestor: the weights still hold data that was to be forgotten, and downloads need an "
+        "admin's reason",
+    )
+    superseded_by_request_id: str | None = None
     created_at: datetime
     download_url: str = ""
 

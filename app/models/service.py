@@ -10,8 +10,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from torch import nn
 
+from app.actors import Actor, Scope
 from app.audit import service as audit
 from app.errors import (
+    InsufficientScope,
     InvalidArchitecture,
     InvalidCheckpoint,
     InvalidTransform,
@@ -20,6 +22,7 @@ from app.errors import (
     NameTaken,
     Unprocessable,
     VersionConflict,
+    VersionSuperseded,
 )
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
@@ -30,7 +33,7 @@ from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
 
 
-def create_model(session: Session, body: ModelCreate, client: str | None) -> Model:
+def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
     channels = body.input_shape[0]
     for field in ("mean", "std"):
         if len(getattr(body.normalization, field)) not in (1, channels):
@@ -42,9 +45,10 @@ def create_model(session: Session, body: ModelCreate, client: str | None) -> Mod
         encoder, transform = _check_image_to_image(body)
     else:
         _check_architecture(body)
-    if repo.name_exists(session, body.name):
+    if repo.name_exists(session, actor.org_id, body.name):
         raise NameTaken(f"a model named {body.name!r} already exists")
     model = Model(
+        org_id=actor.org_id,
         name=body.name,
         task=body.task,
         architecture=body.architecture.name,
@@ -61,7 +65,7 @@ def create_model(session: Session, body: ModelCreate, client: str | None) -> Mod
     except IntegrityError as exc:  # a concurrent registration took the name
         raise NameTaken(f"a model named {body.name!r} already exists") from exc
     audit.record(
-        session, "model.registered", model_id=model.id, client_address=client,
+        session, actor, "model.registered", model_id=model.id,
         details={"name": model.name, "task": model.task, "architecture": model.architecture,
                  "encoder": encoder, "transform": transform},
     )  # fmt: skip
@@ -113,15 +117,15 @@ def _check_architecture(body: ModelCreate) -> None:
         raise InvalidArchitecture(str(exc)) from exc
 
 
-def get_model(session: Session, ref: str) -> Model:
-    model = repo.find_model(session, ref)
+def get_model(session: Session, org_id: str, ref: str) -> Model:
+    model = repo.find_model(session, org_id, ref)
     if model is None:
         raise ModelNotFound(f"no model {ref!r}")
     return model
 
 
-def get_version(session: Session, model_ref: str, number: int) -> ModelVersion:
-    model = get_model(session, model_ref)
+def get_version(session: Session, org_id: str, model_ref: str, number: int) -> ModelVersion:
+    model = get_model(session, org_id, model_ref)
     version = repo.find_version(session, model.id, number)
     if version is None:
         raise ModelVersionNotFound(f"model {model.name!r} has no version {number}")
@@ -141,6 +145,7 @@ class PreparedVersion:
 def prepare_version(
     read: Session,
     store: LocalArtifactStore,
+    org_id: str,
     model_ref: str,
     upload: Path,
     parent_version_id: str | None,
@@ -150,7 +155,7 @@ def prepare_version(
     Runs on a read-only session: the slow part (parsing, checking, hashing, writing) holds no
     database write lock. Only a valid checkpoint reaches the store.
     """
-    model = get_model(read, model_ref)
+    model = get_model(read, org_id, model_ref)
     if parent_version_id is not None:
         parent = repo.get_version(read, parent_version_id)
         if parent is None or parent.model_id != model.id:
@@ -160,7 +165,7 @@ def prepare_version(
     return PreparedVersion(model.id, stored, source_format, parent_version_id)
 
 
-def record_version(session: Session, prepared: PreparedVersion, client: str | None) -> ModelVersion:
+def record_version(session: Session, prepared: PreparedVersion, actor: Actor) -> ModelVersion:
     """Record a prepared checkpoint as the model's next version."""
     model = session.get(Model, prepared.model_id)
     if model is None:  # deleted between the two steps
@@ -171,8 +176,7 @@ def record_version(session: Session, prepared: PreparedVersion, client: str | No
         parent_version_id=prepared.parent_version_id, produced_by_request_id=None,
     )  # fmt: skip
     audit.record(
-        session, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
-        client_address=client,
+        session, actor, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
         details={"number": version.number, "sha256": version.sha256, "format": source_format},
     )  # fmt: skip
     return version
@@ -227,6 +231,26 @@ def add_version(
         except IntegrityError:
             continue
     raise VersionConflict("could not allocate a version number under concurrent uploads; retry")
+
+
+def check_downloadable(version: ModelVersion, actor: Actor, override_reason: str | None) -> None:
+    """A superseded version still holds forgotten data: only an admin, giving a reason (which
+    the download's audit event keeps), may fetch it."""
+    if version.superseded_at is None:
+        if override_reason is not None:
+            raise Unprocessable("override_reason is only for superseded versions")
+        return
+    if override_reason is None:
+        raise VersionSuperseded(
+            f"version {version.number} still holds data that deletion request "
+            f"{version.superseded_by_request_id} removed; download the unlearned version, or, as "
+            "an admin, pass override_reason",
+            superseded_by_request_id=version.superseded_by_request_id,
+        )
+    if not actor.may(Scope.admin):
+        raise InsufficientScope(
+            "only an admin key may download a superseded version", required_scope="admin"
+        )
 
 
 def caller_reference_of(session: Session, version: ModelVersion) -> str | None:

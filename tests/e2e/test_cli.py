@@ -18,9 +18,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", ["embedded
 
 
 @pytest.fixture
-def url(service_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
     with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        yield running.url
+        yield running
+
+
+@pytest.fixture
+def url(service: LocalService, monkeypatch: pytest.MonkeyPatch) -> str:
+    # The key as an operator hands it to a user: in the environment, not on the command line.
+    monkeypatch.setenv("NEPENTHE_API_KEY", service.admin_key)
+    return service.url
 
 
 def run(url: str, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

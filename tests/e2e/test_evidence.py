@@ -26,7 +26,7 @@ RECIPE = {"epochs": 15, "lr": 3e-3, "batch_size": 64, "seed": 0}  # how trained_
 @pytest.fixture
 def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
     with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url)
+        api = NepentheClient(running.url, running.admin_key)
         yield api
         api.close()
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
     with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url)
+        api = NepentheClient(running.url, running.admin_key)
         yield api
         api.close()
 

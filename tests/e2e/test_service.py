@@ -33,7 +33,7 @@ def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalServic
 
 @pytest.fixture
 def client(service: LocalService) -> Iterator[NepentheClient]:
-    api = NepentheClient(service.url)
+    api = NepentheClient(service.url, service.admin_key)
     yield api
     api.close()
 
@@ -197,6 +197,6 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
     reset_caches()
     env = {**service_env, "NEPENTHE_REQUEUE_AFTER_S": "0"}
     with LocalService(env, ROOT, tmp_path / "logs") as running:
-        client = NepentheClient(running.url)
+        client = NepentheClient(running.url, running.admin_key)
         assert client.wait(job_id, timeout=300)["status"] == "succeeded"
         client.close()

@@ -1,0 +1,204 @@
+"""The per-organisation hash chain over audit events.
+
+``record`` only queues an event on the session. When the outermost transaction commits, the
+queued events are numbered and linked under a row lock on the organisation's chain head, so
+concurrent writers append one after another in commit order, and the lock is held only for the
+last moments of a transaction (it is the last lock any transaction takes, so no deadlock).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session, SessionTransaction
+
+from app.orm import AuditChainHead, AuditEvent, utcnow
+from app.signing import sha256_hex
+
+GENESIS_HASH = "0" * 64
+_PENDING = "nepenthe_audit_pending"
+
+# Every column but the surrogate id and the hash itself: what the hash covers.
+HASHED_FIELDS = (
+    "org_id", "seq", "at", "action", "actor", "model_id", "model_version_id", "dataset_id",
+    "request_id", "job_id", "caller_reference", "client_address", "http_request_id", "details",
+    "prev_hash",
+)  # fmt: skip
+
+
+def json_value(value: Any) -> Any:
+    """Details as plain JSON that reads back equal: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if value is None or isinstance(value, bool | int):
+        return value
+    return str(value)  # str subclasses (StrEnum) as plain text, anything else as its text
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def fields_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 over the canonical JSON of the hashed fields (``at`` as fixed-width UTC text)."""
+    canonical = {name: fields[name] for name in HASHED_FIELDS}
+    canonical["at"] = timestamp(canonical["at"])
+    return sha256_hex(canonical)
+
+
+def event_hash(row: AuditEvent) -> str:
+    return fields_hash({name: getattr(row, name) for name in HASHED_FIELDS})
+
+
+def queue(session: Session, row: AuditEvent) -> None:
+    """Hold ``row`` until the transaction commits (then ``_append`` chains and inserts it)."""
+    row.at = row.at or utcnow()
+    row.details = json_value(row.details or {})
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    session.info.setdefault(_PENDING, []).append((transaction, row))
+
+
+@event.listens_for(Session, "before_commit")
+def _append(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint is released: its events wait for the outermost commit
+    pending = [row for _, row in session.info.pop(_PENDING, [])]
+    by_org: dict[str, list[AuditEvent]] = {}
+    for row in pending:
+        by_org.setdefault(row.org_id, []).append(row)
+    # Organisations in a fixed order: two transactions never wait on each other's heads.
+    for org_id in sorted(by_org):
+        head = session.scalars(
+            select(AuditChainHead).where(AuditChainHead.org_id == org_id).with_for_update()
+        ).one()
+        for row in by_org[org_id]:
+            row.seq, row.prev_hash = head.seq + 1, head.hash
+            row.hash = event_hash(row)
+            session.add(row)
+            head.seq, head.hash, head.updated_at = row.seq, row.hash, utcnow()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop(session: Session, previous: SessionTransaction) -> None:
+    """Events recorded inside a rolled-back transaction (or savepoint) are never written."""
+    pending = session.info.get(_PENDING)
+    if not pending:
+        return
+    kept = [(t, row) for t, row in pending if not _inside(t, previous)]
+    if kept:
+        session.info[_PENDING] = kept
+    else:
+        session.info.pop(_PENDING, None)
+
+
+def _inside(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+@dataclass
+class ChainReport:
+    """The outcome of walking one organisation's chain."""
+
+    org_id: str
+    events_checked: int = 0
+    head_seq: int = 0
+    head_hash: str = GENESIS_HASH
+    broken: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+
+def walk(rows: Iterable[AuditEvent], report: ChainReport) -> None:
+    """Check seq, link and content of each event in seq order; stop at the first broken one."""
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    for row in rows:
+        problem = _link_problem(row, expected_seq, prev_hash)
+        if problem is not None:
+            report.broken = {"seq": expected_seq, "event_id": row.id, "found_seq": row.seq,
+                             **problem}  # fmt: skip
+            return
+        report.events_checked += 1
+        report.head_seq, report.head_hash = row.seq, row.hash
+        expected_seq, prev_hash = row.seq + 1, row.hash
+
+
+def _link_problem(row: AuditEvent, expected_seq: int, prev_hash: str) -> dict[str, str] | None:
+    if row.seq != expected_seq:
+        return {"code": "sequence_gap", "detail": (
+            f"expected event {expected_seq} but found event {row.seq}: events were deleted or "
+            "reordered")}  # fmt: skip
+    if row.prev_hash != prev_hash:
+        return {"code": "link_broken", "detail": (
+            f"event {row.seq} does not link to the hash of event {row.seq - 1}: an event "
+            "before it was replaced, or events were reordered")}  # fmt: skip
+    if event_hash(row) != row.hash:
+        return {"code": "content_altered", "detail": (
+            f"event {row.seq} no longer matches its hash: it was edited after it was "
+            "written")}  # fmt: skip
+    return None
+
+
+def check_head(report: ChainReport, head: AuditChainHead | None) -> None:
+    """The chain must end where its head says: otherwise events were cut from the end."""
+    if report.broken is not None or head is None:
+        return
+    if (head.seq, head.hash) != (report.head_seq, report.head_hash):
+        report.broken = {
+            "seq": report.head_seq + 1, "event_id": None, "code": "truncated",
+            "detail": f"the chain ends at event {report.head_seq} but its head records event "
+                      f"{head.seq}: events were removed from the end",
+        }  # fmt: skip
+
+
+def check_anchor(report: ChainReport, anchor_seq: int, anchor_hash: str, found: str | None) -> None:
+    """Compare with a head exported earlier and kept elsewhere (``found``: the hash of event
+    ``anchor_seq`` now, None when there is no such event)."""
+    if report.broken is not None:
+        return
+    if found is None:
+        report.broken = {
+            "seq": anchor_seq, "event_id": None, "code": "truncated",
+            "detail": f"an exported head names event {anchor_seq}, but the chain ends at event "
+                      f"{report.head_seq}: events were removed or the log was rolled back",
+        }  # fmt: skip
+    elif found != anchor_hash:
+        report.broken = {
+            "seq": anchor_seq, "event_id": None, "code": "anchor_mismatch",
+            "detail": f"event {anchor_seq} does not have the hash of the exported head: the "
+                      "chain was rewritten since that head was exported",
+        }  # fmt: skip
+
+
+def in_batches(session: Session, org_id: str, size: int = 2000) -> Iterator[AuditEvent]:
+    """The organisation's events in seq order, a batch at a time (100k events fit no memory
+    budget as one list, and the walk stops early at a break)."""
+    after = 0
+    while True:
+        batch = list(
+            session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.org_id == org_id, AuditEvent.seq > after)
+                .order_by(AuditEvent.seq)
+                .limit(size)
+            )
+        )
+        yield from batch
+        if len(batch) < size:
+            return
+        after = batch[-1].seq

@@ -1,0 +1,1 @@
+"""API keys, organisations and scopes."""

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.auth import service
+from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, Identity
+from app.deps import ActorDep, AdminDep, ReadSessionDep, SessionDep
+from app.errors import ApiKeyNotFound, Conflict
+from app.orm import Organization
+
+router = APIRouter(prefix="/v1", tags=["keys"])
+
+
+@router.get("/whoami", summary="The calling key", response_model=Identity)
+def whoami(actor: ActorDep, session: ReadSessionDep) -> Identity:
+    """The organisation and scopes of the key that signs this request."""
+    org = session.get(Organization, actor.org_id)
+    assert org is not None
+    return Identity(org_id=org.id, org_name=org.name, key_id=actor.name.removeprefix("key:"),
+                    scopes=sorted(actor.scopes))  # fmt: skip
+
+
+@router.post("/keys", status_code=201, summary="Create an API key", response_model=ApiKeyCreated)
+def create_key(
+    body: ApiKeyCreate, actor: AdminDep, session: SessionDep, response: Response
+) -> ApiKeyCreated:
+    """A key of the caller's organisation with the given scopes; the token is shown once."""
+    key, token = service.create_key(session, actor, body.name, body.scopes)
+    session.flush()
+    response.headers["Location"] = f"/v1/keys/{key.id}"
+    return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), token=token)
+
+
+@router.get("/keys", summary="List API keys", response_model=list[ApiKeyRead])
+def list_keys(actor: AdminDep, session: ReadSessionDep) -> list[ApiKeyRead]:
+    """Every key of the caller's organisation, revoked ones included (never their tokens)."""
+    return [ApiKeyRead.model_validate(k) for k in service.list_keys(session, actor.org_id)]
+
+
+@router.post(
+    "/keys/{key_id}/revoke", summary="Revoke an API key", response_model=ApiKeyRead,
+    responses={404: ApiKeyNotFound.openapi(), 409: Conflict.openapi()},
+)  # fmt: skip
+def revoke_key(key_id: str, actor: AdminDep, session: SessionDep) -> ApiKeyRead:
+    """The key stops working at once; the revocation is audited."""
+    return ApiKeyRead.model_validate(service.revoke_key(session, actor, key_id))

@@ -1,0 +1,101 @@
+"""``nepenthe-admin``: the operator's commands, run where the service's settings and database
+are. The first admin key of an organisation is made here, never by a default in code."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from pathlib import Path
+
+from app.actors import Actor, Scope
+from app.audit import service as audit
+from app.auth import service as auth
+from app.config import get_settings
+from app.db import session_scope
+from app.errors import ServiceError
+from app.orm import Organization
+from app.signing import create_key_file
+
+
+def operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def create_org(name: str) -> Organization:
+    with session_scope() as session:
+        return auth.create_org(session, name, operator())
+
+
+def create_key(org_ref: str, name: str, scopes: list[Scope], create_org: bool = False) -> str:
+    """A new key's token (shown once). ``create_org``: make the organisation when it is new."""
+    with session_scope() as session:
+        org = auth.find_org(session, org_ref)
+        if org is None:
+            if not create_org:
+                raise SystemExit(f"no organisation {org_ref!r}; pass --create-org to make it")
+            org = auth.create_org(session, org_ref, operator())
+        _, token = auth.create_key(session, Actor(org.id, operator()), name, scopes)
+    return token
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nepenthe-admin", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("create-org", help="create an organisation").add_argument("name")
+    key = sub.add_parser("create-key", help="create an API key; prints its token once")
+    key.add_argument("--org", required=True, help="organisation name or id")
+    key.add_argument("--name", default="admin", help="a label for the key")
+    key.add_argument("--scope", action="append", choices=[s.value for s in Scope],
+                     help="repeat for several; default: admin")  # fmt: skip
+    key.add_argument("--create-org", action="store_true", help="create the organisation too")
+    revoke = sub.add_parser("revoke-key", help="revoke an API key")
+    revoke.add_argument("--org", required=True)
+    revoke.add_argument("key_id")
+    signing = sub.add_parser("create-signing-key", help="write a new Ed25519 signing key")
+    signing.add_argument("--path", help="default: NEPENTHE_SIGNING_KEY_FILE")
+    sub.add_parser("public-key", help="print the public key that verifies evidence (PEM)")
+    verify = sub.add_parser("verify-audit", help="walk an organisation's audit chain")
+    verify.add_argument("--org", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ServiceError:
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "create-org":
+        pass
+    elif args.command == "create-key":
+        [Scope(s) for s in (args.scope or [Scope.admin.value])]
+    elif args.command == "revoke-key":
+        with session_scope() as session:
+            org = auth.find_org(session, args.org)
+            if org is None:
+                raise SystemExit(f"no organisation {args.org!r}")
+            auth.revoke_key(session, Actor(org.id, operator()), args.key_id)
+    elif args.command == "create-signing-key":
+        path = args.path or str(get_settings().signing_key_file)
+        create_key_file(Path(path))
+    elif args.command == "public-key":
+        pass
+    elif args.command == "verify-audit":
+        return _verify(args.org)
+    return 0
+
+
+def _verify(org_ref: str) -> int:
+    with session_scope(read_only=True) as session:
+        org = auth.find_org(session, org_ref)
+        if org is None:
+            raise SystemExit(f"no organisation {org_ref!r}")
+        report = audit.verify(session, org.id)
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""The statutory clock: a request is due a set number of months after it was received
+(GDPR Art. 12(3): one month), and may be extended, with a reason, by at most two more."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.actors import Actor
+from app.audit import service as audit
+from app.config import get_settings
+from app.errors import Conflict
+from app.orm import DeletionRequest, DueDateExtension, Job, JobStatus, utcnow
+
+# A request is carried out once its job succeeded, and withdrawn once canceled; a failed or
+# rejected job leaves the obligation open (submit again), so its clock keeps running.
+CLOSED = (JobStatus.succeeded, JobStatus.canceled)
+
+
+class ExtensionRefused(Conflict):
+    code = "extension_refused"
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day ``months`` later, or the month's last day when it is shorter (31 Jan + 1
+    month = 28 or 29 Feb)."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def due_at(received_at: datetime, extended_months: int = 0) -> datetime:
+    # Counted from receipt each time: an extension of a deadline clamped to 28 February still
+    # ends on the 31st of the next month.
+    return add_months(received_at, get_settings().due_months + extended_months)
+
+
+def is_open(job_status: str) -> bool:
+    return JobStatus(job_status) not in CLOSED
+
+
+def extensions(session: Session, request_id: str) -> list[DueDateExtension]:
+    query = select(DueDateExtension).where(DueDateExtension.request_id == request_id)
+    return list(session.scalars(query.order_by(DueDateExtension.id)))
+
+
+def extend(
+    session: Session, actor: Actor, request: DeletionRequest, job: Job, months: int, reason: str
+) -> DueDateExtension:
+    """Push the deadline back. Refused for a closed request, after the original deadline (the
+    data subject must be told within the first period), and beyond the allowed total."""
+    if not is_open(job.status):
+        raise ExtensionRefused(f"the request is closed (its job {job.status}); nothing to extend")
+    original = due_at(request.created_at)
+    if utcnow() > original:
+        raise ExtensionRefused(
+            "an extension must be decided within the first period, which ended on "
+            f"{original.isoformat()}"
+        )
+    used = session.scalar(
+        select(func.coalesce(func.sum(DueDateExtension.months), 0)).where(
+            DueDateExtension.request_id == request.id
+        )
+    )
+    allowed = get_settings().max_extension_months
+    if int(used or 0) + months > allowed:
+        raise ExtensionRefused(
+            f"extensions may add {allowed} months in all; {used} already granted",
+            months_left=allowed - int(used or 0),
+        )
+    extension = DueDateExtension(
+        request_id=request.id, months=months, reason=reason, previous_due_at=request.due_at,
+        due_at=due_at(request.created_at, int(used or 0) + months), actor=actor.name,
+    )  # fmt: skip
+    session.add(extension)
+    request.due_at = extension.due_at
+    audit.record(
+        session, actor, "deletion_request.extended", request_id=request.id,
+        caller_reference=request.caller_reference,
+        details={"months": months, "reason": reason, "previous_due_at":
+                 extension.previous_due_at.isoformat(), "due_at": extension.due_at.isoformat()},
+    )  # fmt: skip
+    return extension

@@ -1,0 +1,99 @@
+"""Signed evidence of a deletion request: the receipt at acceptance, the certificate when the
+job succeeded, and the export of everything an auditor asks for.
+
+The documents name the forgotten data only by a hash of the forget specification: sample ids
+can themselves be personal data, and evidence must not keep what was erased.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from app.audit.chain import timestamp
+from app.keys import get_signer
+from app.orm import DeletionRequest, Job, ModelVersion
+from app.signing import sha256_hex
+from app.version import code_version
+
+RECEIPT = "nepenthe.deletion_receipt"
+CERTIFICATE = "nepenthe.deletion_certificate"
+
+
+def forget_spec_sha256(
+    dataset_id: str,
+    retain_dataset_id: str | None,
+    forget_classes: list[int] | None,
+    forget_samples: list[str] | None,
+) -> str:
+    """A hash of what is to be forgotten. Sample ids are sorted, so the order they were sent in
+    does not change it; anyone holding the same specification can recompute it."""
+    return sha256_hex({
+        "dataset_id": dataset_id, "retain_dataset_id": retain_dataset_id,
+        "forget_classes": sorted(forget_classes) if forget_classes is not None else None,
+        "forget_samples": sorted(forget_samples) if forget_samples is not None else None,
+    })  # fmt: skip
+
+
+def _request_fields(request: DeletionRequest, source: ModelVersion) -> dict[str, Any]:
+    forget_kind = "classes" if request.forget_classes is not None else "samples"
+    count = len(request.forget_classes or request.forget_samples or [])
+    return {
+        "request_id": request.id,
+        "org_id": request.org_id,
+        "caller_reference": request.caller_reference,
+        "upstream_request_id": request.upstream_request_id,
+        "received_at": timestamp(request.created_at),
+        "due_at": timestamp(request.due_at),
+        "model_id": source.model_id,
+        "model_version_id": source.id,
+        "input_checkpoint_sha256": source.sha256,
+        "dataset_id": request.dataset_id,
+        "forget_spec_sha256": request.forget_spec_sha256,
+        "forget": {"kind": forget_kind, "count": count},
+        "method": request.method,
+        "params": request.params,
+        "seed": request.params.get("seed"),
+        "acceptance_thresholds": request.acceptance,
+    }
+
+
+def issue_receipt(request: DeletionRequest, source: ModelVersion) -> dict[str, Any]:
+    request.receipt = receipt = get_signer().sign(
+        {
+            "type": RECEIPT,
+            "issued_at": timestamp(request.created_at),
+            **_request_fields(request, source),
+            "code_version": code_version(),
+        }
+    )
+    return receipt  # fmt: skip
+
+
+def issue_certificate(
+    request: DeletionRequest,
+    job: Job,
+    source: ModelVersion,
+    output: ModelVersion,
+    metrics: dict[str, Any],
+    completed_at: datetime,
+) -> None:
+    """Sign what was done: when, by which code on which device, measured how, and the result."""
+    environment = metrics.get("environment", {})
+    acceptance = metrics.get("acceptance", {})
+    request.certificate = get_signer().sign({
+        "type": CERTIFICATE, "issued_at": timestamp(completed_at),
+        **_request_fields(request, source),
+        "job_id": job.id, "attempts": job.attempts,
+        "started_at": timestamp(job.started_at or completed_at),
+        "completed_at": timestamp(completed_at),
+        "code_version": code_version(),
+        "device": environment.get("device"),
+        "environment": environment,
+        "metrics": metrics,
+        "acceptance": acceptance,
+        "output_version_id": output.id,
+        "output_checkpoint_sha256": output.sha256,
+        # Requests accepted before receipts existed (migration 0004) have none to link to.
+        "receipt_signature": request.receipt["signature"]["value"] if request.receipt else None,
+    })  # fmt: skip
