@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
+import sys
 from pathlib import Path
 
 from app.actors import Actor, Scope
@@ -13,8 +15,9 @@ from app.auth import service as auth
 from app.config import get_settings
 from app.db import session_scope
 from app.errors import ServiceError
+from app.keys import get_signer
 from app.orm import Organization
-from app.signing import create_key_file
+from app.signing import create_key_file, public_pem
 
 
 def operator() -> str:
@@ -63,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except ServiceError:
+    except ServiceError as exc:
+        print(f"error ({exc.code}): {exc.detail}", file=sys.stderr)
         return 1
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "create-org":
-        pass
+        print(create_org(args.name).id)
     elif args.command == "create-key":
-        [Scope(s) for s in (args.scope or [Scope.admin.value])]
+        scopes = [Scope(s) for s in (args.scope or [Scope.admin.value])]
+        print(create_key(args.org, args.name, scopes, args.create_org))
     elif args.command == "revoke-key":
         with session_scope() as session:
             org = auth.find_org(session, args.org)
@@ -81,8 +86,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "create-signing-key":
         path = args.path or str(get_settings().signing_key_file)
         create_key_file(Path(path))
+        print(path)
     elif args.command == "public-key":
-        pass
+        print(public_pem(get_signer().public_key), end="")
     elif args.command == "verify-audit":
         return _verify(args.org)
     return 0
@@ -94,6 +100,9 @@ def _verify(org_ref: str) -> int:
         if org is None:
             raise SystemExit(f"no organisation {org_ref!r}")
         report = audit.verify(session, org.id)
+    summary = {"ok": report.ok, "events_checked": report.events_checked,
+               "head_seq": report.head_seq, "broken": report.broken}  # fmt: skip
+    print(json.dumps(summary, indent=2))
     return 0 if report.ok else 1
 
 
