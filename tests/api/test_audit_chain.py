@@ -4,6 +4,7 @@ breaks the hash chain at the row that was touched."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from typing import Any
@@ -62,7 +63,7 @@ def test_the_chain_links_every_event_and_verifies(api, registered):
     events = api.get("/v1/audit/events", params={"limit": 1000}).json()["items"]
     assert [e["seq"] for e in events] == list(range(1, length + 1))
     assert events[0]["prev_hash"] == "0" * 64
-    for before, after in zip(events, events[1:], strict=False):
+    for before, after in itertools.pairwise(events):
         assert after["prev_hash"] == before["hash"]
     created = [e for e in events if e["action"] == "deletion_request.created"]
     assert created[0]["actor"].startswith("key:")

@@ -56,8 +56,8 @@ def test_a_request_is_due_a_month_after_receipt_and_extends_twice_at_most(api, r
     assert refused.json()["code"] == "extension_refused"
     assert refused.json()["months_left"] == 0
     assert api.post(url, json={"months": 1, "reason": ""}).status_code == 422
-    events = api.get("/v1/audit/events", params={"request_id": request["id"],
-                                                 "action": "deletion_request.extended"})  # fmt: skip
+    wanted = {"request_id": request["id"], "action": "deletion_request.extended"}
+    events = api.get("/v1/audit/events", params=wanted)
     assert [e["details"]["reason"] for e in events.json()["items"]] == [
         "complex request: 40 models affected", "retraining queue"]  # fmt: skip
 
