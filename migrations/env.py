@@ -30,6 +30,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations rebuild a table (copy, drop, rename); with foreign keys enforced,
+            # dropping a table that other rows reference fails. SQLite ignores this pragma inside
+            # a transaction, so it goes to the driver before SQLAlchemy begins one.
+            driver = connection.connection.driver_connection
+            assert driver is not None
+            driver.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

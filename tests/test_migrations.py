@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.orm import Session
 
+from app.audit import service as audit
 from app.db import make_engine
-from app.orm import Base
-from tests.conftest import alembic_config
+from app.deletions.evidence import forget_spec_sha256
+from app.orm import AuditEvent, Base, DeletionRequest, Organization
+from tests.conftest import alembic_config, reset_caches
 
 
 @pytest.fixture(params=["sqlite", "pg"])
@@ -39,4 +45,70 @@ def test_downgrade_to_base_and_up_again(url):
     engine = make_engine(url)
     with engine.connect() as conn:
         assert "deletion_request" in inspect(conn).get_table_names()
+    engine.dispose()
+
+
+def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_chain(url):
+    """Upgrading a database that already holds models, requests and audit events."""
+    cfg = alembic_config(url)
+    command.downgrade(cfg, "base")
+    command.upgrade(cfg, "0003")
+    now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model (id, name, task, architecture, architecture_args, input_shape, "
+                "normalization, class_names, created_at) VALUES ('m1', 'cnn', 'classification', "
+                "'tiny_cnn', '{}', '[1, 8, 8]', '{}', '[]', :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (id, model_id, number, sha256, size_bytes, storage_key, "
+                "source_format, created_at) VALUES ('v1', 'm1', 1, :sha, 1, 'k', 'safetensors', "
+                ":now)"
+            ),
+            {"now": now, "sha": "a" * 64},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO dataset (id, name, kind, class_names, train_count, test_count, "
+                "created_at) VALUES ('d1', 'digits', 'sklearn_digits', '[]', 1, 1, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deletion_request (id, model_version_id, dataset_id, "
+                "forget_classes, method, params, body_sha256, created_at, measure_relearn_time) "
+                "VALUES ('r1', 'v1', 'd1', '[3]', 'unsir', '{}', :sha, :now, false)"
+            ),
+            {"now": now, "sha": "b" * 64},
+        )
+        for action in ("model.registered", "deletion_request.created", "job.queued"):
+            conn.execute(
+                text(
+                    "INSERT INTO audit_event (at, action, details) VALUES "
+                    "(:now, :action, '{\"n\": 1}')"
+                ),
+                {"now": now, "action": action},
+            )
+    command.upgrade(cfg, "head")
+    reset_caches()
+    with Session(engine) as session:
+        org = session.scalars(select(Organization)).one()
+        assert org.name == "default"
+        request = session.get(DeletionRequest, "r1")
+        assert request is not None and request.org_id == org.id
+        assert request.due_at == datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        assert request.forget_spec_sha256 == forget_spec_sha256("d1", None, [3], None)
+        assert request.receipt is None
+        report = audit.verify(session, org.id)
+        assert (report.ok, report.events_checked) == (True, 3)
+        actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]
+        assert actions == ["model.registered", "deletion_request.created", "job.queued"]
+    with pytest.raises(DatabaseError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_event"))
     engine.dispose()
