@@ -10,6 +10,7 @@ the audit records. It stops what it started.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -21,7 +22,8 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
-from client.api import NepentheClient
+from app import signing
+from client.api import ApiError, NepentheClient
 from client.local import LocalService
 from unlearning import architectures, checkpoints, data
 from unlearning.evaluate import accuracy_report, count_correct
@@ -139,12 +141,37 @@ def forget_samples(client: NepentheClient, version_id: str, dataset_id: str) -> 
     return job
 
 
+def show_evidence(
+    client: NepentheClient, request_id: str, original: dict[str, Any], workdir: Path
+) -> None:
+    """The auditor's view: the signed certificate checked offline, the original superseded."""
+    key_file, cert_file = workdir / "nepenthe.pem", workdir / "certificate.json"
+    key_file.write_text(client.signing_key()["public_key_pem"])
+    document = client.request_document(request_id, "certificate")
+    cert_file.write_text(json.dumps(document, indent=2))
+    payload = signing.verify(document, signing.load_public_key(key_file.read_bytes()))
+    print(f"\ncertificate {cert_file} verified offline with {key_file} "
+          f"(Ed25519 key {document['signature']['key_id']}):")  # fmt: skip
+    print(f"  input  sha256 {payload['input_checkpoint_sha256'][:16]}...  forget spec "
+          f"sha256 {payload['forget_spec_sha256'][:16]}...")  # fmt: skip
+    print(
+        f"  output sha256 {payload['output_checkpoint_sha256'][:16]}...  completed "
+        f"{payload['completed_at']} (due {payload['due_at'][:10]}) on {payload['device']}"
+    )
+    try:
+        client.download(original["download_url"], workdir / "original.safetensors")
+    except ApiError as exc:
+        print(f"  v{original['number']} download refused: {exc.status} {exc.code}")
+    chain = client.audit_verify()
+    print(f"  audit chain: {chain['events_checked']} events, intact={chain['ok']}")
+
+
 def print_audit(client: NepentheClient, model_id: str) -> None:
-    print("\nAudit trail for the model:")
+    print("\nAudit trail for the model (hash-chained):")
     for e in client.audit(model_id=model_id):
         what = e["details"].get("to") or e["details"].get("number") or ""
-        print(f"  #{e['id']:<3} {e['at'][:23]}  {e['action']:<26} {what!s:<10} "
-              f"ref={e['caller_reference'] or '-'}")  # fmt: skip
+        print(f"  #{e['seq']:<3} {e['at'][:23]}  {e['action']:<26} {what!s:<10} "
+              f"ref={e['caller_reference'] or '-'}  hash={e['hash'][:12]}")  # fmt: skip
 
 
 def embedded_env(workdir: Path) -> dict[str, str]:
@@ -193,7 +220,9 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
         print(f"downloaded v{out['number']} to {target} (sha256 verified: {digest[:16]}...)")
         measured = evaluate_download(target, job["metrics"]["forget"]["classes"])
         print_table(job, measured)
-        sample_job = forget_samples(client, version["id"], dataset["id"])
+        show_evidence(client, request["id"], version, workdir)
+        # v1 is superseded now: the next request starts from the version that forgot 3 and 8.
+        sample_job = forget_samples(client, out["id"], dataset["id"])
         print_audit(client, model["id"])
         client.close()
     print("\nstopped the API and the worker")

@@ -63,7 +63,10 @@ def queue(session: Session, row: AuditEvent) -> None:
     """Hold ``row`` until the transaction commits (then ``_append`` chains and inserts it)."""
     row.at = row.at or utcnow()
     row.details = json_value(row.details or {})
-    transaction = session.get_nested_transaction() or session.get_transaction()
+    # Begin now if nothing has yet: an event must belong to the transaction that commits it.
+    transaction = (
+        session.get_nested_transaction() or session.get_transaction() or session.begin()
+    )
     session.info.setdefault(_PENDING, []).append((transaction, row))
 
 
