@@ -79,6 +79,10 @@ class JobContext:
     retain_dataset_id: str | None = None
     retain_dataset_kind: str | None = None
     retain_dataset_location: str | None = None
+    # What earlier requests in this version's lineage forgot from the same dataset: never
+    # retained (training on it again would bring it back), whatever this request names.
+    earlier_forget_classes: list[int] = field(default_factory=list)
+    earlier_forget_samples: list[str] = field(default_factory=list)
 
 
 def load_context(job_id: str) -> JobContext:
@@ -96,6 +100,7 @@ def load_context(job_id: str) -> JobContext:
             session.get(Dataset, request.retain_dataset_id) if request.retain_dataset_id else None
         )
         c, h, w = model.input_shape
+        earlier_classes, earlier_samples = earlier_forgets(session, version, dataset.id)
         return JobContext(
             job_id=job.id, request_id=request.id, method=request.method,
             params=dict(request.params), forget_classes=request.forget_classes,
@@ -113,6 +118,7 @@ def load_context(job_id: str) -> JobContext:
             task=model.task, encoder=model.encoder, transform=model.transform,
             dataset_class_names=list(dataset.class_names),
             retain_dataset_id=proxy.id if proxy else None,
+            earlier_forget_classes=earlier_classes, earlier_forget_samples=earlier_samples,
             retain_dataset_kind=proxy.kind if proxy else None,
             retain_dataset_location=resolve_location(proxy.location) if proxy else None,
         )  # fmt: skip
@@ -165,8 +171,28 @@ class Outcome:
     artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
+def earlier_forgets(
+    session: Session, version: ModelVersion, dataset_id: str
+) -> tuple[list[int], list[str]]:
+    """Classes and samples of ``dataset_id`` that the requests which produced ``version`` and its
+    ancestors forgot."""
+    classes: set[int] = set()
+    samples: set[str] = set()
+    for v in [version, *lineage.ancestors(session, version)]:
+        earlier = (
+            session.get(DeletionRequest, v.produced_by_request_id)
+            if v.produced_by_request_id else None
+        )  # fmt: skip
+        if earlier is not None and earlier.dataset_id == dataset_id:
+            classes.update(earlier.forget_classes or ())
+            samples.update(earlier.forget_samples or ())
+    return sorted(classes), sorted(samples)
+
+
 def forget_split(train: data.ImageSource, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the forget and retain training samples."""
+    """Indices of the forget and retain training samples. Data that earlier requests in the
+    version's lineage forgot is in neither: it is not this request's to forget, and retaining
+    it would teach it back."""
     if ctx.forget_classes is not None:
         forget = np.isin(train.targets, ctx.forget_classes)
     else:
@@ -177,7 +203,11 @@ def forget_split(train: data.ImageSource, ctx: JobContext) -> tuple[np.ndarray, 
                 "samples_missing",
                 f"{len(named) - int(forget.sum())} forget samples are no longer in the dataset",
             )
-    return np.flatnonzero(forget), np.flatnonzero(~forget)
+    earlier = np.isin(train.targets, ctx.earlier_forget_classes)
+    if ctx.earlier_forget_samples:
+        gone = set(ctx.earlier_forget_samples)
+        earlier |= np.fromiter((i in gone for i in train.ids), dtype=bool, count=len(train))
+    return np.flatnonzero(forget), np.flatnonzero(~forget & ~earlier)
 
 
 def job_plan(ctx: JobContext) -> list[tuple[str, float]]:

@@ -28,6 +28,20 @@ def descendants(session: Session, root: ModelVersion) -> list[ModelVersion]:
     return sorted(found, key=lambda v: v.number)
 
 
+def ancestors(session: Session, version: ModelVersion) -> list[ModelVersion]:
+    """The versions ``version`` derives from: its parent, the parent's parent, ... (nearest
+    first)."""
+    found: list[ModelVersion] = []
+    current = version
+    while current.parent_version_id is not None:
+        parent = session.get(ModelVersion, current.parent_version_id)
+        if parent is None or any(v.id == parent.id for v in found):  # a broken or looping chain
+            break
+        found.append(parent)
+        current = parent
+    return found
+
+
 def still_holding(
     session: Session, source: ModelVersion, output: ModelVersion | None
 ) -> list[ModelVersion]:
