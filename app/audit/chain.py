@@ -64,9 +64,7 @@ def queue(session: Session, row: AuditEvent) -> None:
     row.at = row.at or utcnow()
     row.details = json_value(row.details or {})
     # Begin now if nothing has yet: an event must belong to the transaction that commits it.
-    transaction = (
-        session.get_nested_transaction() or session.get_transaction() or session.begin()
-    )
+    transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
     session.info.setdefault(_PENDING, []).append((transaction, row))
 
 
