@@ -66,11 +66,16 @@ def eval_sets(
     class_names: list[str],
     seed: int = 0,
     cap: int = EVAL_CAP,
+    excluded_classes: list[int] | None = None,
 ) -> EvalSets:
+    """Forget and retain samples of both splits. ``excluded_classes`` (classes an earlier
+    deletion removed from the model) are in neither: the model is not meant to know them."""
     rng = np.random.default_rng(seed)
     test_all = np.arange(len(test))
+    if excluded_classes:
+        test_all = test_all[~np.isin(test.targets, excluded_classes)]
     if forget_classes:
-        in_forget = np.isin(test.targets, forget_classes)
+        in_forget = np.isin(np.asarray(test.targets)[test_all], forget_classes)
         forget_test: np.ndarray | None = _cap(test_all[in_forget], cap, rng)
         retain_test = _cap(test_all[~in_forget], cap, rng)
     else:

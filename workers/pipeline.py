@@ -234,7 +234,8 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
         )
         forget_idx, retain_idx = forget_split(train, ctx)
         sets = verify.eval_sets(train, test, forget_idx, retain_idx, ctx.forget_classes,
-                                ctx.class_names, seed=EVAL_SEED)  # fmt: skip
+                                ctx.class_names, seed=EVAL_SEED,
+                                excluded_classes=ctx.earlier_forget_classes)  # fmt: skip
     task = UnlearningTask(
         model, train, forget_idx, retain_idx, ctx.forget_classes, len(ctx.class_names),
         ctx.spec, device, report, fresh_model=lambda: _fresh(ctx),

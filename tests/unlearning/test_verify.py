@@ -194,3 +194,20 @@ def test_gaps_to_the_reference_are_differences_and_avg_gap_their_mean_size():
                               "mia_efficacy")]  # fmt: skip
     assert gap["avg_gap"] == pytest.approx(sum(abs(p) for p in parts) / 4)
     assert verify.gaps(b, b)["avg_gap"] == 0.0
+
+
+def test_classes_an_earlier_deletion_removed_are_in_neither_test_set():
+    from unlearning import data
+    from unlearning.verify import eval_sets
+
+    train = data.open_split("sklearn_digits", None, "train")
+    test = data.open_split("sklearn_digits", None, "test")
+    targets = np.asarray(train.targets)
+    forget_idx = np.flatnonzero(targets == 5)
+    retain_idx = np.flatnonzero(~np.isin(targets, [3, 5]))
+    sets = eval_sets(train, test, forget_idx, retain_idx, [5], [str(i) for i in range(10)],
+                     excluded_classes=[3])  # fmt: skip
+    test_targets = np.asarray(test.targets)
+    assert sets.forget_test is not None
+    assert set(test_targets[sets.forget_test]) == {5}
+    assert set(test_targets[sets.retain_test]) == set(range(10)) - {3, 5}
