@@ -320,7 +320,8 @@ class AuditEvent(Base):
 
 
 class AuditChainHead(Base):
-    """The last event of each organisation's chain: where the next event links on."""
+    """The last event of each organisation's chain: where the next event links on.
+    ``updated_at`` is that event's time (a new event is never stamped earlier)."""
 
     __tablename__ = "audit_chain_head"
 

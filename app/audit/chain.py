@@ -61,7 +61,6 @@ def event_hash(row: AuditEvent) -> str:
 
 def queue(session: Session, row: AuditEvent) -> None:
     """Hold ``row`` until the transaction commits (then ``_append`` chains and inserts it)."""
-    row.at = row.at or utcnow()
     row.details = json_value(row.details or {})
     # Begin now if nothing has yet: an event must belong to the transaction that commits it.
     transaction = session.get_nested_transaction() or session.get_transaction() or session.begin()
@@ -82,10 +81,13 @@ def _append(session: Session) -> None:
             select(AuditChainHead).where(AuditChainHead.org_id == org_id).with_for_update()
         ).one()
         for row in by_org[org_id]:
+            # Stamped when appended, never before the previous event (a clock stepping back):
+            # time only grows along the chain, so a time bound is a seq bound (search).
+            row.at = max(utcnow(), head.updated_at)
             row.seq, row.prev_hash = head.seq + 1, head.hash
             row.hash = event_hash(row)
             session.add(row)
-            head.seq, head.hash, head.updated_at = row.seq, row.hash, utcnow()
+            head.seq, head.hash, head.updated_at = row.seq, row.hash, row.at
 
 
 @event.listens_for(Session, "after_soft_rollback")

@@ -75,11 +75,29 @@ def search(
     for column, wanted in filters.items():
         if wanted:
             query = query.where(column == wanted)
+    # Time never decreases along a chain (chain._append), so each time bound is also a seq
+    # bound, found on the (org_id, at) index: the walk in seq order then starts and stops at
+    # the window instead of filtering its way there from the first event.
     if since:
-        query = query.where(AuditEvent.at >= since)
+        first = _first_seq_at_or_after(session, org_id, since)
+        if first is None:
+            return []
+        query = query.where(AuditEvent.at >= since, AuditEvent.seq >= first)
     if until:
+        past = _first_seq_at_or_after(session, org_id, until)
         query = query.where(AuditEvent.at < until)
+        if past is not None:
+            query = query.where(AuditEvent.seq < past)
     return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)))
+
+
+def _first_seq_at_or_after(session: Session, org_id: str, moment: datetime) -> int | None:
+    return session.scalar(
+        select(AuditEvent.seq)
+        .where(AuditEvent.org_id == org_id, AuditEvent.at >= moment)
+        .order_by(AuditEvent.at, AuditEvent.id)
+        .limit(1)
+    )
 
 
 def events_of_request(session: Session, org_id: str, request_id: str) -> list[AuditEvent]:

@@ -68,8 +68,8 @@ def csv_lines(org_id: str, where: service.RequestFilter, limit: int) -> Iterator
     while left > 0:
         with session_scope(read_only=True) as session:
             page = service.list_requests(session, org_id, where, after, min(500, left))
-            for request in page:
-                writer.writerow(_safe(csv_row(service.to_read(session, request))))
+            for read in service.to_read_many(session, page):
+                writer.writerow(_safe(csv_row(read)))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()

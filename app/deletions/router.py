@@ -95,7 +95,7 @@ def list_requests(
         found = found[:limit]
         next_url = request.url.include_query_params(page_token=found[-1].id)
         response.headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
-    return [service.to_read(session, r) for r in found]
+    return service.to_read_many(session, found)
 
 
 @router.get(
@@ -111,7 +111,7 @@ def deadlines(
     soonest first."""
     where = service.RequestFilter(open=True, due_before=utcnow() + timedelta(days=within_days))
     found = service.list_requests(session, actor.org_id, where, None, limit)
-    return sorted((service.to_read(session, r) for r in found), key=lambda r: r.due_at)
+    return sorted(service.to_read_many(session, found), key=lambda r: r.due_at)
 
 
 @router.get(

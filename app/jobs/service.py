@@ -55,6 +55,11 @@ def artifact_read(a: JobArtifact) -> ArtifactRead:
 
 def to_read(session: Session, job: Job) -> JobRead:
     output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
+    return job_read(job, output, artifacts(session, job.id))
+
+
+def job_read(job: Job, output: ModelVersion | None, files: list[JobArtifact]) -> JobRead:
+    """The job as the API shows it, from rows already loaded (lists load them in batches)."""
     return JobRead(
         id=job.id,
         request_id=job.request_id,
@@ -64,7 +69,7 @@ def to_read(session: Session, job: Job) -> JobRead:
         error=job.error,
         metrics=job.metrics,
         output_version=version_read(output) if output else None,
-        artifacts=[artifact_read(a) for a in artifacts(session, job.id)],
+        artifacts=[artifact_read(a) for a in files],
         cancel_requested=job.cancel_requested_at is not None,
         attempts=job.attempts,
         created_at=job.created_at,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -144,3 +145,25 @@ def test_the_operator_command_walks_the_chain(api, registered, service_env, caps
     assert main(["verify-audit", "--org", "acme"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert (report["broken"]["seq"], report["broken"]["code"]) == (3, "content_altered")
+
+
+def test_time_only_grows_along_the_chain_and_bounds_select_a_window(api, registered):
+    some_history(api, registered)
+    events = api.get("/v1/audit/events", params={"limit": 1000}).json()["items"]
+    times = [datetime.fromisoformat(e["at"]) for e in events]
+    assert times == sorted(times)
+    middle = events[len(events) // 2]
+
+    def seqs(**params: str) -> list[int]:
+        response = api.get("/v1/audit/events", params={"limit": 1000, **params})
+        assert response.status_code == 200, response.text
+        return [e["seq"] for e in response.json()["items"]]
+
+    at = datetime.fromisoformat(middle["at"])
+    timed = list(zip(events, times, strict=True))
+    assert seqs(since=middle["at"]) == [e["seq"] for e, t in timed if t >= at]
+    assert seqs(until=middle["at"]) == [e["seq"] for e, t in timed if t < at]
+    window = [e["seq"] for e, t in timed if times[1] <= t < at]
+    assert seqs(since=events[1]["at"], until=middle["at"]) == window
+    assert seqs(since="2999-01-01T00:00:00Z") == []
+    assert seqs(until="2000-01-01T00:00:00Z") == []
