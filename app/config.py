@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     )
     webhook_timeout_s: float = Field(10.0, gt=0, description="timeout of one webhook delivery")
     webhook_queue: str = Field("webhooks", description="Celery queue that carries webhook sends")
+    webhook_allow_private: bool | None = Field(
+        None,
+        description="accept webhook URLs on loopback, private or link-local addresses (they "
+        "reach the service's own network); default: only outside production",
+    )
+
+    @property
+    def webhooks_may_reach_private(self) -> bool:
+        if self.webhook_allow_private is not None:
+            return self.webhook_allow_private
+        return self.env is not Environment.production
 
     @property
     def is_sqlite(self) -> bool:

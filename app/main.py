@@ -19,6 +19,7 @@ from app.deletions.router import router as deletions_router
 from app.errors import install_handlers, problem_response
 from app.jobs.router import router as jobs_router
 from app.models.router import router as models_router
+from app.webhooks.router import router as webhooks_router
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -67,7 +68,7 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     routers = (auth_router, models_router, datasets_router, deletions_router, jobs_router,
-               audit_router)  # fmt: skip
+               audit_router, webhooks_router)  # fmt: skip
     for router in routers:
         app.include_router(router)
     return app

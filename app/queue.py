@@ -1,7 +1,8 @@
 """Send jobs to the workers, only after the transaction that created them has committed.
 
 The API never imports the worker code: it sends tasks by name with ids only. A send that fails
-leaves the job ``queued`` in the database, which stays the source of truth.
+leaves the job ``queued`` in the database, which stays the source of truth. Other tasks (webhook
+deliveries) use the same outbox through ``send_after_commit``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from app.config import Settings, get_settings
 log = logging.getLogger(__name__)
 RUN_JOB_TASK = "unlearning.run_job"
 _OUTBOX = "nepenthe_outbox"
+_TASK_OUTBOX = "nepenthe_task_outbox"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -74,12 +76,33 @@ def send_job(job_id: str) -> bool:
     return True
 
 
+def send_after_commit(
+    session: Session, task_name: str, arg: str, queue: str, countdown: float | None = None
+) -> None:
+    """Send task ``task_name`` with the one id ``arg`` on ``queue`` once ``session`` commits
+    (dropped if it rolls back); ``countdown``: seconds the worker waits before running it."""
+    session.info.setdefault(_TASK_OUTBOX, []).append((task_name, arg, queue, countdown))
+
+
+def send_task(task_name: str, arg: str, queue: str, countdown: float | None = None) -> bool:
+    """Send now; False (logged) when the broker refused, the database row stays to retry from."""
+    try:
+        producer().send_task(task_name, args=[arg], queue=queue, countdown=countdown)
+    except Exception:  # the broker may be down: the row stays pending in the database
+        log.exception("could not send %s(%s) to the broker", task_name, arg)
+        return False
+    return True
+
+
 @event.listens_for(Session, "after_commit")
 def _flush_outbox(session: Session) -> None:
     for job_id in session.info.pop(_OUTBOX, []):
         send_job(job_id)
+    for task_name, arg, queue, countdown in session.info.pop(_TASK_OUTBOX, []):
+        send_task(task_name, arg, queue, countdown)
 
 
 @event.listens_for(Session, "after_rollback")
 def _drop_outbox(session: Session) -> None:
     session.info.pop(_OUTBOX, None)
+    session.info.pop(_TASK_OUTBOX, None)

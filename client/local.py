@@ -87,9 +87,14 @@ class LocalService:
             "worker",
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
              "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
-             "--hostname", f"nepenthe-{self.port}@%h"],
+             "--hostname", f"nepenthe-{self.port}@%h", "-Q", self.queues()],
         )  # fmt: skip
         return self.worker
+
+    def queues(self) -> str:
+        """The worker consumes both queues: unlearning jobs and webhook deliveries."""
+        jobs = self.env.get("NEPENTHE_TASK_QUEUE", "unlearning")
+        return f"{jobs},{self.env.get('NEPENTHE_WEBHOOK_QUEUE', 'webhooks')}"
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")

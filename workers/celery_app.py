@@ -12,5 +12,5 @@ from app.config import get_settings
 from app.queue import celery_config
 
 get_settings().check_production()
-app = Celery("nepenthe-worker", include=["workers.tasks"])
+app = Celery("nepenthe-worker", include=["workers.tasks", "workers.webhooks"])
 app.conf.update(celery_config(get_settings()))

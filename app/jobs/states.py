@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from app.actors import Actor, worker_actor
 from app.audit import service as audit
 from app.orm import DeletionRequest, Job, JobEvent, JobStatus, ModelVersion, utcnow
+from app.webhooks import service as webhooks
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
@@ -96,3 +97,5 @@ def _audit(
         request_id=job.request_id, job_id=job.id, caller_reference=row.caller_reference,
         details={"from": from_status, "to": to, "reason": reason, **details},
     )  # fmt: skip
+    if action is None and to is not None:  # a status change (not a cancel request)
+        webhooks.notify_job_status(session, job, row.org_id, from_status, to, reason)

@@ -176,7 +176,7 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
     from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.conftest import reset_caches
+    from tests.conftest import new_key, reset_caches
     from tests.helpers import model_body, safetensors_bytes
 
     lost = "redis://127.0.0.1:1/0" if service_env["NEPENTHE_BROKER_URL"].startswith("redis") \
@@ -184,7 +184,8 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
     monkeypatch.setenv("NEPENTHE_BROKER_URL", lost)
     monkeypatch.setenv("NEPENTHE_BROKER_DIR", str(tmp_path / "nobody-reads-this"))
     reset_caches()
-    with TestClient(create_app()) as api:
+    # The organisation LocalService's admin key belongs to, so that key can poll the job.
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {new_key('local')}"}) as api:
         model = api.post("/v1/models", json=model_body()).json()
         files = {"file": ("m.safetensors", safetensors_bytes())}
         version = api.post(f"/v1/models/{model['id']}/versions", files=files).json()

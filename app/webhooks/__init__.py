@@ -1,0 +1,1 @@
+"""Signed webhooks: organisations are told of their deletion requests' state changes."""
