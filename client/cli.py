@@ -149,6 +149,7 @@ def _add_compliance_commands(sub: Any) -> None:
 
     av = sub.add_parser("audit-verify", help="verify the organisation's audit hash chain")
     av.add_argument("--anchor", type=Path, help="a head saved earlier with audit-head")
+    av.add_argument("--public-key", type=Path, help="with --anchor: the key it was signed with")
     sub.add_parser("audit-head", help="export the signed chain head").add_argument(
         "-o", "--output", type=Path, help="file (default: print)"
     )
@@ -297,7 +298,7 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
         client.export_csv(args.output, **filters)
         print(args.output)
     elif args.command == "audit-verify":
-        return _audit_verify(client, args.anchor)
+        return _audit_verify(client, args.anchor, args.public_key)
     elif args.command == "audit-head":
         _save(client.audit_head(), args.output)
     elif args.command == "signing-key":
@@ -314,11 +315,29 @@ def _save(document: dict[str, Any], output: Path | None) -> None:
     print(output)
 
 
-def _audit_verify(client: NepentheClient, anchor_file: Path | None) -> int:
-    """Walk the chain on the server; with a saved head, also check the log still holds it."""
+def _audit_verify(client: NepentheClient, anchor_file: Path | None, key: Path | None) -> int:
+    """Walk the chain on the server; with a saved head, also check the log still holds it. The
+    head's own signature and organisation are checked first: a forged or foreign head proves
+    nothing."""
     anchor: dict[str, Any] = {}
     if anchor_file is not None:
-        anchor = json.loads(anchor_file.read_text())["payload"]
+        if key is None:
+            print("error: --anchor needs --public-key to check the head's signature",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        try:
+            anchor = signing.verify(json.loads(anchor_file.read_text()),
+                                    signing.load_public_key(key.read_bytes()))  # fmt: skip
+        except (signing.VerificationError, ValueError) as exc:
+            print(f"INVALID anchor {anchor_file}: {exc}", file=sys.stderr)
+            return 1
+        if (
+            anchor.get("type") != "nepenthe.audit_head"
+            or anchor.get("org_id") != (client.whoami()["org_id"])
+        ):
+            print(f"error: {anchor_file} is not an audit head of this organisation",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     report = client.audit_verify(anchor.get("seq"), anchor.get("hash"))
     _print(report)
     return 0 if report["ok"] else 1

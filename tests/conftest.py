@@ -76,13 +76,13 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def redis_broker() -> Iterator[str]:
+def redis_broker() -> str:
+    """The real Redis server. Not flushed: tests use queues of their own (service_env), and a
+    flush would drop the messages of another run sharing the server."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
     client.ping()
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
     client.close()
+    return REDIS_URL
 
 
 def reset_caches() -> None:
@@ -114,6 +114,11 @@ def service_env(
     if backend == "production":
         env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("pg_url")
         env["NEPENTHE_BROKER_URL"] = request.getfixturevalue("redis_broker")
+        # Queues of this test's own: a worker of another run sharing the Redis server (a
+        # second checkout's tests) must not take this test's jobs, nor this one theirs.
+        suffix = uuid.uuid4().hex[:12]
+        env["NEPENTHE_TASK_QUEUE"] = f"unlearning-{suffix}"
+        env["NEPENTHE_WEBHOOK_QUEUE"] = f"webhooks-{suffix}"
     else:
         env["NEPENTHE_DATABASE_URL"] = request.getfixturevalue("sqlite_url")
         env["NEPENTHE_BROKER_URL"] = "filesystem://"
@@ -122,6 +127,9 @@ def service_env(
     reset_caches()
     yield env
     reset_caches()
+    if backend == "production":  # this test's queues, with whatever nobody consumed
+        with redis.Redis.from_url(env["NEPENTHE_BROKER_URL"]) as client:
+            client.delete(env["NEPENTHE_TASK_QUEUE"], env["NEPENTHE_WEBHOOK_QUEUE"])
 
 
 BACKENDS = ["embedded", "production"]

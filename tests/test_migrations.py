@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from app.audit import service as audit
 from app.db import make_engine
 from app.deletions.evidence import forget_spec_sha256
-from app.orm import AuditEvent, Base, DeletionRequest, Organization
+from app.orm import AuditEvent, Base, DeletionRequest, ModelVersion, Organization
 from tests.conftest import alembic_config, reset_caches
 
 
@@ -87,6 +87,14 @@ def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_ch
             ),
             {"now": now, "sha": "b" * 64},
         )
+        conn.execute(text(
+            "INSERT INTO model_version (id, model_id, number, sha256, size_bytes, storage_key, "
+            "source_format, parent_version_id, created_at) VALUES ('v2', 'm1', 2, :sha, 1, 'k2', "
+            "'safetensors', 'v1', :now)"), {"now": now, "sha": "c" * 64})  # fmt: skip
+        conn.execute(text(
+            "INSERT INTO job (id, request_id, status, progress, attempts, created_at, updated_at, "
+            "finished_at, output_version_id) VALUES ('j1', 'r1', 'succeeded', 1.0, 1, :now, :now, "
+            ":now, 'v2')"), {"now": now})  # fmt: skip
         for action in ("model.registered", "deletion_request.created", "job.queued"):
             conn.execute(
                 text(
@@ -105,6 +113,10 @@ def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_ch
         assert request.due_at == datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
         assert request.forget_spec_sha256 == forget_spec_sha256("d1", None, [3], None)
         assert request.receipt is None
+        original, unlearned = session.get(ModelVersion, "v1"), session.get(ModelVersion, "v2")
+        assert original is not None and unlearned is not None
+        assert original.superseded_by_request_id == "r1"
+        assert unlearned.superseded_at is None
         report = audit.verify(session, org.id)
         assert (report.ok, report.events_checked) == (True, 3)
         actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.seq))]

@@ -537,7 +537,9 @@ def _record_outcome(
     """Version (when accepted), artifacts and the job's last transition, in one transaction."""
     with session_scope() as session:
         job = session.get(Job, ctx.job_id)
-        model = session.get(Model, ctx.model_id)
+        # Locked: two requests on one source that finish together must not both miss the
+        # other's supersession mark (SQLite's write lock already serialises them).
+        model = session.get(Model, ctx.model_id, with_for_update=True)
         assert job is not None and model is not None
         for name, (media, obj) in files.items():
             session.add(JobArtifact(job_id=job.id, name=name, media_type=media, storage_key=obj.key,

@@ -24,7 +24,14 @@ from app.db import session_scope
 from app.orm import Webhook, WebhookDelivery, utcnow
 from app.queue import send_after_commit, send_task
 from app.webhooks import signature
-from app.webhooks.service import DELIVER_TASK, DELIVERED, FAILED, PENDING, body_bytes
+from app.webhooks.service import (
+    DELIVER_TASK,
+    DELIVERED,
+    FAILED,
+    PENDING,
+    body_bytes,
+    check_reachable_publicly,
+)
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -115,6 +122,9 @@ def post(claimed: Claimed, timeout_s: float) -> tuple[int | None, str | None]:
         signature.SIGNATURE_HEADER: signature.sign(claimed.secret, claimed.id, stamp, claimed.body),
     }
     try:
+        # Checked again at each send: a name that resolved to a public address when the
+        # webhook was made may point inside the network now (DNS rebinding).
+        check_reachable_publicly(claimed.url)
         with (
             httpx.Client(timeout=timeout_s, follow_redirects=False) as http,
             http.stream("POST", claimed.url, content=claimed.body, headers=headers) as response,

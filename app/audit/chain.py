@@ -78,7 +78,10 @@ def _append(session: Session) -> None:
     # Organisations in a fixed order: two transactions never wait on each other's heads.
     for org_id in sorted(by_org):
         head = session.scalars(
-            select(AuditChainHead).where(AuditChainHead.org_id == org_id).with_for_update()
+            select(AuditChainHead)
+            .where(AuditChainHead.org_id == org_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)  # the locked row, not a cached copy
         ).one()
         for row in by_org[org_id]:
             # Stamped when appended, never before the previous event (a clock stepping back):
@@ -188,19 +191,17 @@ def check_anchor(report: ChainReport, anchor_seq: int, anchor_hash: str, found: 
         }  # fmt: skip
 
 
-def in_batches(session: Session, org_id: str, size: int = 2000) -> Iterator[AuditEvent]:
-    """The organisation's events in seq order, a batch at a time (100k events fit no memory
-    budget as one list, and the walk stops early at a break)."""
+def in_batches(
+    session: Session, org_id: str, up_to: int | None = None, size: int = 2000
+) -> Iterator[AuditEvent]:
+    """The organisation's events in seq order (up to seq ``up_to``), a batch at a time (100k
+    events fit no memory budget as one list, and the walk stops early at a break)."""
     after = 0
     while True:
-        batch = list(
-            session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.org_id == org_id, AuditEvent.seq > after)
-                .order_by(AuditEvent.seq)
-                .limit(size)
-            )
-        )
+        query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after)
+        if up_to is not None:
+            query = query.where(AuditEvent.seq <= up_to)
+        batch = list(session.scalars(query.order_by(AuditEvent.seq).limit(size)))
         yield from batch
         if len(batch) < size:
             return

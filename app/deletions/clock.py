@@ -6,7 +6,7 @@ from __future__ import annotations
 import calendar
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
@@ -39,6 +39,10 @@ def due_at(received_at: datetime, extended_months: int = 0) -> datetime:
     return add_months(received_at, get_settings().due_months + extended_months)
 
 
+def _months_between(start: datetime, end: datetime) -> int:
+    return (end.year - start.year) * 12 + end.month - start.month
+
+
 def is_open(job_status: str) -> bool:
     return JobStatus(job_status) not in CLOSED
 
@@ -55,26 +59,25 @@ def extend(
     data subject must be told within the first period), and beyond the allowed total."""
     if not is_open(job.status):
         raise ExtensionRefused(f"the request is closed (its job {job.status}); nothing to extend")
-    original = due_at(request.created_at)
+    granted = extensions(session, request.id)
+    # The deadline the request was given when received (settings may have changed since).
+    original = granted[0].previous_due_at if granted else request.due_at
+    base_months = _months_between(request.created_at, original)
     if utcnow() > original:
         raise ExtensionRefused(
             "an extension must be decided within the first period, which ended on "
             f"{original.isoformat()}"
         )
-    used = session.scalar(
-        select(func.coalesce(func.sum(DueDateExtension.months), 0)).where(
-            DueDateExtension.request_id == request.id
-        )
-    )
+    used = sum(e.months for e in granted)
     allowed = get_settings().max_extension_months
-    if int(used or 0) + months > allowed:
+    if used + months > allowed:
         raise ExtensionRefused(
             f"extensions may add {allowed} months in all; {used} already granted",
-            months_left=allowed - int(used or 0),
+            months_left=allowed - used,
         )
     extension = DueDateExtension(
         request_id=request.id, months=months, reason=reason, previous_due_at=request.due_at,
-        due_at=due_at(request.created_at, int(used or 0) + months), actor=actor.name,
+        due_at=add_months(request.created_at, base_months + used + months), actor=actor.name,
     )  # fmt: skip
     session.add(extension)
     request.due_at = extension.due_at

@@ -80,5 +80,6 @@ def csv_lines(org_id: str, where: service.RequestFilter, limit: int) -> Iterator
 
 
 def _safe(row: list[Any]) -> list[Any]:
-    """Cells a spreadsheet would run as formulas get a leading quote (CSV injection)."""
-    return [f"'{v}" if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") else v for v in row]
+    """Cells a spreadsheet would run as formulas get a leading quote (CSV injection, OWASP)."""
+    risky = ("=", "+", "-", "@", "\t", "\r")
+    return [f"'{v}" if isinstance(v, str) and v[:1] in risky else v for v in row]

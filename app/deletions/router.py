@@ -110,8 +110,8 @@ def deadlines(
     """Open requests whose deadline has passed (``overdue``) or falls within ``within_days``,
     soonest first."""
     where = service.RequestFilter(open=True, due_before=utcnow() + timedelta(days=within_days))
-    found = service.list_requests(session, actor.org_id, where, None, limit)
-    return sorted(service.to_read_many(session, found), key=lambda r: r.due_at)
+    found = service.list_requests(session, actor.org_id, where, None, limit, soonest_due_first=True)
+    return service.to_read_many(session, found)
 
 
 @router.get(

@@ -50,6 +50,7 @@ from app.orm import (
     JobStatus,
     Model,
     ModelVersion,
+    new_id,
     utcnow,
 )
 from unlearning import data
@@ -109,7 +110,8 @@ def submit(
     retain_id = retain_dataset.id if retain_dataset else None
     received = utcnow()
     request = DeletionRequest(
-        org_id=actor.org_id, model_version_id=version.id, dataset_id=dataset.id,
+        # The id is set here, not at INSERT: the receipt signed below must name it.
+        id=new_id(), org_id=actor.org_id, model_version_id=version.id, dataset_id=dataset.id,
         retain_dataset_id=retain_id, forget_classes=forget_classes,
         forget_samples=forget_samples, method=method.name, params=params,
         acceptance=thresholds, reference=reference,
@@ -292,9 +294,15 @@ class RequestFilter:
 
 
 def list_requests(
-    session: Session, org_id: str, where: RequestFilter, after_id: str | None, limit: int
+    session: Session,
+    org_id: str,
+    where: RequestFilter,
+    after_id: str | None,
+    limit: int,
+    soonest_due_first: bool = False,
 ) -> list[DeletionRequest]:
-    """The organisation's requests in the order received, after the request ``after_id``."""
+    """The organisation's requests in the order received (or by deadline), after the request
+    ``after_id``."""
     query = (
         select(DeletionRequest)
         .join(Job, Job.request_id == DeletionRequest.id)
@@ -307,7 +315,10 @@ def list_requests(
             | ((DeletionRequest.created_at == last.created_at) & (DeletionRequest.id > last.id))
         )
     query = _filtered(query, where)
-    order = (DeletionRequest.created_at, DeletionRequest.id)
+    if soonest_due_first:
+        order = (DeletionRequest.due_at, DeletionRequest.id)
+    else:
+        order = (DeletionRequest.created_at, DeletionRequest.id)
     return list(session.scalars(query.order_by(*order).limit(limit)))
 
 
@@ -339,6 +350,8 @@ def extend(
     session: Session, actor: Actor, request_id: str, months: int, reason: str
 ) -> DeletionRequest:
     request = get(session, actor.org_id, request_id)
+    # Locked: two extensions at once must not both fit under the limit.
+    session.refresh(request, with_for_update=True)
     clock.extend(session, actor, request, jobs.for_request(session, request.id), months, reason)
     return request
 

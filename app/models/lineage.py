@@ -62,16 +62,13 @@ def supersede(
 ) -> list[ModelVersion]:
     """Mark the versions that still hold the forgotten data as superseded by ``request_id``.
 
-    A version superseded earlier keeps the request that superseded it first. An output made
-    from an already superseded source inherits that mark: it still holds the earlier request's
-    data.
+    A version superseded earlier keeps the request that superseded it first. (An output made
+    from an already superseded source was marked when it was added: it still holds the earlier
+    request's data.)
     """
     marked = []
     for version in still_holding(session, source, output):
         if version.superseded_at is None:
             version.superseded_at, version.superseded_by_request_id = at, request_id
             marked.append(version)
-    if source.superseded_by_request_id not in (None, request_id):
-        output.superseded_at = at
-        output.superseded_by_request_id = source.superseded_by_request_id
     return marked

@@ -26,7 +26,7 @@ from app.errors import (
 )
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
-from app.orm import DeletionRequest, Model, ModelVersion
+from app.orm import DeletionRequest, Model, ModelVersion, utcnow
 from app.storage import LocalArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
@@ -167,7 +167,9 @@ def prepare_version(
 
 def record_version(session: Session, prepared: PreparedVersion, actor: Actor) -> ModelVersion:
     """Record a prepared checkpoint as the model's next version."""
-    model = session.get(Model, prepared.model_id)
+    # Locked like a finishing job locks it: a child of a version being superseded right now
+    # either sees the mark or is seen by it.
+    model = session.get(Model, prepared.model_id, with_for_update=True)
     if model is None:  # deleted between the two steps
         raise ModelNotFound(f"no model {prepared.model_id!r}")
     stored, source_format = prepared.stored, prepared.source_format
@@ -177,7 +179,8 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
     )  # fmt: skip
     audit.record(
         session, actor, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
-        details={"number": version.number, "sha256": version.sha256, "format": source_format},
+        details={"number": version.number, "sha256": version.sha256, "format": source_format,
+                 "superseded_by_request_id": version.superseded_by_request_id},
     )  # fmt: skip
     return version
 
@@ -213,6 +216,7 @@ def add_version(
     produced_by_request_id: str | None,
 ) -> ModelVersion:
     """Insert the next version number; a concurrent insert of the same number is retried."""
+    parent = session.get(ModelVersion, parent_version_id) if parent_version_id else None
     for _ in range(5):
         version = ModelVersion(
             model_id=model.id,
@@ -224,6 +228,10 @@ def add_version(
             parent_version_id=parent_version_id,
             produced_by_request_id=produced_by_request_id,
         )
+        if parent is not None and parent.superseded_at is not None:
+            # Derived from weights that still hold forgotten data: so does this version.
+            version.superseded_at = utcnow()
+            version.superseded_by_request_id = parent.superseded_by_request_id
         try:
             with session.begin_nested():
                 session.add(version)

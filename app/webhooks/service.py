@@ -34,11 +34,12 @@ def new_secret() -> str:
 
 
 def redacted(url: str) -> str:
-    """The URL without user:password, for the audit trail."""
+    """The URL without user:password, query or fragment (where tokens hide), for the audit
+    trail, which keys with the audit scope read."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rsplit("@", 1)[1]
+    hidden = "***" if parts.query else ""
+    return urlunsplit(parts._replace(netloc=netloc, query=hidden, fragment=""))
 
 
 class WebhookUrlRefused(Unprocessable):

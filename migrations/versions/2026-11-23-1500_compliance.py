@@ -2,7 +2,8 @@
 certificates, the statutory clock, supersession, webhooks
 
 Rows written before this revision belong to one organisation named "default"; their audit
-events are chained in the order they were written, and their requests have no receipt.
+events are chained in time order, their requests have no receipt, and the versions their
+succeeded requests unlearned are superseded.
 
 Revision ID: 0004
 Revises: 0003
@@ -183,6 +184,7 @@ def _backfill(conn: sa.Connection) -> None:
     for table in ORG_TABLES:
         conn.execute(sa.text(f"UPDATE {table} SET org_id = :org"), {"org": org_id})
     _backfill_requests(conn)
+    _supersede_unlearned(conn)
     _chain_events(conn, org_id, now)
 
 
@@ -201,12 +203,50 @@ def _backfill_requests(conn: sa.Connection) -> None:
         ))
 
 
+def _supersede_unlearned(conn: sa.Connection) -> None:
+    """Requests that succeeded before this revision supersede, as later ones do, their input
+    version and what derives from it, except their output and what derives from that."""
+    children: dict[str, list[str]] = {}
+    for version_id, parent_id in conn.execute(
+        sa.text("SELECT id, parent_version_id FROM model_version")
+    ):
+        if parent_id is not None:
+            children.setdefault(parent_id, []).append(version_id)
+
+    def subtree(root: str) -> set[str]:
+        found, frontier = {root}, [root]
+        while frontier:
+            frontier = [c for v in frontier for c in children.get(v, []) if c not in found]
+            found.update(frontier)
+        return found
+
+    done = sa.table("job", sa.column("request_id"), sa.column("status"),
+                    sa.column("output_version_id"), sa.column("finished_at", UtcDateTime()))
+    requests = sa.table("deletion_request", sa.column("id"), sa.column("model_version_id"))
+    versions = sa.table("model_version", sa.column("id"), sa.column("superseded_at", UtcDateTime()),
+                        sa.column("superseded_by_request_id"))
+    succeeded = conn.execute(
+        sa.select(done.c.request_id, requests.c.model_version_id, done.c.output_version_id,
+                  done.c.finished_at)
+        .join(requests, requests.c.id == done.c.request_id)
+        .where(done.c.status == "succeeded", done.c.output_version_id.is_not(None))
+        .order_by(done.c.finished_at)
+    ).all()
+    marked: set[str] = set()
+    for request_id, source, output, finished in succeeded:
+        for version_id in sorted(subtree(source) - subtree(output) - marked):
+            conn.execute(versions.update().where(versions.c.id == version_id).values(
+                superseded_at=finished, superseded_by_request_id=request_id))
+            marked.add(version_id)
+
+
 def _chain_events(conn: sa.Connection, org_id: str, now: datetime) -> None:
     names = ["id", *chain.HASHED_FIELDS, "hash"]
     types = {"at": UtcDateTime(), "details": sa.JSON()}
     events = sa.table("audit_event", *(sa.column(n, types.get(n)) for n in names))
     seq, prev = 0, chain.GENESIS_HASH
-    for row in conn.execute(sa.select(events).order_by(events.c.id)).all():
+    # In time order, as the chain keeps them from now on (a time bound is a seq bound).
+    for row in conn.execute(sa.select(events).order_by(events.c.at, events.c.id)).all():
         seq += 1
         fields = {**row._asdict(), "org_id": org_id, "seq": seq, "actor": "legacy",
                   "prev_hash": prev, "details": chain.json_value(row.details or {})}

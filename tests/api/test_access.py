@@ -79,7 +79,8 @@ def test_a_key_without_the_scope_gets_403(api, registered):
         assert response.json()["code"] == "insufficient_scope"
         assert response.json()["required_scope"] == scope
     # The scope is enough: the same calls pass with it.
-    assert api.get(version["download_url"], headers=as_key(api, new_key("acme", "download")))
+    downloader = as_key(api, new_key("acme", "download"))
+    assert api.get(version["download_url"], headers=downloader).status_code == 200
     assert api.get("/v1/audit/events", headers=audit_only).status_code == 200
     assert api.get("/v1/whoami", headers=audit_only).json()["scopes"] == ["audit"]
 
@@ -103,6 +104,17 @@ def test_another_organisations_resources_are_not_found(api, registered):
         assert response.status_code == 404, (url, response.text)
         assert response.headers["content-type"] == PROBLEM
     assert api.post(f"/v1/jobs/{job['job']['id']}/cancel", headers=other).status_code == 404
+    extension = {"months": 1, "reason": "peek"}
+    assert api.post(f"/v1/deletion-requests/{job['id']}/extensions", json=extension,
+                    headers=other).status_code == 404  # fmt: skip
+    assert api.get(f"/v1/deletion-requests/{job['id']}/certificate",
+                   headers=other).json()["code"] == "deletion_request_not_found"  # fmt: skip
+    assert api.get("/v1/deletion-requests/deadlines?within_days=366", headers=other).json() == []
+    csv_lines = api.get("/v1/deletion-requests/export.csv", headers=other).text.splitlines()
+    assert len(csv_lines) == 1  # the header only
+    acme_keys = api.get("/v1/keys", headers={"Authorization": api.headers["Authorization"]})
+    first_key = acme_keys.json()[0]["id"]
+    assert api.post(f"/v1/keys/{first_key}/revoke", headers=other).status_code == 404
     # Submitting against the other organisation's version or dataset: not found either.
     body = {"model_version_id": version["id"], "dataset_id": registered["dataset"]["id"],
             "forget_classes": [3]}  # fmt: skip

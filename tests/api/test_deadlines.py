@@ -135,3 +135,18 @@ def test_many_requests_export_as_csv(api, registered):
     assert rows[0]["caller_reference"] == "'=cmd|0"  # no formula reaches a spreadsheet
     only = api.get("/v1/deletion-requests/export.csv", params={"caller_reference": "=cmd|1"})
     assert [r["request_id"] for r in csv.DictReader(io.StringIO(only.text))] == [made[1]["id"]]
+
+
+@BOTH
+def test_an_extension_counts_from_the_deadline_given_at_receipt(api, registered, monkeypatch):
+    from tests.conftest import reset_caches
+
+    request = submit(api, registered, key="drift").json()
+    received = when(request["received_at"])
+    monkeypatch.setenv("NEPENTHE_DUE_MONTHS", "3")  # the operator changes the period later
+    reset_caches()
+    extended = api.post(f"/v1/deletion-requests/{request['id']}/extensions",
+                        json={"months": 1, "reason": "complex"}).json()  # fmt: skip
+    assert when(extended["due_at"]) == add_months(received, 2)
+    later = submit(api, registered, key="new").json()
+    assert when(later["due_at"]) == add_months(when(later["received_at"]), 3)

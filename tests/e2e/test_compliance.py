@@ -59,6 +59,7 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     assert run_cli(service, capsys, "receipt", request["id"], "-o", str(receipt_file)) == 0
     receipt = json.loads(receipt_file.read_text())["payload"]
     assert receipt["type"] == "nepenthe.deletion_receipt"
+    assert receipt["request_id"] == request["id"]
     assert receipt["input_checkpoint_sha256"] == reg["version"]["sha256"]
     assert receipt["forget_spec_sha256"] == request["forget_spec_sha256"]
     assert receipt["forget"] == {"kind": "classes", "count": 2}
@@ -90,7 +91,8 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     assert c["acceptance"]["passed"] is True
     assert c["metrics"]["after"]["forget_accuracy"] <= 0.05
     assert c["receipt_signature"] == json.loads(receipt_file.read_text())["signature"]["value"]
-    assert "forget_classes" not in json.dumps(c)  # only the hash of what was forgotten
+    # The forget set appears as its hash (and, in the metrics, as class labels): never as ids.
+    assert "forget_classes" not in c and "forget_samples" not in c
     tampered = tmp_path / "tampered.json"
     for field, value in (("output_checkpoint_sha256", "0" * 64),
                          ("completed_at", c["received_at"])):  # fmt: skip
@@ -153,6 +155,17 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     assert succeeded["details"]["superseded_version_ids"] == [reg["version"]["id"]]
     assert [s["to_status"] for s in e["job_events"]] == ["queued", "running", "succeeded"]
     assert auditor.audit_verify()["ok"] is True
+    # A head exported now anchors a later check; a forged head is refused before it is used.
+    head = tmp_path / "head.json"
+    assert run_cli(service, capsys, "audit-head", "-o", str(head)) == 0
+    anchored = ["--anchor", str(head), "--public-key", str(public_key)]
+    assert run_cli(service, capsys, "audit-verify", *anchored) == 0
+    forged = json.loads(head.read_text())
+    forged["payload"]["seq"] += 1000
+    head.write_text(json.dumps(forged))
+    capsys.readouterr()
+    assert run_cli(service, capsys, "audit-verify", *anchored) == 1
+    assert "INVALID anchor" in capsys.readouterr().err
     found = list(auditor.list_requests({"upstream_request_id": "opendsr-7f3a"}))
     assert [r["id"] for r in found] == [request["id"]]
     assert found[0]["open"] is False and found[0]["completed_at"] is not None

@@ -369,6 +369,10 @@ def test_a_disabled_webhooks_pending_deliveries_end_as_failed(api, registered, r
     assert "disabled" in row["last_error"]
 
 
+def queue_of(service_env: dict[str, str]) -> str:
+    return service_env.get("NEPENTHE_WEBHOOK_QUEUE", "webhooks")
+
+
 def broker_messages(service_env: dict[str, str], queue: str) -> list[str]:
     """The raw messages waiting on ``queue`` in the real broker (filesystem folder or Redis)."""
     if service_env["NEPENTHE_BROKER_URL"].startswith("redis://"):
@@ -387,10 +391,10 @@ def test_sends_go_to_the_webhook_queue_and_a_starting_worker_resends_due_ones(
     from workers.webhooks import resend_due_deliveries
 
     hook, delivery_id = one_delivery(api, registered, "https://hooks.example.com/x")
-    sent = [m for m in broker_messages(service_env, "webhooks") if delivery_id in m]
+    sent = [m for m in broker_messages(service_env, queue_of(service_env)) if delivery_id in m]
     assert len(sent) == 1 and "webhooks.deliver" in sent[0]  # sent after the commit
     resend_due_deliveries()  # as if that message had been lost
-    sent = [m for m in broker_messages(service_env, "webhooks") if delivery_id in m]
+    sent = [m for m in broker_messages(service_env, queue_of(service_env)) if delivery_id in m]
     assert len(sent) == 2
     assert delivery(api, hook, delivery_id)["status"] == "pending"
 

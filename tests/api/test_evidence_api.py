@@ -1,0 +1,67 @@
+"""Receipts name their request and never the forgotten data; supersession follows lineage,
+uploads included."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from app.db import session_scope
+from app.orm import ModelVersion, utcnow
+from app.signing import load_public_key, verify
+from tests.api.test_bad_input import submit
+from tests.conftest import BACKENDS
+from tests.helpers import safetensors_bytes
+from unlearning import data
+
+pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
+
+
+def public_key(api):
+    return load_public_key(api.get("/v1/signing-key").json()["public_key_pem"].encode())
+
+
+def strings(value: object) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*value, *(s for v in value.values() for s in strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return []
+
+
+def test_a_receipt_names_its_request_and_hashes_the_samples(api, registered):
+    train_ids = list(data.open_split("sklearn_digits", None, "train").ids[:5])
+    request = submit(api, registered, forget_classes=None, forget_samples=train_ids).json()
+    document = api.get(request["receipt_url"]).json()
+    receipt = verify(document, public_key(api))
+    assert receipt["request_id"] == request["id"]
+    assert receipt["forget"] == {"kind": "samples", "count": 5}
+    assert receipt["forget_spec_sha256"] == request["forget_spec_sha256"]
+    assert not set(strings(document)) & set(train_ids)
+    evidence = verify(api.get(f"/v1/deletion-requests/{request['id']}/evidence").json(),
+                      public_key(api))  # fmt: skip
+    assert evidence["receipt"] == document
+
+
+def test_a_version_derived_from_a_superseded_one_is_superseded_too(api, registered):
+    request = submit(api, registered, key="R").json()
+    with session_scope() as session:  # as if that request had succeeded
+        original = update(ModelVersion).where(ModelVersion.id == registered["version"]["id"])
+        session.execute(original.values(superseded_at=utcnow(),
+                                        superseded_by_request_id=request["id"]))  # fmt: skip
+    files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
+    child = api.post(f"/v1/models/{registered['model']['id']}/versions", files=files,
+                     data={"parent_version_id": registered["version"]["id"]})  # fmt: skip
+    assert child.status_code == 201
+    assert child.json()["superseded_by_request_id"] == request["id"]
+    response = api.get(child.json()["download_url"])
+    assert (response.status_code, response.json()["code"]) == (410, "version_superseded")
+    again = submit(api, {**registered, "version": child.json()}, key="R2")
+    assert (again.status_code, again.json()["code"]) == (409, "version_superseded")
+    held = api.get(f"/v1/deletion-requests/{request['id']}/versions").json()
+    assert [(v["number"], v["contains_forgotten_data"]) for v in held] == [(1, True), (2, True)]
+    upload = api.get("/v1/audit/events", params={"action": "model_version.uploaded"}).json()
+    assert upload["items"][-1]["details"]["superseded_by_request_id"] == request["id"]
