@@ -22,6 +22,14 @@ def test_compose_file_parses_and_has_every_service():
         assert env["NEPENTHE_DATABASE_URL"].startswith("postgresql+psycopg://")
         assert env["NEPENTHE_BROKER_URL"].startswith("redis://")
     assert services["worker-gpu"]["environment"]["NEPENTHE_DEVICE"] == "cuda"
+    # Production mode refuses to start without a real secret and a signing key: both are passed.
+    for name in ("api", "worker", "worker-gpu", "migrate"):
+        env = services[name]["environment"]
+        assert env["NEPENTHE_ENV"] == "production"
+        assert env["NEPENTHE_SECRET_KEY"].startswith("${NEPENTHE_SECRET_KEY:?")
+        assert env["NEPENTHE_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
+        assert services[name]["secrets"] == ["signing_key"]
+    assert compose["secrets"]["signing_key"]["file"] == "./secrets/signing-key.pem"
 
 
 def test_commands_name_importable_modules():

@@ -198,7 +198,8 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
     job_id = response.json()["job"]["id"]
     reset_caches()
     env = {**service_env, "NEPENTHE_REQUEUE_AFTER_S": "0"}
-    with LocalService(env, ROOT, tmp_path / "logs") as running, closing(
-        NepentheClient(running.url, running.admin_key)
-    ) as client:
+    with (
+        LocalService(env, ROOT, tmp_path / "logs") as running,
+        closing(NepentheClient(running.url, running.admin_key)) as client,
+    ):
         assert client.wait(job_id, timeout=300)["status"] == "succeeded"
