@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -30,6 +32,23 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
     ).encode()
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as plain JSON that reads back equal from any database, ready to hash or sign:
+    non-finite floats become null, numpy scalars Python numbers, keys text, tuples lists, and
+    anything else (StrEnum included) its text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_value(value.item())
+    if value is None or isinstance(value, bool | int):
+        return value
+    return str(value)
 
 
 def sha256_hex(value: Any) -> str:
@@ -99,6 +118,13 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
 
 class VerificationError(Exception):
     """The document is malformed, signed by another key, or altered since it was signed."""
+
+
+def verify_file(document: Path, public_key_pem: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The signed document in a file and its verified payload (VerificationError or ValueError
+    when it does not check out against the PEM key file)."""
+    signed = json.loads(document.read_text())
+    return signed, verify(signed, load_public_key(public_key_pem.read_bytes()))
 
 
 def verify(document: Any, public_key: Ed25519PublicKey) -> dict[str, Any]:

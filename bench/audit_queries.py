@@ -143,7 +143,7 @@ class Builder:
         return values
 
     def event(self, at: datetime, action: str, actor: str, **fields: Any) -> None:
-        from app.audit.chain import json_value
+        from app.signing import json_value
 
         names = ("model_id", "model_version_id", "dataset_id", "request_id", "job_id",
                  "caller_reference", "client_address", "http_request_id")  # fmt: skip

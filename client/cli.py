@@ -326,8 +326,7 @@ def _audit_verify(client: NepentheClient, anchor_file: Path | None, key: Path | 
                   file=sys.stderr)  # fmt: skip
             return 2
         try:
-            anchor = signing.verify(json.loads(anchor_file.read_text()),
-                                    signing.load_public_key(key.read_bytes()))  # fmt: skip
+            _, anchor = signing.verify_file(anchor_file, key)
         except (signing.VerificationError, ValueError) as exc:
             print(f"INVALID anchor {anchor_file}: {exc}", file=sys.stderr)
             return 1
@@ -346,8 +345,7 @@ def _audit_verify(client: NepentheClient, anchor_file: Path | None, key: Path | 
 def verify_file(path: Path, public_key: Path) -> int:
     """Offline: check a signed document against the published key; no server is contacted."""
     try:
-        document = json.loads(path.read_text())
-        payload = signing.verify(document, signing.load_public_key(public_key.read_bytes()))
+        document, payload = signing.verify_file(path, public_key)
     except (signing.VerificationError, ValueError) as exc:
         print(f"INVALID: {path}: {exc}", file=sys.stderr)
         return 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import platform
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from app.orm import (
     ModelVersion,
     utcnow,
 )
+from app.signing import json_value
 from app.storage import StoredObject, get_store
 from unlearning import acceptance, architectures, checkpoints, data, verify
 from unlearning.methods import METHODS, UnlearningTask
@@ -419,19 +419,6 @@ def refuse_diverged(model: torch.nn.Module) -> None:
         )
 
 
-def json_safe(value: Any) -> Any:
-    """Metrics as JSON the database accepts: non-finite floats become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    return value
-
-
 def environment(device: torch.device) -> dict[str, str]:
     """Enough to reproduce a result: versions of everything that computes, and the device."""
     return {
@@ -490,7 +477,7 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
     files = {name: (media, get_store().put_bytes(content, _suffix(media)))
              for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
     metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
-    metrics = json_safe(metrics)
+    metrics = json_value(metrics)
     try:
         moved = _record_outcome(ctx, outcome, metrics, stored, files)
     except BaseException:

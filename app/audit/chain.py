@@ -8,7 +8,6 @@ last moments of a transaction (it is the last lock any transaction takes, so no 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from sqlalchemy import event, select
 from sqlalchemy.orm import Session, SessionTransaction
 
 from app.orm import AuditChainHead, AuditEvent, utcnow
-from app.signing import sha256_hex
+from app.signing import json_value, sha256_hex
 
 GENESIS_HASH = "0" * 64
 _PENDING = "nepenthe_audit_pending"
@@ -29,19 +28,6 @@ HASHED_FIELDS = (
     "request_id", "job_id", "caller_reference", "client_address", "http_request_id", "details",
     "prev_hash",
 )  # fmt: skip
-
-
-def json_value(value: Any) -> Any:
-    """Details as plain JSON that reads back equal: non-finite floats become null."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_value(v) for v in value]
-    if value is None or isinstance(value, bool | int):
-        return value
-    return str(value)  # str subclasses (StrEnum) as plain text, anything else as its text
 
 
 def timestamp(moment: datetime) -> str:

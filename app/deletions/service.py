@@ -272,8 +272,10 @@ def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
     return distinct
 
 
-def get(session: Session, org_id: str, request_id: str) -> DeletionRequest:
-    request = session.get(DeletionRequest, request_id)
+def get(
+    session: Session, org_id: str, request_id: str, for_update: bool = False
+) -> DeletionRequest:
+    request = session.get(DeletionRequest, request_id, with_for_update=for_update)
     if request is None or request.org_id != org_id:
         raise DeletionRequestNotFound(f"no deletion request {request_id!r}")
     return request
@@ -349,9 +351,8 @@ def _filtered(query: Select[Any], where: RequestFilter) -> Select[Any]:
 def extend(
     session: Session, actor: Actor, request_id: str, months: int, reason: str
 ) -> DeletionRequest:
-    request = get(session, actor.org_id, request_id)
     # Locked: two extensions at once must not both fit under the limit.
-    session.refresh(request, with_for_update=True)
+    request = get(session, actor.org_id, request_id, for_update=True)
     clock.extend(session, actor, request, jobs.for_request(session, request.id), months, reason)
     return request
 

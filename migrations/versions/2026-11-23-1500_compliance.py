@@ -21,6 +21,7 @@ from app.audit import chain
 from app.deletions.clock import add_months
 from app.deletions.evidence import forget_spec_sha256
 from app.orm import UtcDateTime
+from app.signing import json_value
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -249,7 +250,7 @@ def _chain_events(conn: sa.Connection, org_id: str, now: datetime) -> None:
     for row in conn.execute(sa.select(events).order_by(events.c.at, events.c.id)).all():
         seq += 1
         fields = {**row._asdict(), "org_id": org_id, "seq": seq, "actor": "legacy",
-                  "prev_hash": prev, "details": chain.json_value(row.details or {})}
+                  "prev_hash": prev, "details": json_value(row.details or {})}
         prev = chain.fields_hash(fields)
         conn.execute(events.update().where(events.c.id == row.id).values(
             seq=seq, actor="legacy", prev_hash=fields["prev_hash"], hash=prev,

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from app.signing import json_value
 from tests.helpers import trained_model
-from workers.pipeline import UnlearningDiverged, json_safe, refuse_diverged
+from workers.pipeline import UnlearningDiverged, refuse_diverged
 
 
 def test_diverged_weights_are_refused():
@@ -21,7 +22,7 @@ def test_diverged_weights_are_refused():
 
 
 def test_metrics_become_json_the_database_accepts():
-    assert json_safe({"a": [1.0, math.inf], "b": {"c": math.nan}, "d": "x"}) == {
+    assert json_value({"a": [1.0, math.inf], "b": {"c": math.nan}, "d": "x"}) == {
         "a": [1.0, None],
         "b": {"c": None},
         "d": "x",
