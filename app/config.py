@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,10 +54,40 @@ class Settings(BaseSettings):
     )
     requeue_after_s: float = Field(
         60.0,
-        description="a starting worker re-sends jobs still queued after this long (their first "
-        "send may have failed, or the message was lost with the broker)",
+        description="the sweeper re-sends a queued job this long after its last send (the "
+        "message may have been lost with the broker; a duplicate is harmless)",
     )
     task_queue: str = Field("unlearning", description="Celery queue that carries unlearning jobs")
+    # Faults: leases, the sweeper, the broker's publish timeout
+    heartbeat_interval_s: float = Field(
+        10.0, gt=0, description="how often a running job's worker writes its heartbeat"
+    )
+    lease_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="a running job whose heartbeat is older than this lost its worker (killed, "
+        "machine gone): the sweeper re-queues it, or fails it after max_attempts claims",
+    )
+    max_attempts: int = Field(
+        3, ge=1, le=20, description="claims a job may have before a lost worker fails it"
+    )
+    sweep_interval_s: float = Field(
+        15.0,
+        gt=0,
+        description="how often each worker's sweeper looks for lost workers and unsent jobs",
+    )
+    send_grace_s: float = Field(
+        5.0,
+        ge=0,
+        description="a queued job whose send to the broker failed is re-sent by the sweeper "
+        "after this long",
+    )
+    broker_publish_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="longest a submit waits for an unreachable broker before answering anyway "
+        "(the job is kept and re-sent by the sweeper)",
+    )
     redis_visibility_timeout_s: int = Field(
         7 * 3600,
         description="Redis redelivery delay for unacknowledged jobs: keep it above the "
@@ -99,6 +130,46 @@ class Settings(BaseSettings):
         "reach the service's own network); default: only outside production",
     )
 
+    # Checkpoint store
+    store_backend: Literal["local", "s3"] = Field(
+        "local",
+        description="where checkpoints, datasets and artifacts live: 'local' (NEPENTHE_STORE_DIR, "
+        "one machine) or 's3' (a bucket every API and worker machine shares)",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph...); unset: AWS S3"
+    )
+    s3_bucket: str | None = Field(None, description="bucket of the s3 store (required for it)")
+    s3_prefix: str = Field("", description="key prefix inside the bucket, e.g. 'nepenthe/'")
+    s3_region: str = Field("us-east-1", description="region of the bucket")
+    s3_access_key_id: SecretStr | None = Field(
+        None, description="S3 access key; unset: boto3's credential chain (env, ~/.aws, role)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret key; set together with NEPENTHE_S3_ACCESS_KEY_ID"
+    )
+    store_cache_dir: Path = Field(
+        Path("var/store-cache"),
+        description="local copies of s3 objects, each checked against its SHA-256 before use; "
+        "may be emptied at any time",
+    )
+
+    # Observability
+    log_format: Literal["text", "json"] = Field(
+        "text", description="'text' lines for people, or 'json' lines for a log collector"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="least level logged by the API and the worker (upper case)"
+    )
+    metrics_enabled: bool = Field(
+        True,
+        description="serve Prometheus metrics at GET /metrics, without an API key: keep it "
+        "off the public network (or turn it off)",
+    )
+    readiness_timeout_s: float = Field(
+        2.0, gt=0, description="longest GET /readyz waits for the database or the broker"
+    )
+
     @property
     def webhooks_may_reach_private(self) -> bool:
         if self.webhook_allow_private is not None:
@@ -124,6 +195,8 @@ class Settings(BaseSettings):
                 f"NEPENTHE_SIGNING_KEY_FILE {self.signing_key_file} does not exist; create one "
                 "with `nepenthe-admin create-signing-key`"
             )
+        if self.store_backend == "s3" and not self.s3_bucket:
+            problems.append("NEPENTHE_STORE_BACKEND is s3 but NEPENTHE_S3_BUCKET is not set")
         return problems
 
     def check_production(self) -> None:

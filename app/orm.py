@@ -243,6 +243,13 @@ class Job(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # The running claim: a new lease id per claim, and the heartbeat its worker keeps writing.
+    # Every write of the worker is conditional on its lease, so a worker presumed lost (and its
+    # job re-queued and claimed again) can never record a second result.
+    lease_id: Mapped[str | None] = mapped_column(String(32))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # When the job's message last reached the broker (None: never, or the send failed).
+    sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -12,10 +12,12 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import event
+from sqlalchemy import event, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
+from app.db import session_scope
+from app.orm import Job, JobStatus, utcnow
 
 log = logging.getLogger(__name__)
 RUN_JOB_TASK = "unlearning.run_job"
@@ -36,7 +38,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
-    }
+        # A submit must not hang on a broker that is down: publish fails fast, the job stays
+        # queued in the database and the sweeper sends it once the broker is back.
+        "task_publish_retry_policy": {
+            "max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5,
+        },
+    }  # fmt: skip
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_dir.resolve()
         for sub in ("queue", "processed", "control"):
@@ -51,7 +58,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     elif settings.broker_url.startswith(("redis://", "rediss://")):
         # Unacknowledged jobs are redelivered after this delay: keep it above the longest job.
         conf["broker_transport_options"] = {
-            "visibility_timeout": settings.redis_visibility_timeout_s
+            "visibility_timeout": settings.redis_visibility_timeout_s,
+            "socket_connect_timeout": settings.broker_publish_timeout_s,
+            "socket_timeout": settings.broker_publish_timeout_s,
         }
     return conf
 
@@ -68,11 +77,23 @@ def enqueue_after_commit(session: Session, job_id: str) -> None:
 
 
 def send_job(job_id: str) -> bool:
+    """Send the job to the workers and record that it was sent (the sweeper re-sends jobs whose
+    send failed). False, logged, when the broker could not take it."""
     try:
         producer().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().task_queue)
     except Exception:  # the broker may be down: the job stays queued in the database
-        log.exception("could not send job %s to the broker; it stays queued", job_id)
+        log.warning("could not send job %s to the broker; it stays queued and the sweeper "
+                    "re-sends it", job_id, exc_info=True)  # fmt: skip
         return False
+    try:
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued)
+                .values(sent_at=utcnow())
+            )
+    except Exception:  # sent all the same: at worst the sweeper sends a harmless duplicate
+        log.warning("job %s was sent but could not be marked sent", job_id, exc_info=True)
     return True
 
 

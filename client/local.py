@@ -69,11 +69,7 @@ class LocalService:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         migrate(self.env, self.cwd)
         self.admin_key = create_admin_key(self.env, self.cwd, self.org)
-        self.api = self._spawn(
-            "api",
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-        )  # fmt: skip
+        self.start_api(wait=False)
         try:
             self.start_worker()
             self._wait_healthy()
@@ -81,6 +77,19 @@ class LocalService:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def start_api(self, wait: bool = True) -> None:
+        self.api = self._spawn(
+            "api",
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning"],
+        )  # fmt: skip
+        if wait:
+            self._wait_healthy()
+
+    def stop_api(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.api, sig)
+        self.api = None
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = self._spawn(
@@ -115,9 +124,11 @@ class LocalService:
             time.sleep(0.2)
         raise RuntimeError(f"the API did not become healthy; see {self.log_dir / 'api.log'}")
 
-    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
-        _stop(self.worker, sig)
+    def stop_worker(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Stop the worker with ``sig``; its exit code (None: it had to be killed)."""
+        code = _stop(self.worker, sig, timeout)
         self.worker = None
+        return code
 
     def __exit__(
         self,
@@ -131,12 +142,15 @@ class LocalService:
             log.close()
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
-    if proc is None or proc.poll() is not None:
-        return
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is not None:
+        return proc.returncode
     proc.send_signal(sig)
     try:
-        proc.wait(timeout=20)
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+        return None

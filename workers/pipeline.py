@@ -83,9 +83,11 @@ class JobContext:
     # retained (training on it again would bring it back), whatever this request names.
     earlier_forget_classes: list[int] = field(default_factory=list)
     earlier_forget_samples: list[str] = field(default_factory=list)
+    # The worker's claim: the outcome is recorded only while the job still holds it.
+    lease: str | None = None
 
 
-def load_context(job_id: str) -> JobContext:
+def load_context(job_id: str, lease: str | None = None) -> JobContext:
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
@@ -121,6 +123,7 @@ def load_context(job_id: str) -> JobContext:
             earlier_forget_classes=earlier_classes, earlier_forget_samples=earlier_samples,
             retain_dataset_kind=proxy.kind if proxy else None,
             retain_dataset_location=resolve_location(proxy.location) if proxy else None,
+            lease=lease,
         )  # fmt: skip
 
 
@@ -311,7 +314,7 @@ def only_retain_short(failed: list[dict[str, Any]]) -> bool:
 
 def _load_model(ctx: JobContext) -> torch.nn.Module:
     model = _fresh(ctx)
-    checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
+    checkpoints.load_into(model, checkpoints.load_file(get_store().local_path(ctx.storage_key)))
     return model
 
 
@@ -469,34 +472,40 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
     """Accepted: write the checkpoint (atomically), then record version and success in one
     transaction. Rejected: record the measured figures and publish nothing."""
     metrics = outcome.metrics
-    stored = None
-    if outcome.state is not None:
-        start = time.perf_counter()
-        stored = get_store().put_bytes(checkpoints.canonical_bytes(outcome.state), ".safetensors")
-        metrics["phase_seconds"]["save"] = time.perf_counter() - start
-    files = {name: (media, get_store().put_bytes(content, _suffix(media)))
-             for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
-    metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
-    metrics = json_value(metrics)
+    written: list[str] = []  # keys this job wrote, removed again unless it is recorded
+    moved = False
     try:
-        moved = _record_outcome(ctx, outcome, metrics, stored, files)
-    except BaseException:
-        _discard_unreferenced([obj.key for _, obj in files.values()])
-        raise
-    if not moved:
-        _discard_unreferenced([obj.key for _, obj in files.values()])
+        stored = None
+        if outcome.state is not None:
+            start = time.perf_counter()
+            data = checkpoints.canonical_bytes(outcome.state)
+            stored = get_store().put_bytes(data, ".safetensors")
+            written.append(stored.key)
+            metrics["phase_seconds"]["save"] = time.perf_counter() - start
+        files = {}
+        for name, (media, content) in outcome.artifacts.items():
+            files[name] = (media, get_store().put_bytes(content, _suffix(media)))
+            written.append(files[name][1].key)
+        metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
+        moved = _record_outcome(ctx, outcome, json_value(metrics), stored, files)
+    finally:
+        if not moved:  # failed (a full disk), or the job ended elsewhere: publish nothing
+            _discard_unreferenced(written)
     return moved
 
 
 def _discard_unreferenced(keys: list[str]) -> None:
-    """Remove artifact files no job refers to: the grid of a job that ended elsewhere shows images
-    of the forget classes, and nothing of it should outlive the job. (The store is
-    content-addressed, so a file another job recorded with the same bytes is kept.)"""
+    """Remove files that no version and no job refer to: the checkpoint and grid of a job that
+    failed while saving or ended elsewhere (the grid shows images of the forget classes, and
+    nothing of it should outlive the job). The store is content-addressed, so a file another
+    job or version recorded with the same bytes is kept."""
     if not keys:
         return
     with session_scope() as session:
-        query = select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
-        kept = set(session.scalars(query))
+        kept = set(session.scalars(
+            select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
+            .union(select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys)))
+        ))  # fmt: skip
     for key in set(keys) - kept:
         get_store().delete(key)
 
@@ -539,7 +548,7 @@ def _record_outcome(
                 for f in outcome.failures
             )
             moved = states.transition(
-                session, job, JobStatus.rejected,
+                session, job, JobStatus.rejected, lease=ctx.lease,
                 reason=f"the result missed the acceptance thresholds: {checks}",
                 values={"metrics": metrics, "progress": 1.0, "phase": "save"}, details=details,
             )  # fmt: skip
@@ -552,7 +561,7 @@ def _record_outcome(
             superseded = conclude(session, job, version, metrics, now)
             details["superseded_version_ids"] = superseded
             moved = states.transition(
-                session, job, JobStatus.succeeded, reason="unlearning finished",
+                session, job, JobStatus.succeeded, reason="unlearning finished", lease=ctx.lease,
                 values={
                     "metrics": metrics, "output_version_id": version.id,
                     "progress": 1.0, "phase": "save", "finished_at": now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -106,26 +107,83 @@ def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
 
 
-def take_stale_queued(session: Session, older_than_s: float) -> list[str]:
-    """Ids of jobs queued for longer than ``older_than_s`` (their message may be lost), marked
-    as just re-sent, so that several workers starting together send each job once."""
+def take_unsent(session: Session, grace_s: float, resend_after_s: float) -> list[str]:
+    """Ids of queued jobs to send (again): never sent (the broker was down at submit) for
+    ``grace_s``, or last sent ``resend_after_s`` ago (the message may be lost with the broker).
+    They are marked as just taken, so that several sweepers send each job once."""
     now = utcnow()
-    cutoff = now - timedelta(seconds=older_than_s)
+    unsent = Job.sent_at.is_(None) & (Job.updated_at <= now - timedelta(seconds=grace_s))
+    stale = Job.sent_at <= now - timedelta(seconds=resend_after_s)
     taken = session.scalars(
         update(Job)
-        .where(Job.status == JobStatus.queued, Job.updated_at <= cutoff)
-        .values(updated_at=now)
+        .where(Job.status == JobStatus.queued, unsent | stale)
+        .values(updated_at=now, sent_at=None)
         .returning(Job.id)
     )
     return list(taken)
 
 
-def report_progress(session: Session, job_id: str, phase: str, progress: float) -> bool:
-    """Write progress of a running job; returns True when the client asked to cancel it."""
-    session.execute(
+@dataclass(frozen=True)
+class Recovered:
+    job_id: str
+    requeued: bool
+
+
+def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) -> list[Recovered]:
+    """Running jobs whose worker stopped sending heartbeats (killed, or its machine lost): back to
+    the queue, or failed once they have had ``max_attempts`` claims. The caller sends the
+    re-queued ones after commit."""
+    cutoff = utcnow() - timedelta(seconds=lease_timeout_s)
+    lost = session.scalars(
+        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at <= cutoff)
+    ).all()
+    recovered = []
+    for job in lost:
+        silent = f"no heartbeat from worker {job.worker} for over {lease_timeout_s:g} s"
+        if job.attempts < max_attempts:
+            moved = states.transition(
+                session, job, JobStatus.queued, lease=job.lease_id,
+                reason=f"worker lost ({silent}); re-queued after attempt {job.attempts} of "
+                f"{max_attempts}",
+                values={"phase": None, "progress": 0.0, "worker": None, "sent_at": None},
+            )  # fmt: skip
+        else:
+            moved = states.transition(
+                session, job, JobStatus.failed, lease=job.lease_id,
+                reason=f"worker lost {job.attempts} times", values={"error": (
+                    f"the job's worker was lost on each of its {job.attempts} attempts "
+                    f"({silent}); it may exhaust the worker's memory or crash it: look at the "
+                    "worker's log, then submit the request again"
+                )},
+            )  # fmt: skip
+        if moved:
+            recovered.append(Recovered(job.id, job.status == JobStatus.queued))
+    return recovered
+
+
+def heartbeat(session: Session, job_id: str, lease: str) -> bool:
+    """The running worker is alive; False when the job no longer holds its lease (re-queued
+    after the worker was presumed lost, or ended elsewhere): the worker must stop."""
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running)
-        .values(phase=phase, progress=round(progress, 4), updated_at=utcnow())
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_id == lease)
+        .values(heartbeat_at=utcnow())
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def report_progress(
+    session: Session, job_id: str, phase: str, progress: float, lease: str | None = None
+) -> tuple[bool, bool]:
+    """Write progress of a running job: (cancel requested by the client, lease still held)."""
+    condition = [Job.id == job_id, Job.status == JobStatus.running]
+    if lease is not None:
+        condition.append(Job.lease_id == lease)
+    now = utcnow()
+    written = session.execute(
+        update(Job)
+        .where(*condition)
+        .values(phase=phase, progress=round(progress, 4), updated_at=now, heartbeat_at=now)
     )
     requested = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
-    return requested is not None
+    return requested is not None, bool(written.rowcount == 1)  # type: ignore[attr-defined]

@@ -19,8 +19,15 @@ from app.webhooks import service as webhooks
 
 ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.failed}),
+    # running -> queued: its worker was lost (lease expired) or handed it back at shutdown.
     JobStatus.running: frozenset(
-        {JobStatus.succeeded, JobStatus.rejected, JobStatus.failed, JobStatus.canceled}
+        {
+            JobStatus.queued,
+            JobStatus.succeeded,
+            JobStatus.rejected,
+            JobStatus.failed,
+            JobStatus.canceled,
+        }
     ),
 }
 
@@ -46,10 +53,13 @@ def transition(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
+    lease: str | None = None,
 ) -> bool:
     """Move ``job`` from its current status to ``to``; False when another process moved it first.
 
     ``actor`` is who moved it: the API's caller, or (None) the worker running the job.
+    ``lease``: the worker's claim; the move happens only while the job still holds it (a worker
+    presumed lost whose job was claimed again must not end it).
     """
     current = JobStatus(job.status)
     if to not in ALLOWED.get(current, frozenset()):
@@ -60,11 +70,13 @@ def transition(
         changes.setdefault("started_at", now)
     if to.is_terminal:
         changes.setdefault("finished_at", now)
+    if to is JobStatus.queued or to.is_terminal:
+        changes.setdefault("lease_id", None)
+    condition = [Job.id == job.id, Job.status == current]
+    if lease is not None:
+        condition.append(Job.lease_id == lease)
     result = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == current)
-        .values(**changes)
-        .execution_options(synchronize_session=False)
+        update(Job).where(*condition).values(**changes).execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         session.refresh(job)

@@ -21,19 +21,20 @@ def queued_job(api, registered) -> str:
 
 def test_only_the_first_claim_wins(api, registered):
     job_id = queued_job(api, registered)
-    assert claim(job_id) is True
-    assert claim(job_id) is False  # a duplicate delivery
+    lease = claim(job_id)
+    assert lease is not None
+    assert claim(job_id) is None  # a duplicate delivery
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "running"
     assert job["attempts"] == 1
     assert job["started_at"] is not None
-    assert claim("no-such-job") is False
+    assert claim("no-such-job") is None
 
 
 def test_a_canceled_job_cannot_be_claimed(api, registered):
     job_id = queued_job(api, registered)
     assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "canceled"
-    assert claim(job_id) is False
+    assert claim(job_id) is None
 
 
 def test_progress_is_throttled_but_every_phase_change_is_written(api, registered):

@@ -1,0 +1,80 @@
+"""A running job's lease: the heartbeat that shows its worker is alive, and the worker's stop.
+
+A worker that is killed (SIGKILL, out-of-memory killer, lost machine) stops writing heartbeats;
+the sweeper (``workers.sweeper``) then re-queues its job. That does not depend on the broker:
+the filesystem and SQLite transports never redeliver a killed task at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import TracebackType
+
+from app.db import session_scope
+from app.jobs import service as jobs
+
+log = logging.getLogger(__name__)
+
+# Set when the worker was asked to stop (SIGTERM, SIGINT): the running job hands itself back to
+# the queue at its next check instead of holding the shutdown for the rest of its run.
+SHUTTING_DOWN = threading.Event()
+
+
+class JobLost(Exception):
+    """The job no longer holds this worker's lease: it was re-queued (this worker was presumed
+    lost) or ended elsewhere. The worker stops and records nothing."""
+
+
+class HandBack(Exception):
+    """The worker is shutting down: the job goes back to the queue for another worker."""
+
+
+class Heartbeat:
+    """While the job runs, a thread writes its heartbeat every ``interval_s``.
+
+    The thread keeps beating through long steps that report no progress (a big evaluation); a
+    database that is briefly down only skips beats. ``lost`` is set once the job no longer holds
+    the lease, and ``check`` turns that (or the worker's shutdown) into an exception at the job's
+    next cooperative check.
+    """
+
+    def __init__(self, job_id: str, lease: str, interval_s: float) -> None:
+        self.job_id = job_id
+        self.lease = lease
+        self.interval_s = interval_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5)
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise JobLost(f"job {self.job_id} was taken from this worker (lease expired)")
+        if SHUTTING_DOWN.is_set():
+            raise HandBack(f"the worker is shutting down; job {self.job_id} goes back to the queue")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with session_scope() as session:
+                    held = jobs.heartbeat(session, self.job_id, self.lease)
+            except Exception:  # the database may be down for a moment: try again next beat
+                log.warning("heartbeat of job %s not written", self.job_id, exc_info=True)
+                continue
+            if not held:
+                log.warning("job %s no longer holds this worker's lease", self.job_id)
+                self.lost.set()
+                return
