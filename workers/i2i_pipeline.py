@@ -37,7 +37,7 @@ def job_plan(ctx: JobContext) -> list[tuple[str, float]]:
 
 def load_model(ctx: JobContext) -> architectures.I2IModel:
     model = architectures.build(ctx.architecture, ctx.spec.shape, ctx.architecture_args)
-    checkpoints.load_into(model, checkpoints.load_file(get_store().path(ctx.storage_key)))
+    checkpoints.load_into(model, checkpoints.load_file(get_store().local_path(ctx.storage_key)))
     return model
 
 

@@ -13,7 +13,7 @@ from app.audit import service as audit
 from app.config import get_settings
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
-from app.storage import LocalArtifactStore, get_store
+from app.storage import ArtifactStore, get_store
 from unlearning import data
 
 STORE_PREFIX = "store:"
@@ -62,7 +62,7 @@ def _insert(
 
 
 def register_npz(
-    session: Session, store: LocalArtifactStore, name: str, upload: Path, actor: Actor
+    session: Session, store: ArtifactStore, name: str, upload: Path, actor: Actor
 ) -> Dataset:
     # Validate before storing, so a bad archive leaves nothing on disk; store before the first
     # query, so no database lock is held while a large archive is written.
@@ -112,7 +112,7 @@ def resolve_location(location: str | None) -> str | None:
     """Turn a stored location into a path the data loaders can open."""
     if location is None or not location.startswith(STORE_PREFIX):
         return location
-    return str(get_store().path(location.removeprefix(STORE_PREFIX)))
+    return str(get_store().local_path(location.removeprefix(STORE_PREFIX)))
 
 
 def get(session: Session, org_id: str, ref: str) -> Dataset:

@@ -7,11 +7,11 @@ from fastapi.responses import FileResponse, Response
 
 from app.audit import service as audit
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, SessionDep, SubmitDep
-from app.errors import ArtifactNotFound, CheckpointMissing, JobNotCancelable, JobNotFound
+from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import service
 from app.jobs.schemas import ArtifactRead, JobEventRead, JobRead
 from app.orm import DeletionRequest, ModelVersion
-from app.storage import get_store
+from app.storage import served_file
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -76,10 +76,7 @@ def download_artifact(
         caller_reference=request.caller_reference if request else None,
         details={"name": found.name, "sha256": found.sha256},
     )  # fmt: skip
-    path = get_store().path(found.storage_key)
-    if not path.is_file():
-        raise CheckpointMissing(f"the store has no file for artifact {name!r}; restore "
-                                f"{found.storage_key} from backup")  # fmt: skip
+    path = served_file(found.storage_key, f"artifact {name!r}")
     headers = {"ETag": f'"{found.sha256}"', "X-Checksum-SHA256": found.sha256}
     return FileResponse(path, media_type=found.media_type, headers=headers,
                         filename=f"{job.id}-{found.name}")  # fmt: skip

@@ -8,7 +8,6 @@ from fastapi.responses import FileResponse
 from app.audit import service as audit
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import (
-    CheckpointMissing,
     InvalidArchitecture,
     InvalidCheckpoint,
     ModelNotFound,
@@ -20,7 +19,7 @@ from app.errors import (
 from app.models import repository as repo
 from app.models import service
 from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVersionRead
-from app.storage import get_store
+from app.storage import get_store, served_file
 from app.uploads import received
 from unlearning import architectures
 from unlearning.i2i import architectures as i2i_architectures
@@ -157,12 +156,7 @@ def download_checkpoint(
         request_id=version.produced_by_request_id,
         caller_reference=service.caller_reference_of(session, version), details=details,
     )  # fmt: skip
-    path = get_store().path(version.storage_key)
-    if not path.is_file():
-        raise CheckpointMissing(
-            f"the store has no file for version {version.number}; restore {version.storage_key} "
-            "from backup"
-        )
+    path = served_file(version.storage_key, f"version {version.number}")
     filename = f"{version.model_id}-v{version.number}.safetensors"
     return FileResponse(
         path, media_type="application/octet-stream", filename=filename, headers=headers

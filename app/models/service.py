@@ -27,7 +27,7 @@ from app.errors import (
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Model, ModelVersion, utcnow
-from app.storage import LocalArtifactStore, StoredObject
+from app.storage import ArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
@@ -144,7 +144,7 @@ class PreparedVersion:
 
 def prepare_version(
     read: Session,
-    store: LocalArtifactStore,
+    store: ArtifactStore,
     org_id: str,
     model_ref: str,
     upload: Path,
