@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
-from sqlalchemy import text
 
 from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.config import get_settings
 from app.datasets.router import router as datasets_router
-from app.db import get_engine
 from app.deletions.router import router as deletions_router
 from app.errors import install_handlers, problem_response
 from app.jobs.router import router as jobs_router
 from app.models.router import router as models_router
+from app.observability import bind_log_ids, configure_logging, reset_log_ids
+from app.observability.router import install as install_observability
 from app.webhooks.router import router as webhooks_router
 
 
@@ -28,8 +27,9 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app() -> FastAPI:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    get_settings().check_production()
+    settings = get_settings()
+    configure_logging(settings)
+    settings.check_production()
     app = FastAPI(
         title="Nepenthe",
         version="0.1.0",
@@ -56,21 +56,20 @@ def create_app() -> FastAPI:
     ) -> Response:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = rid[:64]
+        # Every log record made while serving this request carries its id. Not reset when the
+        # app raises: the handler of unexpected errors runs outside this middleware (in the
+        # same task) and logs the failure with it; the request's task ends with it anyway.
+        ids = bind_log_ids(request_id=request.state.request_id)
         response = await call_next(request)
+        reset_log_ids(ids)
         response.headers["X-Request-ID"] = request.state.request_id
         return response
-
-    @app.get("/healthz", tags=["health"], summary="Liveness and database check")
-    def healthz() -> dict[str, str]:
-        """Answers when the process is up and the database reachable."""
-        with get_engine(read_only=True).connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok"}
 
     routers = (auth_router, models_router, datasets_router, deletions_router, jobs_router,
                audit_router, webhooks_router)  # fmt: skip
     for router in routers:
         app.include_router(router)
+    install_observability(app, settings)  # last: its middleware wraps the others
     return app
 
 

@@ -1,0 +1,188 @@
+"""Prometheus metrics: HTTP figures of this process, job figures read from the database.
+
+Job figures are computed at scrape time from the job table, so every API process reports the
+same truth for the whole deployment, however many API and worker processes there are. HTTP
+figures are this process's own; Prometheus sums them over the scraped processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+from sqlalchemy import ColumnElement, Float, case, cast, extract, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.db import session_scope
+from app.orm import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+TERMINAL = tuple(s for s in JobStatus if s.is_terminal)
+# Unlearning jobs take seconds (a small model) to hours (a large one on a busy GPU).
+JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800)
+HTTP_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Any other method a client sends is counted as OTHER: label values stay a bounded set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+
+
+class Metrics:
+    """One app's registry (not the global default: tests build many apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "nepenthe_http_requests", "HTTP requests answered, by route template",
+            ["method", "route", "status"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "nepenthe_http_request_duration_seconds", "time to answer an HTTP request",
+            ["method", "route"], buckets=HTTP_LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(JobCollector())
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "OTHER"
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition and its content type (the one that goes with this client version)."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's path template (``/v1/jobs/{job_id}``), never the raw path: raw ids
+    would make a time series per job. The routers carry their prefixes in their own paths."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED_ROUTE
+
+
+class HttpMetricsMiddleware:
+    """Counts and times every HTTP request (plain ASGI: it times streamed bodies to the end)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the server answers when the app raises before it starts a response
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.metrics.observe(scope["method"], route_template(scope), status, elapsed)
+
+
+class JobCollector:
+    """Queue depth, running jobs, outcomes and durations, read from the database per scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("nepenthe_database_up", "1 when the scrape could read the database")
+        try:
+            with session_scope(read_only=True) as session:
+                counts = status_counts(session)
+                durations = duration_histograms(session)
+        except (SQLAlchemyError, OSError) as exc:  # the scrape still answers, with up = 0
+            log.warning("metrics: the database could not be read: %r", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from _job_families(counts, durations)
+
+
+def _job_families(
+    counts: dict[str, int], durations: dict[str, tuple[list[int], int, float]]
+) -> Iterable[Metric]:
+    yield GaugeMetricFamily(
+        "nepenthe_jobs_queued", "jobs waiting for a worker (queue depth)",
+        value=counts.get(JobStatus.queued, 0),
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "nepenthe_jobs_running", "jobs a worker is running", value=counts.get(JobStatus.running, 0)
+    )
+    outcomes = CounterMetricFamily(
+        "nepenthe_jobs_finished", "jobs that ended, by terminal status", labels=["status"]
+    )
+    histogram = HistogramMetricFamily(
+        "nepenthe_job_duration_seconds", "run time of ended jobs (finished_at - started_at)",
+        labels=["status"],
+    )  # fmt: skip
+    for status in TERMINAL:
+        outcomes.add_metric([status.value], counts.get(status, 0))
+        cumulative, count, total = durations.get(status, ([0] * len(JOB_DURATION_BUCKETS), 0, 0.0))
+        buckets = [
+            (floatToGoString(b), n) for b, n in zip(JOB_DURATION_BUCKETS, cumulative, strict=True)
+        ]
+        histogram.add_metric([status.value], [*buckets, ("+Inf", count)], sum_value=total)
+    yield outcomes
+    yield histogram
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Jobs by status; the status column is indexed, so this stays cheap."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {str(status): int(count) for status, count in rows}
+
+
+def duration_histograms(session: Session) -> dict[str, tuple[list[int], int, float]]:
+    """Per terminal status: the cumulative bucket counts, the count and the sum of the run times
+    of jobs that ran (a job canceled while queued never started and has none).
+
+    One GROUP BY query with a SUM(CASE) per bucket: the database counts, no row is fetched.
+    """
+    seconds = _run_seconds(session.get_bind().dialect.name).label("seconds")
+    ran = (
+        select(Job.status, seconds)
+        .where(Job.status.in_(TERMINAL), Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .subquery()
+    )
+    query = select(
+        ran.c.status, func.count(), func.coalesce(func.sum(ran.c.seconds), 0.0),
+        *(func.sum(case((ran.c.seconds <= bound, 1), else_=0)) for bound in JOB_DURATION_BUCKETS),
+    ).group_by(ran.c.status)  # fmt: skip
+    result: dict[str, tuple[list[int], int, float]] = {}
+    for status, count, total, *cumulative in session.execute(query):
+        result[status] = ([int(n) for n in cumulative], int(count), float(total))
+    return result
+
+
+def _run_seconds(dialect: str) -> ColumnElement[float]:
+    """``finished_at - started_at`` in seconds: SQLite keeps naive UTC text, PostgreSQL
+    timestamptz (whose difference is an interval)."""
+    if dialect == "sqlite":
+        return cast((func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0,
+                    Float)  # fmt: skip
+    return cast(extract("epoch", Job.finished_at - Job.started_at), Float)
