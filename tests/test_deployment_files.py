@@ -30,6 +30,11 @@ def test_compose_file_parses_and_has_every_service():
         assert env["NEPENTHE_SIGNING_KEY_FILE"] == "/run/secrets/signing_key"
         assert services[name]["secrets"] == ["signing_key"]
     assert compose["secrets"]["signing_key"]["file"] == "./secrets/signing-key.pem"
+    # Ready means the database and the broker answer; workers get time to hand their job back.
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    for name in ("worker", "worker-gpu"):
+        assert services[name]["stop_grace_period"] == "60s"
+        assert services[name]["environment"]["NEPENTHE_LOG_FORMAT"] == "json"
 
 
 def test_commands_name_importable_modules():
