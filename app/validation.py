@@ -10,7 +10,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
 from app.errors import InvalidTimeBound
 
@@ -43,6 +43,17 @@ def check_text(text: str, where: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate from a JSON escape such as \ud800
         raise ValueError(f"{where} is not valid Unicode text") from exc
+
+
+def printable(text: str | None) -> str | None:
+    """A validator for free text outside JSON bodies (form fields): no NUL, valid Unicode, so
+    both backends answer the same 422 instead of PostgreSQL refusing the query."""
+    if text is not None:
+        check_text(text, "the value")
+    return text
+
+
+Printable = AfterValidator(printable)
 
 
 class Part(BaseModel):

@@ -19,6 +19,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from unlearning import archives
+
 StateDict = dict[str, torch.Tensor]
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -65,6 +67,7 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_torch(path: Path) -> StateDict:
+    _refuse_escaping_members(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols other than 2; the refusal below is what matters.
@@ -90,6 +93,17 @@ def _read_torch(path: Path) -> StateDict:
     return dict(obj)
 
 
+def _refuse_escaping_members(path: Path) -> None:
+    # torch reads members by name and never extracts, yet it accepts "archive/../x": refuse such
+    # names before torch sees them, with a code of their own rather than a miniz message.
+    escaping = archives.escaping_members_of(path)
+    if escaping:
+        raise CheckpointError(
+            "archive_path_escapes",
+            f"the archive has members whose paths leave its folder: {escaping[:5]}",
+        )
+
+
 def fit_problems(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Every reason the tensors cannot be loaded into ``model`` (which may live on meta)."""
     expected = model.state_dict()
@@ -106,9 +120,15 @@ def fit_problems(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[st
             )
         elif got.dtype.is_floating_point != ref.dtype.is_floating_point:
             problems.append(f"tensor {key!r} has dtype {got.dtype}, expected {ref.dtype}")
-        elif got.dtype.is_floating_point and not bool(torch.isfinite(got).all()):
+        elif got.dtype.is_floating_point and not _finite_as(got, ref.dtype):
             problems.append(f"tensor {key!r} contains NaN or infinite values")
     return problems
+
+
+def _finite_as(tensor: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether every value stays finite once loaded into a parameter of ``dtype``: a float64 of
+    1e300 becomes inf in float32, and some dtypes (float8_e4m3fn) have no isfinite of their own."""
+    return bool(torch.isfinite(tensor.to(dtype)).all())
 
 
 def canonical_bytes(state: Mapping[str, torch.Tensor]) -> bytes:

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from unlearning import archives
+
 Split = Literal["train", "test"]
 KINDS = ("sklearn_digits", "fashion_mnist", "image_folder", "npz")
 HELD_OUT_PERMILLE = 200  # 20% held out where a source has no split of its own
@@ -202,6 +204,10 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
     except MemoryError as exc:
         raise DatasetError("dataset_too_large", "the archive does not fit in memory") from exc
+    # np.load hands back a member that is not in .npy format as raw bytes, not an array.
+    raw = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if raw:
+        raise DatasetError("dataset_unreadable", f"members {raw[:5]} are not .npy arrays")
     for key in ("labels", "ids", "split", "class_names", "y_train", "y_test"):
         if key in arrays and arrays[key].ndim != 1:
             raise DatasetError("dataset_unreadable", f"{key!r} must be a 1-D array")
@@ -246,18 +252,33 @@ def _npz_split(arrays: dict[str, np.ndarray], split: Split) -> ArrayImages:
 
 
 def _check_npz_size(path: Path) -> None:
-    """Refuse archives that would inflate past MAX_NPZ_BYTES, by the zip directory and by each
-    array's own header (a header may declare a shape far larger than its data)."""
+    """Refuse archives with members that escape their folder, and archives that would inflate
+    past MAX_NPZ_BYTES, by the zip directory and by each array's own header (a header may
+    declare a shape far larger than its data). Nothing is inflated before these checks."""
     try:
         with zipfile.ZipFile(path) as archive:
+            _refuse_escaping_members(archive)
             inflated = sum(info.file_size for info in archive.infolist())
             declared = sum(_declared_bytes(archive, info) for info in archive.infolist())
+    except DatasetError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
     if max(inflated, declared) > MAX_NPZ_BYTES:
         raise DatasetError(
             "dataset_too_large",
             f"the archive holds {max(inflated, declared)} bytes of arrays (max {MAX_NPZ_BYTES})",
+        )
+
+
+def _refuse_escaping_members(archive: zipfile.ZipFile) -> None:
+    # The store keeps the upload as it came; whoever unpacks it later must not get files written
+    # outside their folder.
+    escaping = archives.escaping_members(archive.namelist())
+    if escaping:
+        raise DatasetError(
+            "archive_path_escapes",
+            f"the archive has members whose paths leave its folder: {escaping[:5]}",
         )
 
 
@@ -320,10 +341,10 @@ def _to_nchw(images: np.ndarray) -> torch.Tensor:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
         images = images.transpose(0, 3, 1, 2)
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape[2:]:
         raise DatasetError(
             "dataset_unreadable",
-            f"images must be (N,H,W), (N,H,W,C) or (N,C,H,W); got {images.shape}",
+            f"images must be (N,H,W), (N,H,W,C) or (N,C,H,W) of at least 1x1; got {images.shape}",
         )
     if images.dtype == np.uint8:
         return torch.from_numpy(np.ascontiguousarray(images))

@@ -21,6 +21,7 @@ from app.models import service
 from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVersionRead
 from app.storage import get_store, served_file
 from app.uploads import received
+from app.validation import Printable
 from unlearning import architectures
 from unlearning.i2i import architectures as i2i_architectures
 
@@ -80,7 +81,7 @@ def upload_version(
     actor: RegisterDep,
     response: Response,
     file: Annotated[UploadFile, File(description="safetensors, or a .pt state dict")],
-    parent_version_id: Annotated[str | None, Form()] = None,
+    parent_version_id: Annotated[str | None, Form(max_length=200), Printable] = None,
 ) -> ModelVersionRead:
     """Validate the weights against the architecture and store them as a new version."""
     with received(file) as path:

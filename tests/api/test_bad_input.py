@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import uuid
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.api.conftest import BACKENDS, snapshot
 from tests.helpers import model_body, safetensors_bytes, torch_bytes, trained_state
@@ -268,3 +272,179 @@ def test_bad_audit_page_token(api):
     assert_problem(api.get("/v1/audit/events", params={"page_token": "abc"}), 422,
                    "invalid_page_token")  # fmt: skip
     assert_problem(api.get("/v1/audit/events", params={"limit": 0}), 422, "validation_error")
+
+
+# Uploads of the wrong content, hostile archives and empty files: each a 4xx with a stable code,
+# and nothing written to the store or the database.
+
+
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    return buf.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def npz_members(images: np.ndarray | None = None) -> dict[str, bytes]:
+    """The members of a small valid .npz dataset: 10 grey 8x8 images of two classes."""
+    images = np.zeros((10, 8, 8), np.uint8) if images is None else images
+    return {"images.npy": npy_bytes(images), "labels.npy": npy_bytes(np.arange(10) % 2)}
+
+
+def upload_npz(api, payload: bytes):
+    files = {"file": ("d.npz", payload, "application/octet-stream")}
+    return api.post("/v1/datasets/npz", files=files, data={"name": "uploaded"})
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def torch_archive(rename=lambda name: name, extra: str | None = None) -> bytes:
+    """A real torch .pt zip archive of the trained state, its members renamed, plus ``extra``."""
+    original = zipfile.ZipFile(io.BytesIO(torch_bytes(trained_state())))
+    members = {rename(info.filename): original.read(info) for info in original.infolist()}
+    if extra is not None:
+        members[extra] = b"payload"
+    return zip_bytes(members)
+
+
+def test_wrong_content_as_a_checkpoint(api, registered, store):
+    before = snapshot(store)
+    model_id = registered["model"]["id"]
+    for payload, name in ((png_bytes(), "w.safetensors"), (png_bytes(), "w.pt"),
+                          (b"just some text\n", "w.safetensors"),
+                          (zip_bytes({"notes.txt": b"hello"}), "w.pt")):  # fmt: skip
+        assert_problem(upload(api, model_id, payload, name), 422, "checkpoint_unreadable")
+    assert_problem(upload(api, model_id, b"", "w.pt"), 422, "empty_upload")
+    assert snapshot(store) == before
+
+
+def test_wrong_content_as_an_npz_dataset(api, store):
+    before = snapshot(store)
+    # A zip whose members are not .npy arrays: np.load hands those back as bytes (was a 500).
+    not_arrays = zip_bytes({"images": b"hello", "labels": b"world"})
+    for payload in (png_bytes(), b"images,labels\n1,2\n", not_arrays):
+        assert_problem(upload_npz(api, payload), 422, "dataset_unreadable")
+    flat = np.zeros((10, 0, 8), np.uint8)  # images without pixels
+    assert_problem(upload_npz(api, zip_bytes(npz_members(flat))), 422, "dataset_unreadable")
+    assert_problem(upload_npz(api, b""), 422, "empty_upload")
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("rename", "extra"),
+    [
+        (lambda name: "../" + name, None),
+        (lambda name: "/" + name, None),
+        (lambda name: name, "archive/../../evil.sh"),
+        (lambda name: name, "/etc/cron.d/evil"),
+    ],
+    ids=["parent-prefix", "absolute", "inner-parent", "absolute-extra"],
+)
+def test_torch_archive_whose_members_escape(api, registered, store, rename, extra):
+    before = snapshot(store)
+    response = upload(api, registered["model"]["id"], torch_archive(rename, extra), "w.pt")
+    body = assert_problem(response, 422, "archive_path_escapes")
+    assert "leave its folder" in body["detail"]
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("member", ["../images.npy", "/tmp/evil.npy", "a/../../evil.npy",
+                                    "..\\evil.npy", "C:/evil.npy"])  # fmt: skip
+def test_npz_dataset_whose_members_escape(api, store, member):
+    before = snapshot(store)
+    members = {**npz_members(), member: npy_bytes(np.arange(3))}
+    body = assert_problem(upload_npz(api, zip_bytes(members)), 422, "archive_path_escapes")
+    assert member in body["detail"] or repr(member) in body["detail"]
+    assert snapshot(store) == before
+
+
+def test_npz_declaring_far_more_than_it_holds(api, store):
+    before = snapshot(store)
+    # The zip directory says 1 TiB: refused before anything is inflated.
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, content in npz_members().items():
+            archive.writestr(name, content)
+        archive.infolist()[0].file_size = 2**40
+    assert_problem(upload_npz(api, buf.getvalue()), 422, "dataset_too_large")
+    # An .npy header declaring 10^12 images of 8x8 over a few bytes of data.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (10**12, 8, 8)}
+    )
+    lying = {**npz_members(), "images.npy": header.getvalue() + bytes(64)}
+    assert_problem(upload_npz(api, zip_bytes(lying)), 422, "dataset_too_large")
+    assert snapshot(store) == before
+
+
+def test_npz_that_inflates_past_the_limit(api, store, monkeypatch):
+    import unlearning.data
+
+    before = snapshot(store)
+    monkeypatch.setattr(unlearning.data, "MAX_NPZ_BYTES", 1_000_000)
+    # 10 MB of zeros deflates to about 10 kB: a ratio of 1000, truthfully declared.
+    bomb = zip_bytes(npz_members(np.zeros((10, 1000, 1000), np.uint8)), zipfile.ZIP_DEFLATED)
+    assert len(bomb) < 100_000
+    body = assert_problem(upload_npz(api, bomb), 422, "dataset_too_large")
+    assert "1000000" in body["detail"]
+    assert snapshot(store) == before
+
+
+def test_tensors_of_the_wrong_dtype(api, registered, store):
+    import torch
+
+    before = snapshot(store)
+    model_id = registered["model"]["id"]
+    ints = {k: v.to(torch.int32) if v.is_floating_point() else v
+            for k, v in trained_state().items()}  # fmt: skip
+    body = assert_problem(upload(api, model_id, safetensors_bytes(ints)), 422,
+                          "checkpoint_mismatch")  # fmt: skip
+    assert any("dtype torch.int32" in p for p in body["problems"])
+    floats = {k: v.float() for k, v in trained_state().items()}  # an int64 counter as float
+    body = assert_problem(upload(api, model_id, safetensors_bytes(floats)), 422,
+                          "checkpoint_mismatch")  # fmt: skip
+    assert any("num_batches_tracked" in p for p in body["problems"])
+    # float64 beyond float32's range turns infinite once loaded into the model.
+    huge = {**trained_state(), "fc.bias": torch.full_like(trained_state()["fc.bias"], 1e300,
+                                                          dtype=torch.float64)}  # fmt: skip
+    body = assert_problem(upload(api, model_id, safetensors_bytes(huge)), 422,
+                          "checkpoint_mismatch")  # fmt: skip
+    assert any("infinite" in p for p in body["problems"])
+    assert snapshot(store) == before
+
+
+def test_float8_weights_are_checked_not_a_500(api, registered):
+    import torch
+
+    # torch.isfinite has no float8_e4m3fn kernel: the finiteness check used to raise (a 500).
+    state = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v
+             for k, v in trained_state().items()}  # fmt: skip
+    response = upload(api, registered["model"]["id"], safetensors_bytes(state))
+    assert response.status_code == 201, response.text
+
+
+def test_bad_parent_version_ids(api, registered, store):
+    before = snapshot(store)
+    model_id = registered["model"]["id"]
+    files = {"file": ("w.safetensors", safetensors_bytes(), "application/octet-stream")}
+
+    def with_parent(parent: str):
+        return api.post(f"/v1/models/{model_id}/versions", files=files,
+                        data={"parent_version_id": parent})  # fmt: skip
+
+    # A NUL reached PostgreSQL before (its refusal was a 422 there and a 404 on SQLite).
+    assert_problem(with_parent("a\x00b"), 422, "validation_error")
+    assert_problem(with_parent("x" * 201), 422, "validation_error")
+    assert_problem(with_parent("no-such-version"), 404, "model_version_not_found")
+    assert snapshot(store) == before
