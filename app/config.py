@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     )
     requeue_after_s: float = Field(
         60.0,
-        description="the sweeper re-sends a queued job this long after its last send (the "
-        "message may have been lost with the broker; a duplicate is harmless)",
+        description="when the broker holds fewer messages than queued jobs (a failed send, a "
+        "broker restarted empty), the sweeper re-sends those last sent this long ago",
     )
     task_queue: str = Field("unlearning", description="Celery queue that carries unlearning jobs")
     # Faults: leases, the sweeper, the broker's publish timeout
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
         description="a running job whose heartbeat is older than this lost its worker (killed, "
         "machine gone): the sweeper re-queues it, or fails it after max_attempts claims",
     )
+    stall_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="a running job that reaches none of its checks for this long is stuck (a "
+        "hung kernel or read): its heartbeat stops, and the sweeper re-queues it",
+    )
     max_attempts: int = Field(
         3, ge=1, le=20, description="claims a job may have before a lost worker fails it"
     )
@@ -79,14 +85,14 @@ class Settings(BaseSettings):
     send_grace_s: float = Field(
         5.0,
         ge=0,
-        description="a queued job whose send to the broker failed is re-sent by the sweeper "
-        "after this long",
+        description="a queued job whose send by the sweeper failed is tried again after this long",
     )
     broker_publish_timeout_s: float = Field(
         2.0,
         gt=0,
-        description="longest a submit waits for an unreachable broker before answering anyway "
-        "(the job is kept and re-sent by the sweeper)",
+        description="socket timeout of a send to Redis; a submit waits at most about twice this "
+        "for an unreachable broker before answering anyway (the job is kept and sent by the "
+        "sweeper)",
     )
     redis_visibility_timeout_s: int = Field(
         7 * 3600,

@@ -37,7 +37,11 @@ def make_engine(url: str, *, read_only: bool = False) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin_write)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # A database that does not answer (not only one that refuses) must fail fast: requests then
+    # get 503 in seconds instead of holding a thread for the operating system's TCP timeout.
+    return create_engine(
+        url, pool_pre_ping=True, pool_timeout=10, connect_args={"connect_timeout": 5}
+    )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

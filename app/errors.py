@@ -6,7 +6,9 @@ stable ``code`` that clients can branch on; the ``detail`` text is for people.
 
 from __future__ import annotations
 
+import errno
 import logging
+import sqlite3
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -289,10 +291,24 @@ async def _data_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# SQLite reports a locked or unreadable file and a broken schema alike as OperationalError; only
+# the first kind passes with time.
+_SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def _is_transient(exc: Exception) -> bool:
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.OperationalError):
+        return any(word in str(orig).lower() for word in _SQLITE_TRANSIENT)
+    return True
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     # The database is down or restarting (or, on SQLite, locked past the busy timeout): nothing
     # was written, the client may retry. The pool pings connections before use, so the service
     # recovers by itself once the database is back.
+    if not _is_transient(exc):  # e.g. a column a migration not yet run would add
+        return await _unexpected_error(request, exc)
     log.warning("database unavailable on %s: %s", request.url.path, exc.__class__.__name__)
     response = problem_response(
         request, 503, "database_unavailable", "Database unavailable",
@@ -300,6 +316,16 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     )  # fmt: skip
     response.headers["Retry-After"] = "5"
     return response
+
+
+async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
+    if not (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return await _unexpected_error(request, exc)
+    log.error("no space left on the server while serving %s: %s", request.url.path, exc)
+    return problem_response(
+        request, 507, "insufficient_storage", "Insufficient storage",
+        "the server has no space left to store this; nothing was kept: retry later",
+    )  # fmt: skip
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -316,4 +342,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DataError, _data_error)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(unavailable, _database_unavailable)
+    app.add_exception_handler(OSError, _storage_full)
     app.add_exception_handler(Exception, _unexpected_error)

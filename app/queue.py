@@ -11,6 +11,7 @@ import logging
 from functools import lru_cache
 from typing import Any
 
+from amqp.exceptions import ChannelError
 from celery import Celery
 from sqlalchemy import event, update
 from sqlalchemy.orm import Session
@@ -73,17 +74,35 @@ def producer() -> Celery:
 
 
 def enqueue_after_commit(session: Session, job_id: str) -> None:
+    """Send the job once ``session`` commits, and record it as sent in that same transaction.
+
+    Recorded before the send, not after: the after-commit hook runs while the committing session
+    still holds its connection, and writing from there would need a second one per submit (a
+    burst of submits then exhausts the pool). A send that fails leaves a job the broker lacks;
+    the sweeper finds the broker holding fewer messages than queued jobs and sends it again.
+    """
+    session.execute(
+        update(Job).where(Job.id == job_id).values(sent_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )  # fmt: skip
     session.info.setdefault(_OUTBOX, []).append(job_id)
 
 
-def send_job(job_id: str) -> bool:
-    """Send the job to the workers and record that it was sent (the sweeper re-sends jobs whose
-    send failed). False, logged, when the broker could not take it."""
+def publish_job(job_id: str) -> bool:
+    """Hand the job to the broker; False, logged, when the broker could not take it."""
     try:
         producer().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().task_queue)
     except Exception:  # the broker may be down: the job stays queued in the database
         log.warning("could not send job %s to the broker; it stays queued and the sweeper "
-                    "re-sends it", job_id, exc_info=True)  # fmt: skip
+                    "sends it again", job_id, exc_info=True)  # fmt: skip
+        return False
+    return True
+
+
+def send_job(job_id: str) -> bool:
+    """Send the job and record that it was sent (the sweeper's sends: they hold no other
+    connection). False when the broker could not take it."""
+    if not publish_job(job_id):
         return False
     try:
         with session_scope() as session:
@@ -95,6 +114,19 @@ def send_job(job_id: str) -> bool:
     except Exception:  # sent all the same: at worst the sweeper sends a harmless duplicate
         log.warning("job %s was sent but could not be marked sent", job_id, exc_info=True)
     return True
+
+
+def waiting_messages() -> int | None:
+    """Messages waiting in the job queue of the broker (None: the broker cannot be asked)."""
+    queue = get_settings().task_queue
+    try:
+        with producer().connection_for_read() as conn:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+    except ChannelError:  # Redis after a restart: the queue is not even declared any more
+        return 0
+    except Exception:
+        log.warning("could not count the messages of queue %s", queue, exc_info=True)
+        return None
 
 
 def send_after_commit(
@@ -118,7 +150,7 @@ def send_task(task_name: str, arg: str, queue: str, countdown: float | None = No
 @event.listens_for(Session, "after_commit")
 def _flush_outbox(session: Session) -> None:
     for job_id in session.info.pop(_OUTBOX, []):
-        send_job(job_id)
+        publish_job(job_id)
     for task_name, arg, queue, countdown in session.info.pop(_TASK_OUTBOX, []):
         send_task(task_name, arg, queue, countdown)
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,18 @@ def create_key_file(path: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
+    # Written whole under a temporary name, then linked into place: a process starting at the
+    # same moment finds either no key or the whole key, never an empty file. link() refuses an
+    # existing name (FileExistsError), so a key is never overwritten.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def load_signer(path: Path) -> Signer:

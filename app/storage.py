@@ -41,6 +41,9 @@ class StoredObject:
     key: str
     sha256: str
     size: int
+    # This put wrote the object (False: the same bytes were there already, another writer's).
+    # Only the writer may remove an object it finds unreferenced.
+    created: bool = False
 
 
 class ArtifactStore(Protocol):
@@ -123,10 +126,11 @@ class LocalArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, suffix)
         target = self.local_path(key)
-        if not target.exists():
-            with _atomic_file(target) as fh:
-                fh.write(data)
-        return StoredObject(key, digest, len(data))
+        if target.exists():
+            return StoredObject(key, digest, len(data))
+        with _atomic_file(target) as fh:
+            fh.write(data)
+        return StoredObject(key, digest, len(data), created=True)
 
     def local_path(self, key: str) -> Path:
         return self.root / checked_key(key)
@@ -242,15 +246,16 @@ class S3ArtifactStore:
     def put_bytes(self, data: bytes, suffix: str) -> StoredObject:
         digest = hashlib.sha256(data).hexdigest()
         key = content_key(digest, suffix)
-        if not self.exists(key):
-            # The server recomputes the checksum and refuses the PUT when the bytes it received
-            # differ, so a corrupted upload never becomes the object behind the key.
-            checksum = base64.b64encode(bytes.fromhex(digest)).decode()
-            self.client.put_object(
-                Bucket=self.config.bucket, Key=self.object_name(key), Body=data,
-                ChecksumSHA256=checksum,
-            )  # fmt: skip
-        return StoredObject(key, digest, len(data))
+        if self.exists(key):
+            return StoredObject(key, digest, len(data))
+        # The server recomputes the checksum and refuses the PUT when the bytes it received
+        # differ, so a corrupted upload never becomes the object behind the key.
+        checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+        self.client.put_object(
+            Bucket=self.config.bucket, Key=self.object_name(key), Body=data,
+            ChecksumSHA256=checksum,
+        )  # fmt: skip
+        return StoredObject(key, digest, len(data), created=True)
 
     def exists(self, key: str) -> bool:
         try:

@@ -53,8 +53,11 @@ class LocalService:
         log_dir: Path,
         port: int | None = None,
         org: str = "local",
+        worker_env: dict[str, str] | None = None,
     ):
         self.env = {**os.environ, **env}
+        # Settings of the worker alone (another machine's, say: its own cache folder).
+        self.worker_env = {**self.env, **(worker_env or {})}
         self.cwd = cwd
         self.log_dir = log_dir
         self.port = port or free_port()
@@ -97,6 +100,7 @@ class LocalService:
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
              "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
              "--hostname", f"nepenthe-{self.port}@%h", "-Q", self.queues()],
+            self.worker_env,
         )  # fmt: skip
         return self.worker
 
@@ -105,10 +109,12 @@ class LocalService:
         jobs = self.env.get("NEPENTHE_TASK_QUEUE", "unlearning")
         return f"{jobs},{self.env.get('NEPENTHE_WEBHOOK_QUEUE', 'webhooks')}"
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(log)
-        return subprocess.Popen(cmd, cwd=self.cwd, env=self.env, stdout=log, stderr=log)
+        return subprocess.Popen(cmd, cwd=self.cwd, env=env or self.env, stdout=log, stderr=log)
 
     def _wait_healthy(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -44,6 +44,8 @@ class PrivateRedis:
                     client.ping()
                 return
             except redis.ConnectionError:
+                if self.proc.poll() is not None:  # e.g. another process took the port meanwhile
+                    raise RuntimeError(f"redis-server on port {self.port} exited") from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)

@@ -46,3 +46,18 @@ def test_a_failed_savepoint_keeps_the_outer_work(url):
         session.commit()
     engine.dispose()
     assert count(url) == 1
+
+
+def test_only_transient_database_errors_are_503(tmp_path):
+    """A locked SQLite file passes with time (503, retry); a missing column does not (500)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.errors import _is_transient
+
+    def error(message: str) -> OperationalError:
+        return OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
+
+    assert _is_transient(error("database is locked"))
+    assert not _is_transient(error("no such column: job.lease_id"))

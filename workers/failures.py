@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-# The request parameter that sets the batch of each phase a method reports.
+# The request parameter that sets the batch of each training phase a method reports.
 _BATCH_PARAM = {
     "noise": "noise_batch",
     "impair": "impair_batch_size",
@@ -17,6 +17,9 @@ _BATCH_PARAM = {
     "extra_repair": "repair_batch_size",
     "neggrad_plus": "forget_batch_size",
 }
+# Phases whose batch no request parameter sets (measurement at a fixed batch size).
+_FIXED_BATCH = frozenset({"load", "evaluate_before", "evaluate", "relearn", "save"})
+_MORE_MEMORY = "run it on a worker with more memory (a larger GPU, or NEPENTHE_DEVICE=cpu)"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -34,8 +37,19 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def batch_param(phase: str | None) -> str:
-    return _BATCH_PARAM.get(phase or "", "batch_size")
+def memory_advice(phase: str | None, params: Mapping[str, Any]) -> str:
+    """Which parameter to lower, among those the request's method accepts (``params`` are the
+    request's resolved parameters: every one the method has)."""
+    if phase in _FIXED_BATCH:
+        return f"this phase runs at a fixed batch size that no parameter sets: {_MORE_MEMORY}"
+    if phase == "reference":
+        return f"submit it again with a smaller reference.params.batch_size, or {_MORE_MEMORY}"
+    wanted = _BATCH_PARAM.get(phase or "", "batch_size")
+    names = [wanted] if wanted in params else sorted(p for p in params if "batch" in p)
+    if not names:
+        return _MORE_MEMORY
+    lower = ", ".join(f"params.{name} (now {params[name]})" for name in names)
+    return f"submit it again with a smaller {lower}, or {_MORE_MEMORY}"
 
 
 def describe_failure(
@@ -44,17 +58,22 @@ def describe_failure(
     """(reason for the job's history, error for the client); ``phase``: the last one the job
     reported, ``method`` and ``params``: the request's (None and empty before they loaded)."""
     if is_out_of_memory(exc):
-        param = batch_param(phase)
-        current = params.get(param, "the method's default")
-        return "out of memory", (
-            f"the worker ran out of memory during {phase or 'the job'}"
-            f"{f' ({method})' if method else ''}: submit the request again with a smaller "
-            f"params.{param} (now {current}), or run it on a worker with more memory"
+        where = f"during {phase or 'the job'}{f' ({method})' if method else ''}"
+        return "out of memory", f"the worker ran out of memory {where}: " + memory_advice(
+            phase, params
         )
     if is_disk_full(exc):
-        return "no space left to save the result", (
-            "the checkpoint store is full (no space left on device) while saving the result; "
-            "nothing was published: free space in the store, then submit the request again"
+        assert isinstance(exc, OSError)
+        if phase == "save":
+            return "no space left to save the result", (
+                "the checkpoint store is full (no space left on device) while saving the "
+                "result; nothing was published: free space in the store, then submit the "
+                "request again"
+            )
+        where = f" ({exc.filename})" if exc.filename else ""
+        return "no space left on device", (
+            f"the worker's disk is full{where} during {phase or 'the job'}: free space on the "
+            "worker (its temporary folder, the store cache), then submit the request again"
         )
     detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return "the job raised an error", detail

@@ -7,8 +7,11 @@ the filesystem and SQLite transports never redeliver a killed task at all.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
 import threading
+import time
 from types import TracebackType
 
 from app.db import session_scope
@@ -33,19 +36,28 @@ class HandBack(Exception):
 class Heartbeat:
     """While the job runs, a thread writes its heartbeat every ``interval_s``.
 
-    The thread keeps beating through long steps that report no progress (a big evaluation); a
-    database that is briefly down only skips beats. ``lost`` is set once the job no longer holds
+    The thread keeps beating through long steps that report no progress (a big evaluation), for
+    up to ``stall_timeout_s`` since the job's last check; a database that is briefly down only
+    skips beats. ``lost`` is set once the job no longer holds
     the lease, and ``check`` turns that (or the worker's shutdown) into an exception at the job's
     next cooperative check.
     """
 
-    def __init__(self, job_id: str, lease: str, interval_s: float) -> None:
+    def __init__(
+        self, job_id: str, lease: str, interval_s: float, stall_timeout_s: float = math.inf
+    ) -> None:
         self.job_id = job_id
         self.lease = lease
         self.interval_s = interval_s
+        self.stall_timeout_s = stall_timeout_s
         self.lost = threading.Event()
+        self._last_check = time.monotonic()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+        # The thread logs with the job's id, like the task that started it.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._run,), name=f"heartbeat-{job_id}", daemon=True
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -61,6 +73,7 @@ class Heartbeat:
         self._thread.join(timeout=self.interval_s + 5)
 
     def check(self) -> None:
+        self._last_check = time.monotonic()
         if self.lost.is_set():
             raise JobLost(f"job {self.job_id} was taken from this worker (lease expired)")
         if SHUTTING_DOWN.is_set():
@@ -68,13 +81,19 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if time.monotonic() - self._last_check > self.stall_timeout_s:
+                # Alive but stuck (a hung kernel or read, a deadlock): stop vouching for it, so
+                # that its lease expires and the sweeper gives the job to another worker.
+                log.error("job %s made no progress for %.0f s; its lease is left to expire",
+                          self.job_id, self.stall_timeout_s)  # fmt: skip
+                return
             try:
                 with session_scope() as session:
                     held = jobs.heartbeat(session, self.job_id, self.lease)
             except Exception:  # the database may be down for a moment: try again next beat
                 log.warning("heartbeat of job %s not written", self.job_id, exc_info=True)
                 continue
-            if not held:
-                log.warning("job %s no longer holds this worker's lease", self.job_id)
+            if not held:  # ended (a beat after the last transition) or taken: the task says
+                log.info("job %s no longer holds this worker's lease", self.job_id)
                 self.lost.set()
                 return

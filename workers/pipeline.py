@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import platform
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import sklearn
 import torch
 import torchvision
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -46,6 +48,8 @@ from unlearning import acceptance, architectures, checkpoints, data, verify
 from unlearning.methods import METHODS, UnlearningTask
 from unlearning.methods.reference import RetrainConfig
 from workers.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
 
 EVAL_SEED = 0  # the evaluation groups are the same for every job on the same data
 
@@ -472,42 +476,70 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
     """Accepted: write the checkpoint (atomically), then record version and success in one
     transaction. Rejected: record the measured figures and publish nothing."""
     metrics = outcome.metrics
-    written: list[str] = []  # keys this job wrote, removed again unless it is recorded
+    written: list[str] = []  # objects this job created, removed again unless it is recorded
     moved = False
     try:
         stored = None
         if outcome.state is not None:
             start = time.perf_counter()
-            data = checkpoints.canonical_bytes(outcome.state)
-            stored = get_store().put_bytes(data, ".safetensors")
-            written.append(stored.key)
+            stored = _put(checkpoints.canonical_bytes(outcome.state), ".safetensors", written)
             metrics["phase_seconds"]["save"] = time.perf_counter() - start
-        files = {}
-        for name, (media, content) in outcome.artifacts.items():
-            files[name] = (media, get_store().put_bytes(content, _suffix(media)))
-            written.append(files[name][1].key)
+        files = {name: (media, _put(content, _suffix(media), written))
+                 for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
-        moved = _record_outcome(ctx, outcome, json_value(metrics), stored, files)
+        moved = _record_with_retries(ctx, outcome, json_value(metrics), stored, files)
     finally:
         if not moved:  # failed (a full disk), or the job ended elsewhere: publish nothing
             _discard_unreferenced(written)
     return moved
 
 
+def _put(data: bytes, suffix: str, written: list[str]) -> StoredObject:
+    stored = get_store().put_bytes(data, suffix)
+    if stored.created:
+        written.append(stored.key)
+    return stored
+
+
+def _record_with_retries(
+    ctx: JobContext,
+    outcome: Outcome,
+    metrics: dict[str, Any],
+    stored: StoredObject | None,
+    files: dict[str, tuple[str, StoredObject]],
+    tries: int = 4,
+) -> bool:
+    """Record the outcome, waiting out a database that is briefly down (a restart): the work
+    is done and a lost connection should not throw it away."""
+    for attempt in range(1, tries + 1):
+        try:
+            return _record_outcome(ctx, outcome, metrics, stored, files)
+        except (OperationalError, InterfaceError):
+            if attempt == tries:
+                raise
+            log.warning("job %s: the database is unreachable; recording again in %d s",
+                        ctx.job_id, 2**attempt, exc_info=True)  # fmt: skip
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 def _discard_unreferenced(keys: list[str]) -> None:
     """Remove files that no version and no job refer to: the checkpoint and grid of a job that
     failed while saving or ended elsewhere (the grid shows images of the forget classes, and
-    nothing of it should outlive the job). The store is content-addressed, so a file another
-    job or version recorded with the same bytes is kept."""
+    nothing of it should outlive the job). Only files this job created are passed in, so a file
+    another job or version stored with the same bytes is kept."""
     if not keys:
         return
-    with session_scope() as session:
-        kept = set(session.scalars(
-            select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
-            .union(select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys)))
-        ))  # fmt: skip
-    for key in set(keys) - kept:
-        get_store().delete(key)
+    try:
+        with session_scope() as session:
+            kept = set(session.scalars(
+                select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
+                .union(select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys)))
+            ))  # fmt: skip
+        for key in set(keys) - kept:
+            get_store().delete(key)
+    except Exception:  # the failure being handled matters more: leave an unreferenced file
+        log.warning("could not remove the unreferenced files %s", keys, exc_info=True)
 
 
 def conclude(

@@ -2,10 +2,12 @@
 a lost message. The database, not the broker, is the source of truth.
 
 Each pass (at start, then every ``sweep_interval_s``):
-- running jobs whose heartbeat is older than ``lease_timeout_s`` are re-queued (or failed after
-  ``max_attempts`` claims);
-- queued jobs whose send failed (broker down at submit), or whose last send is older than
-  ``requeue_after_s`` (the message may be lost with the broker), are sent again.
+- running jobs whose heartbeat is older than ``lease_timeout_s`` are re-queued and sent (or
+  canceled, when the client asked, or failed after ``max_attempts`` claims);
+- queued jobs whose send failed (broker down at submit) are sent after ``send_grace_s``;
+- when the broker holds fewer messages than there are queued jobs it was sent (a broker that
+  kept nothing across a restart), that many of the oldest, sent ``requeue_after_s`` ago or more,
+  are sent again. Jobs merely waiting behind a backlog are not sent twice.
 Several sweepers may run at once: every step is a conditional update, and a duplicate message is
 harmless since only one delivery can claim a job.
 """
@@ -15,12 +17,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_shutdown
 
 from app.config import get_settings
 from app.db import session_scope
 from app.jobs import service as jobs
-from app.queue import send_job
+from app.orm import JobStatus
+from app.queue import send_job, waiting_messages
 
 log = logging.getLogger(__name__)
 _STOP = threading.Event()
@@ -32,20 +35,44 @@ def sweep_once() -> dict[str, int]:
     with session_scope() as session:
         recovered = jobs.recover_lost(session, settings.lease_timeout_s, settings.max_attempts)
     for lost in recovered:
-        log.warning("job %s lost its worker: %s", lost.job_id,
-                    "re-queued" if lost.requeued else "failed after its last attempt")  # fmt: skip
+        log.warning("job %s lost its worker: %s", lost.job_id, lost.status)
+    requeued = [r.job_id for r in recovered if r.status is JobStatus.queued]
     with session_scope() as session:
-        unsent = jobs.take_unsent(session, settings.send_grace_s, settings.requeue_after_s)
-    sent = sum(send_job(job_id) for job_id in unsent)
-    if unsent:
-        log.info("sent %d of %d queued jobs that were not (or no longer) in the broker",
-                 sent, len(unsent))  # fmt: skip
+        unsent = jobs.take_unsent(session, settings.send_grace_s)
+    sent, pending = send_until_refused(requeued + unsent)
+    if pending == 0:
+        sent += resend_lost_messages(settings.requeue_after_s)
     return {
-        "requeued": sum(r.requeued for r in recovered),
-        "failed": sum(not r.requeued for r in recovered),
+        "requeued": len(requeued),
+        "failed": sum(r.status is JobStatus.failed for r in recovered),
+        "canceled": sum(r.status is JobStatus.canceled for r in recovered),
         "sent": sent,
-        "unsent": len(unsent) - sent,
+        "unsent": pending,
     }
+
+
+def send_until_refused(job_ids: list[str]) -> tuple[int, int]:
+    """Send each job; stop at the first the broker refuses (it is down: each further try would
+    wait out the publish timeout). Returns (sent, left); the left ones are sent next pass."""
+    for done, job_id in enumerate(job_ids):
+        if not send_job(job_id):
+            return done, len(job_ids) - done
+    if job_ids:
+        log.info("sent %d queued jobs that were not in the broker", len(job_ids))
+    return len(job_ids), 0
+
+
+def resend_lost_messages(resend_after_s: float) -> int:
+    waiting = waiting_messages()
+    if waiting is None:
+        return 0
+    with session_scope() as session:
+        missing = jobs.count_sent_queued(session) - waiting
+        stale = jobs.take_stale_sent(session, resend_after_s, missing)
+    if stale:
+        log.warning("the broker holds %d messages fewer than the queued jobs it was sent; "
+                    "sending %d again", missing, len(stale))  # fmt: skip
+    return send_until_refused(stale)[0]
 
 
 def _loop(interval_s: float) -> None:
@@ -58,8 +85,10 @@ def _loop(interval_s: float) -> None:
             return
 
 
-@worker_ready.connect
+@worker_init.connect
 def start_sweeper(**_: object) -> None:
+    """Started with the worker, before it connects to the broker: jobs of lost workers are
+    recovered even while the broker is down."""
     _STOP.clear()
     interval = get_settings().sweep_interval_s
     threading.Thread(target=_loop, args=(interval,), name="sweeper", daemon=True).start()

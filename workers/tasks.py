@@ -54,15 +54,18 @@ def finish(
 
 def hand_back(job_id: str, lease: str) -> bool:
     """running -> queued at shutdown, sent again after commit. The attempt is not counted: the
-    job did not fail, its worker stopped."""
+    job did not fail, its worker stopped. A job the client asked to cancel is canceled instead."""
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None
+        if job.cancel_requested_at is not None:
+            reason = "canceled by the client as its worker stopped"
+            return states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
         moved = states.transition(
             session, job, JobStatus.queued, lease=lease,
             reason="handed back: its worker was asked to stop",
             values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0,
-                    "worker": None, "sent_at": None},
+                    "worker": None},
         )  # fmt: skip
         if moved:
             enqueue_after_commit(session, job_id)
@@ -88,7 +91,7 @@ def _claim_and_run(job_id: str) -> str:
         return "skipped"
     log.info("job %s claimed", job_id)
     settings = get_settings()
-    with Heartbeat(job_id, lease, settings.heartbeat_interval_s) as beat:
+    with Heartbeat(job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s) as beat:
         return _run_claimed(job_id, lease, ProgressReporter(
             job_id, settings.progress_interval_s, heartbeat=beat))  # fmt: skip
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
@@ -89,35 +90,65 @@ def events(session: Session, job_id: str) -> list[JobEvent]:
 def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running job's worker to stop at its next check."""
     job = get(session, actor.org_id, job_id)
+    if job.status == JobStatus.running and _ask_to_cancel(session, job, actor):
+        return job
     if job.status == JobStatus.queued and states.transition(
         session, job, JobStatus.canceled, actor=actor,
         reason="canceled by the client before it started",
     ):  # fmt: skip
         return job
-    if job.status == JobStatus.running:
-        asked = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.cancel_requested_at.is_(None))
-            .values(cancel_requested_at=utcnow(), updated_at=utcnow())
-        )
-        if asked.rowcount == 1:  # type: ignore[attr-defined]
-            states.record_cancel_requested(session, job, actor)
-        session.refresh(job)
+    if job.status == JobStatus.running:  # a cancel was asked already
         return job
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
 
 
-def take_unsent(session: Session, grace_s: float, resend_after_s: float) -> list[str]:
-    """Ids of queued jobs to send (again): never sent (the broker was down at submit) for
-    ``grace_s``, or last sent ``resend_after_s`` ago (the message may be lost with the broker).
-    They are marked as just taken, so that several sweepers send each job once."""
-    now = utcnow()
-    unsent = Job.sent_at.is_(None) & (Job.updated_at <= now - timedelta(seconds=grace_s))
-    stale = Job.sent_at <= now - timedelta(seconds=resend_after_s)
+def _ask_to_cancel(session: Session, job: Job, actor: Actor) -> bool:
+    """Mark the running job for cancel; False (``job`` refreshed) when it is no longer running
+    (handed back or re-queued a moment ago: then it is canceled as a queued job) or was asked."""
+    asked = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == JobStatus.running)
+        .where(Job.cancel_requested_at.is_(None))
+        .values(cancel_requested_at=utcnow(), updated_at=utcnow())
+    )
+    session.refresh(job)
+    if asked.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    states.record_cancel_requested(session, job, actor)
+    return True
+
+
+def take_unsent(session: Session, grace_s: float) -> list[str]:
+    """Ids of queued jobs whose send failed (the broker was down at submit) ``grace_s`` ago or
+    more, marked as just taken so that several sweepers send each job once."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    return _take(session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff))
+
+
+def count_sent_queued(session: Session) -> int:
+    """Queued jobs whose message reached the broker: as many messages should be waiting there."""
+    query = select(func.count()).where(Job.status == JobStatus.queued, Job.sent_at.is_not(None))
+    return int(session.scalar(query) or 0)
+
+
+def take_stale_sent(session: Session, resend_after_s: float, limit: int) -> list[str]:
+    """Ids of at most ``limit`` queued jobs last sent ``resend_after_s`` ago or more, oldest
+    first (their message may have been lost with the broker), marked as not sent."""
+    cutoff = utcnow() - timedelta(seconds=resend_after_s)
+    oldest = (
+        select(Job.id)
+        .where(Job.status == JobStatus.queued, Job.sent_at <= cutoff)
+        .order_by(Job.sent_at)
+        .limit(limit)
+    )
+    return _take(session, Job.id.in_(oldest.scalar_subquery())) if limit > 0 else []
+
+
+def _take(session: Session, condition: ColumnElement[bool]) -> list[str]:
     taken = session.scalars(
         update(Job)
-        .where(Job.status == JobStatus.queued, unsent | stale)
-        .values(updated_at=now, sent_at=None)
+        .where(Job.status == JobStatus.queued, condition)
+        .values(updated_at=utcnow(), sent_at=None)
         .returning(Job.id)
     )
     return list(taken)
@@ -126,38 +157,41 @@ def take_unsent(session: Session, grace_s: float, resend_after_s: float) -> list
 @dataclass(frozen=True)
 class Recovered:
     job_id: str
-    requeued: bool
+    status: JobStatus  # queued (to send), canceled or failed
 
 
 def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) -> list[Recovered]:
-    """Running jobs whose worker stopped sending heartbeats (killed, or its machine lost): back to
-    the queue, or failed once they have had ``max_attempts`` claims. The caller sends the
-    re-queued ones after commit."""
+    """Running jobs whose worker stopped sending heartbeats (killed, stuck, or its machine lost):
+    back to the queue, canceled when the client asked for it, or failed once they have had
+    ``max_attempts`` claims. The caller sends the re-queued ones after commit."""
     cutoff = utcnow() - timedelta(seconds=lease_timeout_s)
+    # A claim by a worker older than leases writes no heartbeat: its last update stands in.
+    last_sign = func.coalesce(Job.heartbeat_at, Job.updated_at)
     lost = session.scalars(
-        select(Job).where(Job.status == JobStatus.running, Job.heartbeat_at <= cutoff)
+        select(Job).where(Job.status == JobStatus.running, last_sign <= cutoff)
     ).all()
     recovered = []
     for job in lost:
         silent = f"no heartbeat from worker {job.worker} for over {lease_timeout_s:g} s"
-        if job.attempts < max_attempts:
-            moved = states.transition(
-                session, job, JobStatus.queued, lease=job.lease_id,
+        # Moved only if still silent: a beat written since the SELECT keeps the job its worker's.
+        move = partial(states.transition, session, job, lease=job.lease_id,
+                       where=[last_sign <= cutoff])  # fmt: skip
+        if job.cancel_requested_at is not None:
+            moved = move(JobStatus.canceled, reason=f"canceled by the client ({silent})")
+        elif job.attempts < max_attempts:
+            moved = move(
+                JobStatus.queued,
                 reason=f"worker lost ({silent}); re-queued after attempt {job.attempts} of "
                 f"{max_attempts}",
                 values={"phase": None, "progress": 0.0, "worker": None, "sent_at": None},
-            )  # fmt: skip
+            )
         else:
-            moved = states.transition(
-                session, job, JobStatus.failed, lease=job.lease_id,
-                reason=f"worker lost {job.attempts} times", values={"error": (
-                    f"the job's worker was lost on each of its {job.attempts} attempts "
-                    f"({silent}); it may exhaust the worker's memory or crash it: look at the "
-                    "worker's log, then submit the request again"
-                )},
-            )  # fmt: skip
+            moved = move(JobStatus.failed, reason=f"worker lost {job.attempts} times", values={
+                "error": f"the job's worker was lost on each of its {job.attempts} attempts "
+                f"({silent}); it may exhaust the worker's memory or crash it: look at the "
+                "worker's log, then submit the request again"})  # fmt: skip
         if moved:
-            recovered.append(Recovered(job.id, job.status == JobStatus.queued))
+            recovered.append(Recovered(job.id, JobStatus(job.status)))
     return recovered
 
 

@@ -7,9 +7,10 @@ the winner writes the history row and the audit event.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from app.actors import Actor, worker_actor
@@ -54,12 +55,14 @@ def transition(
     values: dict[str, Any] | None = None,
     details: dict[str, Any] | None = None,
     lease: str | None = None,
+    where: Sequence[ColumnElement[bool]] = (),
 ) -> bool:
     """Move ``job`` from its current status to ``to``; False when another process moved it first.
 
     ``actor`` is who moved it: the API's caller, or (None) the worker running the job.
     ``lease``: the worker's claim; the move happens only while the job still holds it (a worker
-    presumed lost whose job was claimed again must not end it).
+    presumed lost whose job was claimed again must not end it). ``where``: further conditions
+    the row must still meet when it is moved.
     """
     current = JobStatus(job.status)
     if to not in ALLOWED.get(current, frozenset()):
@@ -72,7 +75,7 @@ def transition(
         changes.setdefault("finished_at", now)
     if to is JobStatus.queued or to.is_terminal:
         changes.setdefault("lease_id", None)
-    condition = [Job.id == job.id, Job.status == current]
+    condition = [Job.id == job.id, Job.status == current, *where]
     if lease is not None:
         condition.append(Job.lease_id == lease)
     result = session.execute(

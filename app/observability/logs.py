@@ -133,3 +133,10 @@ def configure_logging(settings: Settings) -> None:
     handler.addFilter(ContextFilter())
     root.addHandler(handler)
     root.setLevel(settings.log_level)
+    if settings.log_format == "json":
+        # uvicorn gives its loggers handlers of their own that do not propagate: their startup
+        # and access lines would be plain text in a JSON stream.
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            uvicorn_logger = logging.getLogger(name)
+            uvicorn_logger.handlers.clear()
+            uvicorn_logger.propagate = True

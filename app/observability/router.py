@@ -35,13 +35,15 @@ def livez() -> dict[str, str]:
 
 @health_router.get("/readyz", include_in_schema=False, response_model=None)
 def readyz(request: Request) -> dict[str, object] | JSONResponse:
-    """Whether to send traffic here: the database and the broker are both reachable."""
+    """Whether to send traffic here: the database is reachable. A broker that is down only
+    degrades the service (requests are still accepted and kept; the workers' sweeper sends them
+    once it is back), so it is reported but does not take the API out of rotation."""
     checks = readiness(get_settings())
-    failed = [name for name, outcome in checks.items() if outcome == FAILED]
-    if failed:
-        detail = "unreachable or failing: " + ", ".join(failed)
+    if checks["database"] == FAILED:
+        detail = "the database is unreachable or failing"
         return problem_response(request, 503, "not_ready", "Not ready", detail, checks=checks)
-    return {"status": "ready", "checks": checks}
+    degraded = any(outcome == FAILED for outcome in checks.values())
+    return {"status": "degraded" if degraded else "ready", "checks": checks}
 
 
 @metrics_router.get("/metrics", include_in_schema=False)

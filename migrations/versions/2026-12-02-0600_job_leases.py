@@ -21,8 +21,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("lease_id", sa.String(length=32), nullable=True))
         batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True))
-    # Jobs already running when this runs get a heartbeat now: the sweeper gives their worker one
-    # lease period to show it is alive before re-queuing them.
+    # Jobs already running get their last update as their heartbeat: the sweeper judges them by it
+    # (a worker of the older version writes no heartbeat, only progress).
     op.execute("UPDATE job SET heartbeat_at = updated_at WHERE status = 'running'")
 
 

@@ -108,15 +108,20 @@ def test_an_impair_set_too_large_for_memory(api, registered, store, monkeypatch)
 
 def test_unsent_jobs_are_taken_for_resending_once(api, registered):
     from app.db import session_scope
-    from app.jobs.service import take_unsent
+    from app.jobs.service import count_sent_queued, take_stale_sent, take_unsent
 
     job_id = submit(api, registered).json()["job"]["id"]
-    with session_scope() as session:  # sent at submit: not taken before its resend delay
-        assert take_unsent(session, grace_s=0, resend_after_s=60) == []
-    with session_scope() as session:
-        assert take_unsent(session, grace_s=0, resend_after_s=0) == [job_id]
-    with session_scope() as session:  # taken, not yet sent again: once only
-        assert take_unsent(session, grace_s=60, resend_after_s=0) == []
+    with session_scope() as session:  # sent at submit
+        assert take_unsent(session, grace_s=0) == []
+        assert count_sent_queued(session) == 1
+        assert take_stale_sent(session, resend_after_s=60, limit=1) == []
+        assert take_stale_sent(session, resend_after_s=0, limit=0) == []
+        assert take_stale_sent(session, resend_after_s=0, limit=1) == [job_id]
+    with session_scope() as session:  # taken, not yet sent again: once only, until the grace
+        assert count_sent_queued(session) == 0
+        assert take_stale_sent(session, resend_after_s=0, limit=1) == []
+        assert take_unsent(session, grace_s=60) == []
+        assert take_unsent(session, grace_s=0) == [job_id]
 
 
 def test_timestamps_come_back_in_utc_whatever_the_database_time_zone(api, registered, request):

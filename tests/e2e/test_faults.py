@@ -30,6 +30,7 @@ on_production = pytest.mark.parametrize("service_env", ["production"], indirect=
 FAST_SWEEP = {
     "NEPENTHE_HEARTBEAT_INTERVAL_S": "0.5", "NEPENTHE_LEASE_TIMEOUT_S": "4",
     "NEPENTHE_SWEEP_INTERVAL_S": "0.5", "NEPENTHE_SEND_GRACE_S": "0.5",
+    "NEPENTHE_REQUEUE_AFTER_S": "2",
 }  # fmt: skip
 LONG_JOB = {"noise_steps": 1_000_000}  # runs until it is stopped
 
@@ -77,8 +78,9 @@ def versions(client: NepentheClient, model_id: str) -> list[int]:
 def test_a_worker_killed_mid_job_is_detected_and_its_job_runs_once_elsewhere(service_env, tmp_path):
     with running(service_env, tmp_path / "logs") as (service, client):
         reg = register(client, tmp_path)
-        job_id = submit(client, reg)["job"]["id"]
-        wait_until("the job runs", lambda: running_phase(client, job_id))
+        # Noise long enough (seconds) to be caught at it, short enough to run twice.
+        job_id = submit(client, reg, noise_steps=1000)["job"]["id"]
+        wait_until("the job learns noise", lambda: running_phase(client, job_id, "noise"))
         assert service.stop_worker(signal.SIGKILL) == -signal.SIGKILL
         service.start_worker()
         job = client.wait(job_id, timeout=300)
@@ -153,7 +155,7 @@ def test_requests_arriving_while_redis_is_down_run_once_it_is_back(service_env, 
 @on_production
 def test_jobs_lost_with_a_restarted_redis_are_sent_again(service_env, tmp_path):
     with PrivateRedis() as broker:
-        env = {**service_env, "NEPENTHE_BROKER_URL": broker.url, "NEPENTHE_REQUEUE_AFTER_S": "3"}
+        env = {**service_env, "NEPENTHE_BROKER_URL": broker.url}
         with running(env, tmp_path / "logs") as (service, client):
             reg = register(client, tmp_path)
             service.stop_worker()
@@ -258,3 +260,24 @@ def _free_bytes(path: Path) -> int:
 
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
+
+
+def test_an_upload_to_a_full_store_is_507_and_leaves_nothing(service_env, small_disk, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import new_key, reset_caches, snapshot
+    from tests.helpers import model_body
+
+    monkeypatch.setenv("NEPENTHE_STORE_DIR", str(small_disk))
+    reset_caches()
+    with TestClient(create_app(), headers={"Authorization": f"Bearer {new_key('acme')}"}) as api:
+        model = api.post("/v1/models", json=model_body()).json()
+        (small_disk / "filler").write_bytes(b"\0" * (_free_bytes(small_disk) - 4096))
+        before = snapshot(small_disk)
+        files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
+        response = api.post(f"/v1/models/{model['id']}/versions", files=files)
+        assert response.status_code == 507
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "insufficient_storage"
+        assert snapshot(small_disk) == before  # no row, no partial file

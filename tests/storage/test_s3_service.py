@@ -72,7 +72,9 @@ def test_a_damaged_or_lost_object_is_reported_not_served(api, s3, service_env):
 
 @pytest.fixture
 def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
+    # The worker has a cache folder of its own: the two processes share only the bucket.
+    worker_cache = {"NEPENTHE_STORE_CACHE_DIR": str(tmp_path / "worker-cache")}
+    with LocalService(service_env, ROOT, tmp_path / "logs", worker_env=worker_cache) as running:
         api = NepentheClient(running.url, running.admin_key)
         yield api
         api.close()

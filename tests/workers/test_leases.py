@@ -146,19 +146,97 @@ def test_queued_jobs_whose_send_failed_are_sent_by_the_sweeper(api, registered, 
     assert sweep_once()["sent"] == 0  # sent now: not again before requeue_after_s
 
 
+@both_databases
+def test_messages_lost_by_the_broker_are_sent_again_and_waiting_ones_are_not(
+    api, registered, monkeypatch
+):
+    from app.config import get_settings
+    from app.queue import producer, waiting_messages
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv("NEPENTHE_REQUEUE_AFTER_S", "0")
+    reset_caches()
+    first, second = queued_job(api, registered), queued_job(api, registered)
+    assert waiting_messages() == 2
+    assert sweep_once()["sent"] == 0  # both messages wait in the broker: no duplicate
+    with producer().connection_for_write() as conn:  # the broker restarts empty
+        conn.default_channel.queue_purge(get_settings().task_queue)
+    assert waiting_messages() == 0
+    assert sweep_once()["sent"] == 2
+    assert waiting_messages() == 2
+    assert sweep_once()["sent"] == 0
+    with session_scope() as session:  # both recorded as sent again
+        for job_id in (first, second):
+            job = session.get(Job, job_id)
+            assert job is not None and job.sent_at is not None
+
+
+@both_databases
+def test_a_lost_job_the_client_asked_to_cancel_ends_canceled(api, registered, monkeypatch):
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv("NEPENTHE_LEASE_TIMEOUT_S", "30")
+    reset_caches()
+    job_id = queued_job(api, registered)
+    assert claim(job_id) is not None
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["cancel_requested"] is True
+    silence(job_id, 31)
+    assert sweep_once()["canceled"] == 1
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "canceled"
+
+
+@both_databases
+def test_a_handed_back_job_the_client_asked_to_cancel_ends_canceled(api, registered):
+    job_id = queued_job(api, registered)
+    lease = claim(job_id)
+    assert lease is not None
+    api.post(f"/v1/jobs/{job_id}/cancel")
+    assert hand_back(job_id, lease) is True
+    assert statuses(api, job_id) == ["queued", "running", "canceled"]
+
+
+@both_databases
+def test_a_stuck_job_stops_beating(api, registered):
+    job_id = queued_job(api, registered)
+    lease = claim(job_id)
+    assert lease is not None
+    silence(job_id, 3600)
+    with Heartbeat(job_id, lease, interval_s=0.05, stall_timeout_s=0.01):
+        time.sleep(0.5)  # the job reaches no check: no beat is written
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.heartbeat_at is not None
+        assert (utcnow() - job.heartbeat_at).total_seconds() > 3000
+
+
 def test_out_of_memory_names_the_batch_size_to_lower():
+    unsir = {"noise_batch": 256, "impair_batch_size": 512, "repair_batch_size": 256}
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    reason, error = describe_failure(oom, "impair", "unsir", {"impair_batch_size": 512})
+    reason, error = describe_failure(oom, "impair", "unsir", unsir)
     assert reason == "out of memory"
     assert "params.impair_batch_size (now 512)" in error and "during impair (unsir)" in error
     # A real CPU allocation failure reads the same.
     try:
         torch.empty(1 << 60, dtype=torch.uint8)
     except RuntimeError as exc:
-        _, error = describe_failure(exc, "repair", "unsir", {})
-    assert "params.repair_batch_size (now the method's default)" in error
-    disk = OSError(errno.ENOSPC, "No space left on device")
-    assert describe_failure(disk, "save", "unsir", {})[0] == "no space left to save the result"
+        _, error = describe_failure(exc, "repair", "unsir", unsir)
+    assert "params.repair_batch_size (now 256)" in error
+    # Only parameters the method has: finetune's one batch size for any of its phases.
+    _, error = describe_failure(oom, "finetune", "finetune", {"epochs": 1, "batch_size": 64})
+    assert "params.batch_size (now 64)" in error
+    # Evaluation runs at a batch no parameter sets: none is named.
+    _, error = describe_failure(oom, "evaluate", "unsir", unsir)
+    assert "params." not in error and "more memory" in error
+    _, error = describe_failure(oom, "reference", "unsir", unsir)
+    assert "reference.params.batch_size" in error
+
+
+def test_a_full_disk_is_told_apart_by_where_it_happened():
+    full = OSError(errno.ENOSPC, "No space left on device", "/tmp/x")
+    reason, error = describe_failure(full, "save", "unsir", {})
+    assert reason == "no space left to save the result" and "nothing was published" in error
+    reason, error = describe_failure(full, "load", "unsir", {})
+    assert reason == "no space left on device" and "/tmp/x" in error and "during load" in error
 
 
 @both_databases
