@@ -23,7 +23,6 @@ import platform
 import random
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from report import cpu_name, wrap  # bench/, on the path as the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -765,16 +765,6 @@ def documented(argv: list[str]) -> list[str]:
     return kept
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(results: list[Result]) -> str:
     lines = [
         "| query | parameters | rows returned | SQL statements | p50 (ms) | p95 (ms) | p99 (ms) "
@@ -895,15 +885,6 @@ def section(args: argparse.Namespace, report: dict[str, Any], command: str) -> s
     if not slow:
         out.append(f"Every query's median is under {SLOW_MS:.0f} ms.")
     return "\n".join(wrap(line) for line in out).rstrip("\n") + "\n"
-
-
-def wrap(line: str) -> str:
-    """Prose at the document's width; tables, code and commands as they are."""
-    if len(line) <= 100 or line.startswith(("|", "```", ".venv/")):
-        return line
-    indent = "  " if line.startswith("- ") else ""
-    return textwrap.fill(line, width=100, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False)  # fmt: skip
 
 
 def write_docs(text: str) -> None:

@@ -65,6 +65,8 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from report import cpu_name, wrap  # noqa: E402 - bench/, on the path as the script's folder
+
 from client.api import TERMINAL, NepentheClient  # noqa: E402
 from client.local import LocalService, _stop  # noqa: E402
 
@@ -654,16 +656,6 @@ def revision() -> str:
     return f"`{head}`" + (" with uncommitted changes in the tree" if dirty else "")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def subsection(args: argparse.Namespace, report: dict[str, Any], command: str) -> str:
     before, after = report["load_avg"]
     out = [
@@ -725,15 +717,6 @@ def section(existing: str | None, sub: str, backend: str) -> str:
     parts[backend] = sub.rstrip("\n") + "\n"
     body = "\n".join(parts[name] for name in [*BACKENDS, FINDINGS] if name in parts)
     return f"{SECTION}\n\n{INTRO}\n{body}"
-
-
-def wrap(line: str) -> str:
-    """Prose at the document's width; tables, code and commands as they are."""
-    if len(line) <= 100 or line.startswith(("|", "```", ".venv/")):
-        return line
-    indent = "  " if line.startswith("- ") else ""
-    return textwrap.fill(line, width=100, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False)  # fmt: skip
 
 
 def write_docs(sub: str, backend: str) -> None:
