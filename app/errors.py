@@ -11,6 +11,7 @@ import logging
 import sqlite3
 from typing import Any, ClassVar
 
+from botocore.exceptions import BotoCoreError, ClientError
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -210,6 +211,14 @@ class CheckpointMissing(ServiceError):
     status, code, title = 500, "checkpoint_missing", "Checkpoint file missing from the store"
 
 
+class StoreUnavailable(ServiceError):
+    """The checkpoint store does not answer or refuses this service (S3 endpoint down, bucket
+    gone, credentials revoked): nothing was changed, retry once the operator has fixed it."""
+
+    status, code, title = 503, "store_unavailable", "Checkpoint store unavailable"
+    headers = {"Retry-After": "30"}
+
+
 class PayloadTooLarge(ServiceError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
@@ -328,6 +337,13 @@ async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    # botocore's errors reaching a route: the S3 store failed mid-request (a missing object is
+    # handled by the store itself and never gets here).
+    log.warning("checkpoint store failed on %s: %r", request.url.path, exc)
+    return await _service_error(request, StoreUnavailable(f"the checkpoint store failed: {exc}"))
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return problem_response(
@@ -343,4 +359,6 @@ def install_handlers(app: FastAPI) -> None:
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(OSError, _storage_full)
+    for store_failure in (BotoCoreError, ClientError):
+        app.add_exception_handler(store_failure, _store_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -30,7 +30,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from app.config import Settings, get_settings
-from app.errors import CheckpointMissing
+from app.errors import CheckpointMissing, StoreUnavailable
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -63,8 +63,9 @@ class ArtifactStore(Protocol):
         ...
 
 
-class StoreConfigurationError(RuntimeError):
-    """The configured store cannot be used (missing bucket, credentials, endpoint)."""
+class StoreConfigurationError(StoreUnavailable):
+    """The configured store cannot be used (missing bucket, credentials, endpoint); the API
+    answers 503 store_unavailable."""
 
 
 class ChecksumMismatch(RuntimeError):

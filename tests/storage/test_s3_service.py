@@ -96,3 +96,22 @@ def test_a_job_keeps_every_checkpoint_in_the_bucket(client, s3, service_env, tmp
     assert client.download(out["download_url"], target) == out["sha256"]
     assert hashlib.sha256(target.read_bytes()).hexdigest() == out["sha256"]
     assert files_under(Path(service_env["NEPENTHE_STORE_DIR"])) == []
+
+
+def test_an_unreachable_store_answers_503_and_changes_nothing(api, service_env, monkeypatch):
+    from tests.conftest import reset_caches, snapshot
+
+    version = upload_version(api)
+    monkeypatch.setenv("NEPENTHE_S3_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens
+    reset_caches()
+    before = snapshot(Path(service_env["NEPENTHE_STORE_DIR"]))
+    upload = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
+    for response in (
+        api.get(version["download_url"]),
+        api.post(f"/v1/models/{version['model_id']}/versions", files=upload),
+    ):
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "store_unavailable"
+        assert response.headers["retry-after"] == "30"
+    assert snapshot(Path(service_env["NEPENTHE_STORE_DIR"])) == before  # not even an audit row
