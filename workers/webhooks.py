@@ -21,6 +21,7 @@ from app.actors import worker_actor
 from app.audit import service as audit
 from app.config import get_settings
 from app.db import session_scope
+from app.observability import log_context
 from app.orm import Webhook, WebhookDelivery, utcnow
 from app.queue import send_after_commit, send_task
 from app.webhooks import signature
@@ -173,6 +174,11 @@ def _audit_failure(session: Session, claimed: Claimed, code: int | None, error: 
 
 @app.task(name=DELIVER_TASK, acks_late=True)
 def deliver(delivery_id: str) -> str:
+    with log_context(delivery_id=delivery_id):  # every log line of the send carries its id
+        return _deliver(delivery_id)
+
+
+def _deliver(delivery_id: str) -> str:
     settings = get_settings()
     claimed = claim(delivery_id)
     if isinstance(claimed, NotClaimed):
