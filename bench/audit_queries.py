@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from report import cpu_name, wrap  # bench/, on the path as the script's folder
+from report import cpu_name, documented, wrap  # bench/, on the path as the script's folder
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -750,19 +750,6 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------
 # Reporting
-
-
-def documented(argv: list[str]) -> list[str]:
-    """The command line without ``--out PATH`` (a file of this run only)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--out":
-            skip = True
-        elif not arg.startswith("--out="):
-            kept.append(arg)
-    return kept
 
 
 def table(results: list[Result]) -> str:

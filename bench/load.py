@@ -65,7 +65,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_name, wrap  # noqa: E402 - bench/, on the path as the script's folder
+from report import cpu_name, documented, wrap  # noqa: E402 - bench/, on the path as the script's folder
 
 from client.api import TERMINAL, NepentheClient  # noqa: E402
 from client.local import LocalService, _stop  # noqa: E402
@@ -734,19 +734,6 @@ def write_docs(sub: str, backend: str) -> None:
     DOCS.write_text(doc[: start + 1] + text + ("\n" + rest if rest else ""))
 
 
-def documented(argv: list[str]) -> list[str]:
-    """The command line without what only this run's files and docs need."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--out":
-            skip = True
-        elif not arg.startswith("--out=") and arg not in ("--write-docs", "--keep-logs"):
-            kept.append(arg)
-    return kept
-
-
 def title(backend: str) -> str:
     label = BACKENDS[backend]
     return label[0].upper() + label[1:]
@@ -792,7 +779,13 @@ def main() -> None:
         args.torch_threads = max(1, (os.cpu_count() or 1) // args.workers)
     if min(args.workers, args.clients, args.requests) < 1:
         raise SystemExit("--workers, --clients and --requests must be at least 1")
-    command = " ".join([".venv/bin/python", "bench/load.py", *documented(sys.argv[1:])])
+    command = " ".join(
+        [
+            ".venv/bin/python",
+            "bench/load.py",
+            *documented(sys.argv[1:], ("--write-docs", "--keep-logs")),
+        ]
+    )
     print(f"nproc {os.cpu_count()}; load average {'/'.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="nepenthe-load-") as tmp:
         report = run(args, Path(tmp))

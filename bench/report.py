@@ -25,3 +25,17 @@ def wrap(line: str) -> str:
     indent = "  " if line.startswith("- ") else ""
     return textwrap.fill(line, width=100, subsequent_indent=indent, break_long_words=False,
                          break_on_hyphens=False)  # fmt: skip
+
+
+def documented(argv: list[str], dropped: tuple[str, ...] = ()) -> list[str]:
+    """The command line without ``--out PATH`` (a file of this run only) and the ``dropped``
+    flags (what only this run's files and docs need)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out=") and arg not in dropped:
+            kept.append(arg)
+    return kept

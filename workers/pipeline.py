@@ -11,10 +11,11 @@ import dataclasses
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -487,7 +488,8 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
         files = {name: (media, _put(content, _suffix(media), written))
                  for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
-        moved = _record_with_retries(ctx, outcome, json_value(metrics), stored, files)
+        record = partial(_record_outcome, ctx, outcome, json_value(metrics), stored, files)
+        moved = _waiting_out_the_database(record, ctx.job_id)
     finally:
         if not moved:  # failed (a full disk), or the job ended elsewhere: publish nothing
             _discard_unreferenced(written)
@@ -501,26 +503,17 @@ def _put(data: bytes, suffix: str, written: list[str]) -> StoredObject:
     return stored
 
 
-def _record_with_retries(
-    ctx: JobContext,
-    outcome: Outcome,
-    metrics: dict[str, Any],
-    stored: StoredObject | None,
-    files: dict[str, tuple[str, StoredObject]],
-    tries: int = 4,
-) -> bool:
-    """Record the outcome, waiting out a database that is briefly down (a restart): the work
-    is done and a lost connection should not throw it away."""
-    for attempt in range(1, tries + 1):
+def _waiting_out_the_database(record: Callable[[], bool], job_id: str, tries: int = 4) -> bool:
+    """``record()``, tried again while the database is briefly down (a restart): the work is
+    done and a lost connection should not throw it away."""
+    for attempt in range(1, tries):
         try:
-            return _record_outcome(ctx, outcome, metrics, stored, files)
+            return record()
         except (OperationalError, InterfaceError):
-            if attempt == tries:
-                raise
             log.warning("job %s: the database is unreachable; recording again in %d s",
-                        ctx.job_id, 2**attempt, exc_info=True)  # fmt: skip
+                        job_id, 2**attempt, exc_info=True)  # fmt: skip
             time.sleep(2**attempt)
-    raise AssertionError("unreachable")
+    return record()  # the last try: its error is the job's
 
 
 def _discard_unreferenced(keys: list[str]) -> None:
