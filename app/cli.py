@@ -48,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     key = sub.add_parser("create-key", help="create an API key; prints its token once")
     key.add_argument("--org", required=True, help="organisation name or id")
     key.add_argument("--name", default="admin", help="a label for the key")
-    key.add_argument("--scope", action="append", choices=[s.value for s in Scope],
-                     help="repeat for several; default: admin")  # fmt: skip
+    key.add_argument(
+        "--scope",
+        action="append",
+        choices=[s.value for s in Scope],
+        help="repeat for several; default: admin",
+    )
     key.add_argument("--create-org", action="store_true", help="create the organisation too")
     revoke = sub.add_parser("revoke-key", help="revoke an API key")
     revoke.add_argument("--org", required=True)
@@ -100,8 +104,12 @@ def _verify(org_ref: str) -> int:
         if org is None:
             raise SystemExit(f"no organisation {org_ref!r}")
         report = audit.verify(session, org.id)
-    summary = {"ok": report.ok, "events_checked": report.events_checked,
-               "head_seq": report.head_seq, "broken": report.broken}  # fmt: skip
+    summary = {
+        "ok": report.ok,
+        "events_checked": report.events_checked,
+        "head_seq": report.head_seq,
+        "broken": report.broken,
+    }
     print(json.dumps(summary, indent=2))
     return 0 if report.ok else 1
 

@@ -48,10 +48,12 @@ def current_actor(
     if key is None:
         raise InvalidApiKey("the API key is unknown, malformed or revoked")
     return Actor(
-        org_id=key.org_id, name=f"key:{key.id}", scopes=frozenset(Scope(s) for s in key.scopes),
+        org_id=key.org_id,
+        name=f"key:{key.id}",
+        scopes=frozenset(Scope(s) for s in key.scopes),
         client_address=request.client.host if request.client else None,
         http_request_id=getattr(request.state, "request_id", None),
-    )  # fmt: skip
+    )
 
 
 ActorDep = Annotated[Actor, Depends(current_actor)]

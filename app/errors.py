@@ -271,9 +271,13 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     if any(e["type"] == "json_invalid" for e in errors):
         return problem_response(
-            request, 400, "malformed_json", "Malformed JSON", "the request body is not valid JSON",
+            request,
+            400,
+            "malformed_json",
+            "Malformed JSON",
+            "the request body is not valid JSON",
             errors=errors,
-        )  # fmt: skip
+        )
     summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
     return problem_response(
         request, 422, "validation_error", "Invalid request", summary, errors=errors
@@ -283,9 +287,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     codes = {
-        400: "malformed_body", 404: "not_found", 405: "method_not_allowed",
+        400: "malformed_body",
+        404: "not_found",
+        405: "method_not_allowed",
         413: "payload_too_large",
-    }  # fmt: skip
+    }
     code = codes.get(exc.status_code, f"http_{exc.status_code}")
     title = code.replace("_", " ").capitalize()
     return problem_response(request, exc.status_code, code, title, str(exc.detail))
@@ -320,9 +326,12 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
         return await _unexpected_error(request, exc)
     log.warning("database unavailable on %s: %s", request.url.path, exc.__class__.__name__)
     response = problem_response(
-        request, 503, "database_unavailable", "Database unavailable",
+        request,
+        503,
+        "database_unavailable",
+        "Database unavailable",
         "the database cannot be reached right now; nothing was changed: retry shortly",
-    )  # fmt: skip
+    )
     response.headers["Retry-After"] = "5"
     return response
 
@@ -332,9 +341,12 @@ async def _storage_full(request: Request, exc: Exception) -> JSONResponse:
         return await _unexpected_error(request, exc)
     log.error("no space left on the server while serving %s: %s", request.url.path, exc)
     return problem_response(
-        request, 507, "insufficient_storage", "Insufficient storage",
+        request,
+        507,
+        "insufficient_storage",
+        "Insufficient storage",
         "the server has no space left to store this; nothing was kept: retry later",
-    )  # fmt: skip
+    )
 
 
 async def _store_error(request: Request, exc: Exception) -> JSONResponse:

@@ -45,9 +45,12 @@ def create_app() -> FastAPI:
         # PostgreSQL text cannot hold NUL; refuse it in the path and query up front.
         if "\x00" in request.url.path or b"%00" in request.scope["query_string"].lower():
             return problem_response(
-                request, 400, "invalid_characters", "Invalid characters",
+                request,
+                400,
+                "invalid_characters",
+                "Invalid characters",
                 "the path or query contains a NUL character",
-            )  # fmt: skip
+            )
         return await call_next(request)
 
     @app.middleware("http")
@@ -65,8 +68,15 @@ def create_app() -> FastAPI:
         response.headers["X-Request-ID"] = request.state.request_id
         return response
 
-    routers = (auth_router, models_router, datasets_router, deletions_router, jobs_router,
-               audit_router, webhooks_router)  # fmt: skip
+    routers = (
+        auth_router,
+        models_router,
+        datasets_router,
+        deletions_router,
+        jobs_router,
+        audit_router,
+        webhooks_router,
+    )
     for router in routers:
         app.include_router(router)
     install_observability(app, settings)  # last: its middleware wraps the others

@@ -42,9 +42,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A submit must not hang on a broker that is down: publish fails fast, the job stays
         # queued in the database and the sweeper sends it once the broker is back.
         "task_publish_retry_policy": {
-            "max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5,
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
         },
-    }  # fmt: skip
+    }
     if settings.broker_url.startswith("filesystem://"):
         folder = settings.broker_dir.resolve()
         for sub in ("queue", "processed", "control"):
@@ -82,9 +85,11 @@ def enqueue_after_commit(session: Session, job_id: str) -> None:
     the sweeper finds the broker holding fewer messages than queued jobs and sends it again.
     """
     session.execute(
-        update(Job).where(Job.id == job_id).values(sent_at=utcnow())
+        update(Job)
+        .where(Job.id == job_id)
+        .values(sent_at=utcnow())
         .execution_options(synchronize_session=False)
-    )  # fmt: skip
+    )
     session.info.setdefault(_OUTBOX, []).append(job_id)
 
 
@@ -93,8 +98,11 @@ def publish_job(job_id: str) -> bool:
     try:
         producer().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().task_queue)
     except Exception:  # the broker may be down: the job stays queued in the database
-        log.warning("could not send job %s to the broker; it stays queued and the sweeper "
-                    "sends it again", job_id, exc_info=True)  # fmt: skip
+        log.warning(
+            "could not send job %s to the broker; it stays queued and the sweeper sends it again",
+            job_id,
+            exc_info=True,
+        )
         return False
     return True
 

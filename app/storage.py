@@ -253,9 +253,11 @@ class S3ArtifactStore:
         # differ, so a corrupted upload never becomes the object behind the key.
         checksum = base64.b64encode(bytes.fromhex(digest)).decode()
         self.client.put_object(
-            Bucket=self.config.bucket, Key=self.object_name(key), Body=data,
+            Bucket=self.config.bucket,
+            Key=self.object_name(key),
+            Body=data,
             ChecksumSHA256=checksum,
-        )  # fmt: skip
+        )
         return StoredObject(key, digest, len(data), created=True)
 
     def exists(self, key: str) -> bool:

@@ -42,12 +42,29 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Audit queries at 100k events (PostgreSQL)"
 PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SLOW_MS = 50.0
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 LIFECYCLE_ACTIONS = [
-    "deletion_request.created", "job.queued", "job.running", "job.succeeded", "job.rejected",
-    "job.failed", "job.canceled", "job.cancel_requested", "deletion_request.extended",
-]  # fmt: skip
+    "deletion_request.created",
+    "job.queued",
+    "job.running",
+    "job.succeeded",
+    "job.rejected",
+    "job.failed",
+    "job.canceled",
+    "job.cancel_requested",
+    "deletion_request.extended",
+]
 OTHER_STATUSES = ["failed", "rejected", "canceled", "queued", "running"]
 
 
@@ -71,15 +88,17 @@ def drop_database(admin_url: str, name: str) -> None:
 
 def configure_service(url: str, workdir: Path) -> None:
     """Settings for the app modules, set before they are imported (their caches reset)."""
-    os.environ.update({
-        "NEPENTHE_DATABASE_URL": url,
-        "NEPENTHE_SIGNING_KEY_FILE": str(workdir / "signing-key.pem"),
-        "NEPENTHE_STORE_DIR": str(workdir / "store"),
-        "NEPENTHE_BROKER_URL": "filesystem://",
-        "NEPENTHE_BROKER_DIR": str(workdir / "broker"),
-        "NEPENTHE_DATA_ROOTS": json.dumps([str(workdir)]),
-        "NEPENTHE_DEVICE": "cpu",
-    })  # fmt: skip
+    os.environ.update(
+        {
+            "NEPENTHE_DATABASE_URL": url,
+            "NEPENTHE_SIGNING_KEY_FILE": str(workdir / "signing-key.pem"),
+            "NEPENTHE_STORE_DIR": str(workdir / "store"),
+            "NEPENTHE_BROKER_URL": "filesystem://",
+            "NEPENTHE_BROKER_DIR": str(workdir / "broker"),
+            "NEPENTHE_DATA_ROOTS": json.dumps([str(workdir)]),
+            "NEPENTHE_DEVICE": "cpu",
+        }
+    )
     from app.config import get_settings
     from app.db import dispose_engines
     from app.keys import get_signer
@@ -145,13 +164,26 @@ class Builder:
     def event(self, at: datetime, action: str, actor: str, **fields: Any) -> None:
         from app.signing import json_value
 
-        names = ("model_id", "model_version_id", "dataset_id", "request_id", "job_id",
-                 "caller_reference", "client_address", "http_request_id")  # fmt: skip
-        self.events.append({
-            "org_id": self.org.org_id, "at": at, "action": action, "actor": actor,
-            **{n: fields.get(n) for n in names},
-            "details": json_value(fields.get("details") or {}),
-        })  # fmt: skip
+        names = (
+            "model_id",
+            "model_version_id",
+            "dataset_id",
+            "request_id",
+            "job_id",
+            "caller_reference",
+            "client_address",
+            "http_request_id",
+        )
+        self.events.append(
+            {
+                "org_id": self.org.org_id,
+                "at": at,
+                "action": action,
+                "actor": actor,
+                **{n: fields.get(n) for n in names},
+                "details": json_value(fields.get("details") or {}),
+            }
+        )
 
     def between(self, low: datetime, high: datetime) -> datetime:
         return low + (high - low) * self.rng.random()
@@ -172,80 +204,149 @@ def build_org(
     from app.deletions import clock, evidence
     from app.orm import DeletionRequest, Job, ModelVersion
 
-    org = OrgData(name=name, org_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                  start=start, end=end)  # fmt: skip
+    org = OrgData(
+        name=name, org_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)), start=start, end=end
+    )
     b = Builder(rng, org)
     operator, submitter = "cli:operator", f"key:{b.hex(64)}"
     fleet = [f"key:{b.hex(64)}" for _ in range(3)]
     workers = [f"worker:gpu-node-{i}" for i in range(1, 5)]
 
     def client() -> dict[str, str]:
-        return {"client_address": f"10.0.{rng.randrange(256)}.{rng.randrange(1, 255)}",
-                "http_request_id": b.hex(128)}  # fmt: skip
+        return {
+            "client_address": f"10.0.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            "http_request_id": b.hex(128),
+        }
 
     b.row("organization", id=org.org_id, name=name, created_at=start)
     b.event(start, "organization.created", operator, details={"name": name})
     for i, key in enumerate([submitter, *fleet]):
-        b.event(start + timedelta(minutes=1 + i), "api_key.created", operator,
-                details={"key_id": key[4:], "name": f"key-{i}", "scopes": ["submit"]})  # fmt: skip
+        b.event(
+            start + timedelta(minutes=1 + i),
+            "api_key.created",
+            operator,
+            details={"key_id": key[4:], "name": f"key-{i}", "scopes": ["submit"]},
+        )
     dataset = b.row(
-        "dataset", id=b.uid(), org_id=org.org_id, name="fashion-mnist", kind="fashion_mnist",
-        location="var/data", class_names=CLASSES, image_shape=[1, 28, 28], train_count=60000,
-        test_count=10000, created_at=start + timedelta(minutes=10),
-    )  # fmt: skip
-    b.event(dataset["created_at"], "dataset.registered", submitter, dataset_id=dataset["id"],
-            details={"name": "fashion-mnist", "kind": "fashion_mnist", "train": 60000,
-                     "test": 10000}, **client())  # fmt: skip
+        "dataset",
+        id=b.uid(),
+        org_id=org.org_id,
+        name="fashion-mnist",
+        kind="fashion_mnist",
+        location="var/data",
+        class_names=CLASSES,
+        image_shape=[1, 28, 28],
+        train_count=60000,
+        test_count=10000,
+        created_at=start + timedelta(minutes=10),
+    )
+    b.event(
+        dataset["created_at"],
+        "dataset.registered",
+        submitter,
+        dataset_id=dataset["id"],
+        details={"name": "fashion-mnist", "kind": "fashion_mnist", "train": 60000, "test": 10000},
+        **client(),
+    )
     originals, numbers = [], {}
     for i in range(models):
         registered = start + timedelta(minutes=20 + 7 * i)
         model = b.row(
-            "model", id=b.uid(), org_id=org.org_id, name=f"classifier-{i:02d}",
-            task="classification", architecture="small_resnet",
+            "model",
+            id=b.uid(),
+            org_id=org.org_id,
+            name=f"classifier-{i:02d}",
+            task="classification",
+            architecture="small_resnet",
             architecture_args={"in_channels": 1, "width": 64, "blocks": [2, 2, 2, 2]},
-            input_shape=[1, 28, 28], normalization={"mean": [0.286], "std": [0.353]},
-            class_names=CLASSES, encoder=None, transform=None, created_at=registered,
-        )  # fmt: skip
-        b.event(registered, "model.registered", submitter, model_id=model["id"],
-                details={"name": model["name"], "task": "classification",
-                         "architecture": "small_resnet", "encoder": None, "transform": None},
-                **client())  # fmt: skip
+            input_shape=[1, 28, 28],
+            normalization={"mean": [0.286], "std": [0.353]},
+            class_names=CLASSES,
+            encoder=None,
+            transform=None,
+            created_at=registered,
+        )
+        b.event(
+            registered,
+            "model.registered",
+            submitter,
+            model_id=model["id"],
+            details={
+                "name": model["name"],
+                "task": "classification",
+                "architecture": "small_resnet",
+                "encoder": None,
+                "transform": None,
+            },
+            **client(),
+        )
         version = version_row(b, model["id"], 1, registered + timedelta(minutes=2), None, None)
-        b.event(version["created_at"], "model_version.uploaded", submitter, model_id=model["id"],
-                model_version_id=version["id"], details={"number": 1, "sha256": version["sha256"],
-                                                        "format": "safetensors"},
-                **client())  # fmt: skip
+        b.event(
+            version["created_at"],
+            "model_version.uploaded",
+            submitter,
+            model_id=model["id"],
+            model_version_id=version["id"],
+            details={"number": 1, "sha256": version["sha256"], "format": "safetensors"},
+            **client(),
+        )
         originals.append(version)
         numbers[model["id"]] = 1
         org.model_ids.append(model["id"])
     org.callers = [f"case-{k:04d}" for k in range(callers)]
 
-    received = sorted(b.between(start + timedelta(days=1), end - timedelta(minutes=10))
-                      for _ in range(requests))  # fmt: skip
+    received = sorted(
+        b.between(start + timedelta(days=1), end - timedelta(minutes=10)) for _ in range(requests)
+    )
     outputs: list[dict[str, Any]] = []  # versions produced by succeeded requests
     for created in received:
         source = rng.choice(originals)
         model_id = source["model_id"]
         caller = rng.choice(org.callers)
         forget = sorted(rng.sample(range(len(CLASSES)), rng.choice((1, 1, 2))))
-        params = {"noise_lr": 0.1, "impair_lr": 0.02, "repair_lr": 0.01, "repair_epochs": 1,
-                  "retain_per_class": 1000, "seed": rng.randrange(2**31)}  # fmt: skip
-        acceptance = {"max_forget_accuracy": 0.05, "min_retain_accuracy": None,
-                      "max_retain_drop": 0.05}  # fmt: skip
+        params = {
+            "noise_lr": 0.1,
+            "impair_lr": 0.02,
+            "repair_lr": 0.01,
+            "repair_epochs": 1,
+            "retain_per_class": 1000,
+            "seed": rng.randrange(2**31),
+        }
+        acceptance = {
+            "max_forget_accuracy": 0.05,
+            "min_retain_accuracy": None,
+            "max_retain_drop": 0.05,
+        }
         age = end - created
-        status = (rng.choice(["queued", "running"]) if age < timedelta(hours=2) else
-                  rng.choices(["succeeded", "rejected", "failed", "canceled"],
-                              weights=[95, 2, 1, 2])[0])  # fmt: skip
+        status = (
+            rng.choice(["queued", "running"])
+            if age < timedelta(hours=2)
+            else rng.choices(
+                ["succeeded", "rejected", "failed", "canceled"], weights=[95, 2, 1, 2]
+            )[0]
+        )
         request = DeletionRequest(
-            id=b.uid(), org_id=org.org_id, model_version_id=source["id"],
-            dataset_id=dataset["id"], retain_dataset_id=None, forget_classes=forget,
-            forget_samples=None, method="unsir", params=params, acceptance=acceptance,
-            reference=None, measure_relearn_time=False, caller_reference=caller,
-            upstream_request_id=f"dsr-{b.uid()}", idempotency_key=f"idem-{b.hex(64)}",
-            body_sha256=b.hex(), created_at=created, due_at=clock.due_at(created),
+            id=b.uid(),
+            org_id=org.org_id,
+            model_version_id=source["id"],
+            dataset_id=dataset["id"],
+            retain_dataset_id=None,
+            forget_classes=forget,
+            forget_samples=None,
+            method="unsir",
+            params=params,
+            acceptance=acceptance,
+            reference=None,
+            measure_relearn_time=False,
+            caller_reference=caller,
+            upstream_request_id=f"dsr-{b.uid()}",
+            idempotency_key=f"idem-{b.hex(64)}",
+            body_sha256=b.hex(),
+            created_at=created,
+            due_at=clock.due_at(created),
             forget_spec_sha256=evidence.forget_spec_sha256(dataset["id"], None, forget, None),
             certificate=None,
-        )  # fmt: skip
+        )
         source_version = ModelVersion(id=source["id"], model_id=model_id, sha256=source["sha256"])
         receipt = evidence.issue_receipt(request, source_version)
         job = Job(id=b.uid(), request_id=request.id, status=status, attempts=1)
@@ -256,21 +357,38 @@ def build_org(
             assert started is not None
             finished = started + timedelta(seconds=rng.uniform(60, 1800))
         job.started_at = started
-        ids = {"model_id": model_id, "model_version_id": source["id"], "request_id": request.id,
-               "job_id": job.id, "caller_reference": caller}  # fmt: skip
-        b.event(created, "deletion_request.created", submitter, dataset_id=dataset["id"],
-                details={
-                    "upstream_request_id": request.upstream_request_id,
-                    "forget_spec_sha256": request.forget_spec_sha256,
-                    "input_checkpoint_sha256": source["sha256"],
-                    "due_at": request.due_at.isoformat(),
-                    "receipt_signature": receipt["signature"]["value"],
-                    "forget_classes": forget,
-                    "forget_class_names": [CLASSES[c] for c in forget],
-                    "retain_dataset_id": None, "forget_samples_count": None, "method": "unsir",
-                    "params": params, "acceptance": acceptance, "reference": None,
-                    "measure_relearn_time": False, "idempotency_key": request.idempotency_key,
-                }, **ids, **client())  # fmt: skip
+        ids = {
+            "model_id": model_id,
+            "model_version_id": source["id"],
+            "request_id": request.id,
+            "job_id": job.id,
+            "caller_reference": caller,
+        }
+        b.event(
+            created,
+            "deletion_request.created",
+            submitter,
+            dataset_id=dataset["id"],
+            details={
+                "upstream_request_id": request.upstream_request_id,
+                "forget_spec_sha256": request.forget_spec_sha256,
+                "input_checkpoint_sha256": source["sha256"],
+                "due_at": request.due_at.isoformat(),
+                "receipt_signature": receipt["signature"]["value"],
+                "forget_classes": forget,
+                "forget_class_names": [CLASSES[c] for c in forget],
+                "retain_dataset_id": None,
+                "forget_samples_count": None,
+                "method": "unsir",
+                "params": params,
+                "acceptance": acceptance,
+                "reference": None,
+                "measure_relearn_time": False,
+                "idempotency_key": request.idempotency_key,
+            },
+            **ids,
+            **client(),
+        )
         b.event(
             created + timedelta(microseconds=50),
             "job.queued",
@@ -280,29 +398,40 @@ def build_org(
         )
         worker = rng.choice(workers)
         if started is not None:
-            b.event(started, "job.running", worker, **ids,
-                    details={"from": "queued", "to": "running", "reason": None})  # fmt: skip
+            b.event(
+                started,
+                "job.running",
+                worker,
+                **ids,
+                details={"from": "queued", "to": "running", "reason": None},
+            )
         metrics = None
         output_id = None
         if finished is not None:
             if status == "canceled":
-                b.event(finished - timedelta(seconds=20), "job.cancel_requested", submitter,
-                        **ids, details={"from": None, "to": None,
-                                        "reason": "cancel requested by the client"},
-                        **client())  # fmt: skip
+                b.event(
+                    finished - timedelta(seconds=20),
+                    "job.cancel_requested",
+                    submitter,
+                    **ids,
+                    details={"from": None, "to": None, "reason": "cancel requested by the client"},
+                    **client(),
+                )
             if status in ("succeeded", "rejected"):
                 metrics = job_metrics(rng, status)
             detail: dict[str, Any] = {"from": "running", "to": status, "reason": None}
             if status == "succeeded":
                 numbers[model_id] += 1
-                output = version_row(b, model_id, numbers[model_id], finished, source["id"],
-                                     request.id)  # fmt: skip
+                output = version_row(
+                    b, model_id, numbers[model_id], finished, source["id"], request.id
+                )
                 outputs.append(output)
                 output_id = output["id"]
                 detail |= {"output_version_id": output_id, "sha256": output["sha256"]}
                 output_version = ModelVersion(id=output_id, sha256=output["sha256"])
-                evidence.issue_certificate(request, job, source_version, output_version,
-                                           metrics or {}, finished)  # fmt: skip
+                evidence.issue_certificate(
+                    request, job, source_version, output_version, metrics or {}, finished
+                )
             elif status == "failed":
                 detail["reason"] = "CUDA out of memory while building the impair set"
             b.event(finished, f"job.{status}", worker, **ids, details=detail)
@@ -321,29 +450,62 @@ def build_org(
                     due_at=request.due_at,
                     created_at=extended,
                 )
-                b.event(extended, "deletion_request.extended", submitter, **ids,
-                        details={"months": 1, "reason": "complex request",
-                                 "previous_due_at": previous.isoformat(),
-                                 "due_at": request.due_at.isoformat()}, **client())  # fmt: skip
+                b.event(
+                    extended,
+                    "deletion_request.extended",
+                    submitter,
+                    **ids,
+                    details={
+                        "months": 1,
+                        "reason": "complex request",
+                        "previous_due_at": previous.isoformat(),
+                        "due_at": request.due_at.isoformat(),
+                    },
+                    **client(),
+                )
         b.row(
-            "deletion_request", id=request.id, org_id=org.org_id,
-            model_version_id=source["id"], dataset_id=dataset["id"], retain_dataset_id=None,
-            forget_classes=forget, forget_samples=None, method="unsir", params=params,
-            acceptance=acceptance, reference=None, measure_relearn_time=False,
-            caller_reference=caller, upstream_request_id=request.upstream_request_id,
-            idempotency_key=request.idempotency_key, body_sha256=request.body_sha256,
-            forget_spec_sha256=request.forget_spec_sha256, created_at=created,
-            due_at=request.due_at, receipt=receipt, certificate=request.certificate,
-        )  # fmt: skip
+            "deletion_request",
+            id=request.id,
+            org_id=org.org_id,
+            model_version_id=source["id"],
+            dataset_id=dataset["id"],
+            retain_dataset_id=None,
+            forget_classes=forget,
+            forget_samples=None,
+            method="unsir",
+            params=params,
+            acceptance=acceptance,
+            reference=None,
+            measure_relearn_time=False,
+            caller_reference=caller,
+            upstream_request_id=request.upstream_request_id,
+            idempotency_key=request.idempotency_key,
+            body_sha256=request.body_sha256,
+            forget_spec_sha256=request.forget_spec_sha256,
+            created_at=created,
+            due_at=request.due_at,
+            receipt=receipt,
+            certificate=request.certificate,
+        )
         phase = {"queued": None, "running": "impair"}.get(status, "save")
         b.row(
-            "job", id=job.id, request_id=request.id, status=status, phase=phase,
+            "job",
+            id=job.id,
+            request_id=request.id,
+            status=status,
+            phase=phase,
             progress=1.0 if finished else (0.4 if started else 0.0),
-            error=detail["reason"] if status == "failed" else None, metrics=metrics,
-            output_version_id=output_id, cancel_requested_at=None, attempts=1,
-            worker=worker if started else None, created_at=created, started_at=started,
-            finished_at=finished, updated_at=finished or started or created,
-        )  # fmt: skip
+            error=detail["reason"] if status == "failed" else None,
+            metrics=metrics,
+            output_version_id=output_id,
+            cancel_requested_at=None,
+            attempts=1,
+            worker=worker if started else None,
+            created_at=created,
+            started_at=started,
+            finished_at=finished,
+            updated_at=finished or started or created,
+        )
         org.request_ids.append(request.id)
         org.upstream_ids.append(request.upstream_request_id or "")
         org.statuses[status] = org.statuses.get(status, 0) + 1
@@ -356,11 +518,17 @@ def build_org(
         pool = outputs if outputs and rng.random() < 0.92 else originals
         version = rng.choice(pool)
         request_id = version["produced_by_request_id"]
-        b.event(b.between(version["created_at"], end), "model_version.downloaded",
-                rng.choice(fleet), model_id=version["model_id"], model_version_id=version["id"],
-                request_id=request_id, caller_reference=by_request.get(request_id),
-                details={"number": version["number"], "sha256": version["sha256"]},
-                **client())  # fmt: skip
+        b.event(
+            b.between(version["created_at"], end),
+            "model_version.downloaded",
+            rng.choice(fleet),
+            model_id=version["model_id"],
+            model_version_id=version["id"],
+            request_id=request_id,
+            caller_reference=by_request.get(request_id),
+            details={"number": version["number"], "sha256": version["sha256"]},
+            **client(),
+        )
     org.versions = len(b.tables["model_version"])
     return b
 
@@ -375,25 +543,38 @@ def version_row(
 ) -> dict[str, Any]:
     version_id = b.uid()
     return b.row(
-        "model_version", id=version_id, model_id=model_id, number=number, sha256=b.hex(),
-        size_bytes=44_786_432, storage_key=f"models/{model_id}/{version_id}.safetensors",
-        source_format="safetensors", parent_version_id=parent, produced_by_request_id=request_id,
-        superseded_at=None, superseded_by_request_id=None, created_at=created,
-    )  # fmt: skip
+        "model_version",
+        id=version_id,
+        model_id=model_id,
+        number=number,
+        sha256=b.hex(),
+        size_bytes=44_786_432,
+        storage_key=f"models/{model_id}/{version_id}.safetensors",
+        source_format="safetensors",
+        parent_version_id=parent,
+        produced_by_request_id=request_id,
+        superseded_at=None,
+        superseded_by_request_id=None,
+        created_at=created,
+    )
 
 
 def job_metrics(rng: random.Random, status: str) -> dict[str, Any]:
     forget = 0.0 if status == "succeeded" else round(rng.uniform(0.1, 0.4), 4)
     return {
-        "before": {"forget_accuracy": round(rng.uniform(0.88, 0.95), 4),
-                   "retain_accuracy": round(rng.uniform(0.9, 0.93), 4)},
+        "before": {
+            "forget_accuracy": round(rng.uniform(0.88, 0.95), 4),
+            "retain_accuracy": round(rng.uniform(0.9, 0.93), 4),
+        },
         "after": {"forget_accuracy": forget, "retain_accuracy": round(rng.uniform(0.85, 0.92), 4)},
-        "phase_seconds": {"noise": round(rng.uniform(0.3, 0.7), 3),
-                          "impair": round(rng.uniform(0.7, 1.1), 3),
-                          "repair": round(rng.uniform(0.4, 1.8), 3)},
+        "phase_seconds": {
+            "noise": round(rng.uniform(0.3, 0.7), 3),
+            "impair": round(rng.uniform(0.7, 1.1), 3),
+            "repair": round(rng.uniform(0.4, 1.8), 3),
+        },
         "environment": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130"},
         "acceptance": {"passed": status == "succeeded", "failures": []},
-    }  # fmt: skip
+    }
 
 
 def chain(b: Builder) -> None:
@@ -422,22 +603,31 @@ def insert(builders: list[Builder], batch: int) -> None:
     versions = rows("model_version")
     # Versions that requests produced name their request, so they go in after the requests.
     steps = [
-        ("organization", rows("organization")), ("dataset", rows("dataset")),
+        ("organization", rows("organization")),
+        ("dataset", rows("dataset")),
         ("model", rows("model")),
         ("model_version", [v for v in versions if v["produced_by_request_id"] is None]),
         ("deletion_request", rows("deletion_request")),
         ("model_version", [v for v in versions if v["produced_by_request_id"] is not None]),
-        ("job", rows("job")), ("due_date_extension", rows("due_date_extension")),
+        ("job", rows("job")),
+        ("due_date_extension", rows("due_date_extension")),
         ("audit_event", [e for b in builders for e in b.events]),
-    ]  # fmt: skip
+    ]
     tables = Base.metadata.tables
     engine = get_engine()
     for table, values in steps:
         for i in range(0, len(values), batch):
             with engine.begin() as conn:
                 conn.execute(sql_insert(tables[table]), values[i : i + batch])
-    heads = [{"org_id": b.org.org_id, "seq": b.events[-1]["seq"], "hash": b.events[-1]["hash"],
-              "updated_at": b.events[-1]["at"]} for b in builders]  # fmt: skip
+    heads = [
+        {
+            "org_id": b.org.org_id,
+            "seq": b.events[-1]["seq"],
+            "hash": b.events[-1]["hash"],
+            "updated_at": b.events[-1]["at"],
+        }
+        for b in builders
+    ]
     with engine.begin() as conn:
         conn.execute(sql_insert(tables["audit_chain_head"]), heads)
 
@@ -457,13 +647,26 @@ def seed(args: argparse.Namespace, url: str) -> tuple[list[OrgData], dict[str, f
     # One event is left to the service: the auditor's API key, made by nepenthe-admin's
     # function, appends the last event through the real chain code.
     requests = min(args.requests, args.events // 10)
-    measured = build_org(rng, "bench-auditor", events=args.events - 1, requests=requests,
-                         models=args.models, callers=args.callers, start=start,
-                         end=end)  # fmt: skip
-    other = build_org(rng, "bench-other", events=args.other_events - 1,
-                      requests=min(requests // 5, args.other_events // 10),
-                      models=max(1, args.models // 10), callers=max(1, args.callers // 5),
-                      start=start, end=end)  # fmt: skip
+    measured = build_org(
+        rng,
+        "bench-auditor",
+        events=args.events - 1,
+        requests=requests,
+        models=args.models,
+        callers=args.callers,
+        start=start,
+        end=end,
+    )
+    other = build_org(
+        rng,
+        "bench-other",
+        events=args.other_events - 1,
+        requests=min(requests // 5, args.other_events // 10),
+        models=max(1, args.models // 10),
+        callers=max(1, args.callers // 5),
+        start=start,
+        end=end,
+    )
     timings["build"] = time.perf_counter() - t
     t = time.perf_counter()
     for b in (measured, other):
@@ -490,8 +693,15 @@ class SqlLog:
         self.capture = False
         self.statements: list[tuple[str, Any]] = []
 
-    def __call__(self, _conn: Any, _cursor: Any, statement: str, parameters: Any,
-                 _context: Any, _executemany: bool) -> None:  # fmt: skip
+    def __call__(
+        self,
+        _conn: Any,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> None:
         self.count += 1
         if self.capture:
             self.statements.append((statement, parameters))
@@ -560,50 +770,144 @@ def queries(org: OrgData) -> list[Query]:
     deep = max(0, org.head_seq - max(200, org.head_seq // 20))
     events, requests = "/v1/audit/events", "/v1/deletion-requests"
     return [
-        Query("baseline: liveness check", "`GET /healthz` (one `SELECT 1`, no API key)",
-              "/healthz", lambda _: {}, "", False),
-        Query("events by request", "`request_id=`", events,
-              lambda r: {"request_id": r.choice(org.request_ids)}, "audit_event", True),
-        Query("events by caller reference", "`caller_reference=`", events,
-              lambda r: {"caller_reference": r.choice(org.callers)}, "audit_event", True),
-        Query("events by model", "`model_id=`", events,
-              lambda r: {"model_id": r.choice(org.model_ids)}, "audit_event", True),
-        Query("events by action (lifecycle actions, in turn)", "`action=`", events,
-              lambda r: {"action": r.choice(lifecycle)}, "audit_event", True),
-        Query("events by action (downloads, 90% of the log)",
-              "`action=model_version.downloaded`", events,
-              lambda _: {"action": "model_version.downloaded"}, "audit_event", True),
-        Query("events in a 1-day window", "`since=&until=`", events, window(1), "audit_event",
-              True),
-        Query("events in a 30-day window", "`since=&until=`", events, window(30), "audit_event",
-              True),
-        Query("events of the last 1 to 3 days (open-ended)", "`since=`", events,
-              lambda r: {"since": (org.end - timedelta(days=r.uniform(1, 3))).isoformat()},
-              "audit_event", True),
-        Query("events, first page, unfiltered", "(none)", events, lambda _: {}, "audit_event",
-              True),
-        Query("events, deep page (last 5% of the chain)", "`page_token=`", events,
-              lambda r: {"page_token": str(r.randrange(deep, max(deep + 1, org.head_seq - 100)))},
-              "audit_event", True),
-        Query("requests by caller reference", "`caller_reference=`", requests,
-              lambda r: {"caller_reference": r.choice(org.callers)}, "deletion_request", True),
-        Query("requests by upstream request id", "`upstream_request_id=`", requests,
-              lambda r: {"upstream_request_id": r.choice(org.upstream_ids)},
-              "deletion_request", True),
-        Query("requests by model", "`model_id=`", requests,
-              lambda r: {"model_id": r.choice(org.model_ids)}, "deletion_request", True),
-        Query("requests by status (succeeded)", "`status=succeeded`", requests,
-              lambda _: {"status": "succeeded"}, "deletion_request", True),
-        Query("requests by status (the others, in turn)", "`status=`", requests,
-              lambda r: {"status": r.choice(others)}, "deletion_request", True),
-        Query("requests received in a 7-day window", "`received_since=&received_until=`",
-              requests, received(7), "deletion_request", True),
-        Query("requests, first page, unfiltered", "(none)", requests, lambda _: {},
-              "deletion_request", True),
-        Query("deadlines (due within 7, 14 or 30 days)", "`/deadlines?within_days=`",
-              f"{requests}/deadlines", lambda r: {"within_days": r.choice([7, 14, 30])},
-              "deletion_request", True),
-    ]  # fmt: skip
+        Query(
+            "baseline: liveness check",
+            "`GET /healthz` (one `SELECT 1`, no API key)",
+            "/healthz",
+            lambda _: {},
+            "",
+            False,
+        ),
+        Query(
+            "events by request",
+            "`request_id=`",
+            events,
+            lambda r: {"request_id": r.choice(org.request_ids)},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events by caller reference",
+            "`caller_reference=`",
+            events,
+            lambda r: {"caller_reference": r.choice(org.callers)},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events by model",
+            "`model_id=`",
+            events,
+            lambda r: {"model_id": r.choice(org.model_ids)},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events by action (lifecycle actions, in turn)",
+            "`action=`",
+            events,
+            lambda r: {"action": r.choice(lifecycle)},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events by action (downloads, 90% of the log)",
+            "`action=model_version.downloaded`",
+            events,
+            lambda _: {"action": "model_version.downloaded"},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events in a 1-day window", "`since=&until=`", events, window(1), "audit_event", True
+        ),
+        Query(
+            "events in a 30-day window", "`since=&until=`", events, window(30), "audit_event", True
+        ),
+        Query(
+            "events of the last 1 to 3 days (open-ended)",
+            "`since=`",
+            events,
+            lambda r: {"since": (org.end - timedelta(days=r.uniform(1, 3))).isoformat()},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "events, first page, unfiltered", "(none)", events, lambda _: {}, "audit_event", True
+        ),
+        Query(
+            "events, deep page (last 5% of the chain)",
+            "`page_token=`",
+            events,
+            lambda r: {"page_token": str(r.randrange(deep, max(deep + 1, org.head_seq - 100)))},
+            "audit_event",
+            True,
+        ),
+        Query(
+            "requests by caller reference",
+            "`caller_reference=`",
+            requests,
+            lambda r: {"caller_reference": r.choice(org.callers)},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests by upstream request id",
+            "`upstream_request_id=`",
+            requests,
+            lambda r: {"upstream_request_id": r.choice(org.upstream_ids)},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests by model",
+            "`model_id=`",
+            requests,
+            lambda r: {"model_id": r.choice(org.model_ids)},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests by status (succeeded)",
+            "`status=succeeded`",
+            requests,
+            lambda _: {"status": "succeeded"},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests by status (the others, in turn)",
+            "`status=`",
+            requests,
+            lambda r: {"status": r.choice(others)},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests received in a 7-day window",
+            "`received_since=&received_until=`",
+            requests,
+            received(7),
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "requests, first page, unfiltered",
+            "(none)",
+            requests,
+            lambda _: {},
+            "deletion_request",
+            True,
+        ),
+        Query(
+            "deadlines (due within 7, 14 or 30 days)",
+            "`/deadlines?within_days=`",
+            f"{requests}/deadlines",
+            lambda r: {"within_days": r.choice([7, 14, 30])},
+            "deletion_request",
+            True,
+        ),
+    ]
 
 
 def rows_of(body: Any) -> int:
@@ -612,8 +916,9 @@ def rows_of(body: Any) -> int:
     return len(body)
 
 
-def measure(client: Any, log: SqlLog, query: Query, args: argparse.Namespace,
-            rng: random.Random) -> Result:  # fmt: skip
+def measure(
+    client: Any, log: SqlLog, query: Query, args: argparse.Namespace, rng: random.Random
+) -> Result:
     params = [query.params(rng) for _ in range(args.warmup + args.repeat)]
     samples, rows, statements = [], 0, 0
     for i, p in enumerate(params):
@@ -630,8 +935,9 @@ def measure(client: Any, log: SqlLog, query: Query, args: argparse.Namespace,
     return Result(query.name, query.call, samples, rows / args.repeat, statements / args.repeat)
 
 
-def explain(engine: Any, client: Any, log: SqlLog, query: Query, params: dict[str, Any],
-            result: Result) -> None:  # fmt: skip
+def explain(
+    engine: Any, client: Any, log: SqlLog, query: Query, params: dict[str, Any], result: Result
+) -> None:
     """EXPLAIN ANALYZE the statement the endpoint sent (the first one on ``query.table``)."""
     with log.capturing() as sent:
         client.get(query.path, params=params)
@@ -736,16 +1042,25 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> dict[str, Any]:
             if query.explain or slow:
                 explain(engine, client, log, query, query.params(rng), result)
             results.append(result)
-            print(f"{result.name:<48} p50 {result.pct(50):8.1f} ms  p95 {result.pct(95):8.1f} ms"
-                  f"  rows {result.rows:6.1f}  SQL/call {result.statements:6.1f}")  # fmt: skip
+            print(
+                f"{result.name:<48} p50 {result.pct(50):8.1f} ms  p95 {result.pct(95):8.1f} ms"
+                f"  rows {result.rows:6.1f}  SQL/call {result.statements:6.1f}"
+            )
         chain_check = verify_chain(client, log, args.verify_repeat)
     load = (load_before, os.getloadavg()[0])
     print(f"load average (1 min) before / after the measurements: {load[0]:.1f} / {load[1]:.1f}")
     return {
-        "orgs": orgs, "seeding": seeding, "migrate_s": migrate_s, "results": results,
-        "verify": chain_check, "other_verify": other_check, "pg_version": pg_version,
-        "shared_buffers": shared_buffers, "table_size": table_size, "load": load,
-    }  # fmt: skip
+        "orgs": orgs,
+        "seeding": seeding,
+        "migrate_s": migrate_s,
+        "results": results,
+        "verify": chain_check,
+        "other_verify": other_check,
+        "pg_version": pg_version,
+        "shared_buffers": shared_buffers,
+        "table_size": table_size,
+        "load": load,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -780,8 +1095,9 @@ def section(args: argparse.Namespace, report: dict[str, Any], command: str) -> s
     measured, other = report["orgs"]
     seeding = report["seeding"]
     results: list[Result] = report["results"]
-    statuses = ", ".join(f"{n:,} {k}" for k, n in sorted(measured.statuses.items(),
-                                                       key=lambda kv: -kv[1]))  # fmt: skip
+    statuses = ", ".join(
+        f"{n:,} {k}" for k, n in sorted(measured.statuses.items(), key=lambda kv: -kv[1])
+    )
     downloads = measured.actions.get("model_version.downloaded", 0)
     slow = [r for r in results if r.pct(50) > SLOW_MS]
     n_plus_one = [r for r in slow if r.rows and r.statements > 2 * r.rows]
@@ -906,7 +1222,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument("--write-docs", action="store_true", help=f"write {SECTION!r}")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     if args.events < 100 or args.other_events < 100:
         raise SystemExit("--events and --other-events must be at least 100")
     command = " ".join([".venv/bin/python", "bench/audit_queries.py", *documented(sys.argv[1:])])
@@ -925,8 +1241,9 @@ def main() -> None:
             drop_database(args.admin_url, name)
     results: list[Result] = report["results"]
     for r in results:
-        if r.plan_text and (r.name in ("events by request", "events in a 1-day window")
-                            or r.pct(50) > SLOW_MS):  # fmt: skip
+        if r.plan_text and (
+            r.name in ("events by request", "events in a 1-day window") or r.pct(50) > SLOW_MS
+        ):
             print(f"\nEXPLAIN (ANALYZE, BUFFERS): {r.name}\n{r.plan_text}")
     print()
     print(table(results))
@@ -940,11 +1257,21 @@ def main() -> None:
         print(f"wrote {SECTION!r} in {DOCS.relative_to(ROOT)}")
     if args.out:
         figures = {
-            "command": command, "seeding_s": report["seeding"], "verify": report["verify"],
+            "command": command,
+            "seeding_s": report["seeding"],
+            "verify": report["verify"],
             "pg_version": report["pg_version"],
-            "queries": [{"name": r.name, "samples_ms": r.samples_ms, "rows": r.rows,
-                         "statements": r.statements, "plan": r.plan_text} for r in results],
-        }  # fmt: skip
+            "queries": [
+                {
+                    "name": r.name,
+                    "samples_ms": r.samples_ms,
+                    "rows": r.rows,
+                    "statements": r.statements,
+                    "plan": r.plan_text,
+                }
+                for r in results
+            ],
+        }
         args.out.write_text(json.dumps(figures, indent=2))
 
 

@@ -33,7 +33,9 @@ from unlearning.train import train_classifier
 
 SETUPS: dict[str, dict[str, Any]] = {
     "digits": {
-        "kind": "sklearn_digits", "arch": "tiny_cnn", "args": {"in_channels": 1},
+        "kind": "sklearn_digits",
+        "arch": "tiny_cnn",
+        "args": {"in_channels": 1},
         "spec": data.InputSpec((1, 8, 8), (0.5,), (0.5,)),
         "train": {"epochs": 15, "lr": 3e-3, "batch_size": 64},
         "forget": [[3], [3, 8]],
@@ -41,14 +43,15 @@ SETUPS: dict[str, dict[str, Any]] = {
         "params": {"unsir": {"repair_epochs": 3, "repair_batch_size": 32}},
     },
     "fashion": {
-        "kind": "fashion_mnist", "arch": "small_resnet",
+        "kind": "fashion_mnist",
+        "arch": "small_resnet",
         "args": {"in_channels": 1, "width": 16, "blocks": [2, 2, 2, 2]},
         "spec": data.InputSpec((1, 28, 28), (0.2860,), (0.3530,)),
         "train": {"epochs": 3, "lr": 1e-3, "batch_size": 128},
         "forget": [[0], [0, 6]],
         "params": {},
     },
-}  # fmt: skip
+}
 ORDER = ("unsir", "retrain", "finetune", "neggrad_plus", "random_label", "salun")
 
 
@@ -67,8 +70,9 @@ class RetrainCurve:
     """Retain-test accuracy of the model being retrained, every quarter epoch, with the training
     time spent so far (the measuring itself is not counted)."""
 
-    def __init__(self, sets: verify.EvalSets, spec: data.InputSpec, device: torch.device,
-                 epochs: int) -> None:  # fmt: skip
+    def __init__(
+        self, sets: verify.EvalSets, spec: data.InputSpec, device: torch.device, epochs: int
+    ) -> None:
         self.sets, self.spec, self.device = sets, spec, device
         self.marks = [k / (4 * epochs) for k in range(1, 4 * epochs + 1)]
         self.points: list[tuple[float, float]] = []
@@ -87,8 +91,9 @@ class RetrainCurve:
             self.marks.pop(0)
         sync(self.device)
         paused = time.perf_counter()
-        out = verify.model_outputs(self.model, self.sets.test, self.sets.retain_test, self.spec,
-                                   self.device)  # fmt: skip
+        out = verify.model_outputs(
+            self.model, self.sets.test, self.sets.retain_test, self.spec, self.device
+        )
         self.model.train()
         self.points.append((paused - self.start - self.excluded, verify.accuracy(out) or 0.0))
         self.excluded += time.perf_counter() - paused
@@ -110,12 +115,17 @@ def run_method(
     if name == "retrain":
         params = {**setup["train"], **params}
         curve = RetrainCurve(sets, setup["spec"], device, params["epochs"])
-    build = lambda: architectures.build_classifier(setup["arch"], len(sets.class_names),  # noqa: E731
-                                                   setup["args"])  # fmt: skip
+
+    def build() -> torch.nn.Module:
+        return architectures.build_classifier(setup["arch"], len(sets.class_names), setup["args"])
+
     task = UnlearningTask(
-        model, **task_args, device=device, progress=curve or (lambda *_: None),
+        model,
+        **task_args,
+        device=device,
+        progress=curve or (lambda *_: None),
         fresh_model=(lambda: curve.build(build())) if curve else build,
-    )  # fmt: skip
+    )
     method = METHODS[name]
     config = method.config_type(**params)
     sync(device)
@@ -125,7 +135,9 @@ def run_method(
     seconds = time.perf_counter() - start - (curve.excluded if curve else 0.0)
     measured = verify.measure(model, sets, setup["spec"], device)
     return {
-        "method": label, "params": config.__dict__, "seconds": seconds,
+        "method": label,
+        "params": config.__dict__,
+        "seconds": seconds,
         "samples_processed": sum(result.samples_processed.values()),
         "forget_train": measured["accuracy"]["forget_train"],
         "forget_test": measured["accuracy"]["forget_test"],
@@ -135,7 +147,7 @@ def run_method(
         "mia_efficacy": measured["mia"]["efficacy"],
         "curve": curve.points if curve else None,
         "model": model,
-    }  # fmt: skip
+    }
 
 
 def scenario(
@@ -151,9 +163,13 @@ def scenario(
     retain_idx = np.flatnonzero(~np.isin(train.targets, forget))
     sets = verify.eval_sets(train, test, forget_idx, retain_idx, forget, train.classes)
     task_args = {
-        "source": train, "forget_idx": forget_idx, "retain_idx": retain_idx,
-        "forget_classes": forget, "num_classes": len(train.classes), "spec": setup["spec"],
-    }  # fmt: skip
+        "source": train,
+        "forget_idx": forget_idx,
+        "retain_idx": retain_idx,
+        "forget_classes": forget,
+        "num_classes": len(train.classes),
+        "spec": setup["spec"],
+    }
     before = verify.measure(original, sets, setup["spec"], device)
     rows = []
     for name in methods:
@@ -171,16 +187,20 @@ def scenario(
             "retrain_to_same_accuracy_over_unsir": reach / u["seconds"] if reach else None,
             "retain_gap_to_retrain": u["retain_test"] - retrained["retain_test"],
             "mia_gap_to_retrain": u["entropy_mia"] - retrained["entropy_mia"],
-        }  # fmt: skip
+        }
     for row in rows:
         row.pop("model")
     return {
-        "before": {k: before["accuracy"][k] for k in ("forget_train", "forget_test",
-                                                      "retain_test", "test")}
-        | {"entropy_mia": before["mia"]["entropy"]["forget_member_rate"],
-           "mia_efficacy": before["mia"]["efficacy"]},
-        "rows": rows, "summary": summary,
-    }  # fmt: skip
+        "before": {
+            k: before["accuracy"][k] for k in ("forget_train", "forget_test", "retain_test", "test")
+        }
+        | {
+            "entropy_mia": before["mia"]["entropy"]["forget_member_rate"],
+            "mia_efficacy": before["mia"]["efficacy"],
+        },
+        "rows": rows,
+        "summary": summary,
+    }
 
 
 def _time_to_points(points: list[tuple[float, float]], accuracy: float) -> float | None:
@@ -214,12 +234,15 @@ def table(result: dict[str, Any]) -> str:
         lines.append("")
         lines.append(
             f"{label}: retrain time / UNSIR time **{s['retrain_over_unsir']:.1f}x**; retraining "
-            + (f"reached its retain accuracy after {reach:.2f} s "
-               f"(**{s['retrain_to_same_accuracy_over_unsir']:.1f}x** its time)"
-               if reach else "never reached its retain accuracy (within the original's recipe)")
+            + (
+                f"reached its retain accuracy after {reach:.2f} s "
+                f"(**{s['retrain_to_same_accuracy_over_unsir']:.1f}x** its time)"
+                if reach
+                else "never reached its retain accuracy (within the original's recipe)"
+            )
             + f"; retain gap to retrain {s['retain_gap_to_retrain'] * 100:+.1f} points, "
             f"entropy-MIA gap {s['mia_gap_to_retrain'] * 100:+.1f} points."
-        )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
@@ -239,7 +262,7 @@ def main() -> None:
         help='per-method overrides as JSON, e.g. {"finetune": {"epochs": 1}}',
     )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
     device = torch.device(args.device)
     setup = copy.deepcopy(SETUPS[args.dataset])
     for name, override in json.loads(args.params).items():
@@ -249,8 +272,9 @@ def main() -> None:
     original = architectures.build_classifier(setup["arch"], len(train.classes), setup["args"])
     sync(device)
     start = time.perf_counter()
-    train_classifier(original, train, np.arange(len(train)), setup["spec"], **setup["train"],
-                     device=device)  # fmt: skip
+    train_classifier(
+        original, train, np.arange(len(train)), setup["spec"], **setup["train"], device=device
+    )
     sync(device)
     train_s = time.perf_counter() - start
     head = (
@@ -264,8 +288,10 @@ def main() -> None:
         print(f"forgetting {forget}", file=sys.stderr, flush=True)
         result = scenario(forget, original, setup, train, test, device, args.methods.split(","))
         results["scenarios"].append(result)
-        print(f"\n**Forget {', '.join(result['summary']['forget'])}**\n\n{table(result)}\n",
-              flush=True)  # fmt: skip
+        print(
+            f"\n**Forget {', '.join(result['summary']['forget'])}**\n\n{table(result)}\n",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2, default=str))
 

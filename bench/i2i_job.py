@@ -92,11 +92,19 @@ def original_model(
     """The trained original, from the cache under var/bench/ when the same settings trained one
     before (its training figures are the cached run's)."""
     settings = {
-        "dataset": dataset, "arch": arch, "arch_args": arch_args, "shape": list(spec.shape),
-        "mean": list(spec.mean), "std": list(spec.std), "train_images": train_images,
-        "epochs": train_epochs, "lr": TRAIN_LR, "batch_size": TRAIN_BATCH, "seed": TRAIN_SEED,
+        "dataset": dataset,
+        "arch": arch,
+        "arch_args": arch_args,
+        "shape": list(spec.shape),
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "train_images": train_images,
+        "epochs": train_epochs,
+        "lr": TRAIN_LR,
+        "batch_size": TRAIN_BATCH,
+        "seed": TRAIN_SEED,
         "transform": {"kind": TRANSFORM.kind, "size": TRANSFORM.size, "cell": TRANSFORM.cell},
-    }  # fmt: skip
+    }
     stem = BENCH_DIR / f"i2i_original_{dataset}_{arch}_{_digest(settings)}"
     weights, info_path = stem.with_suffix(".pt"), stem.with_suffix(".json")
     torch.manual_seed(TRAIN_SEED)
@@ -110,17 +118,29 @@ def original_model(
     subset = np.sort(rng.choice(len(train), size=n, replace=False))
     sync(device)
     start = time.perf_counter()
-    stats = train_inpainter(model, train, subset, spec, TRANSFORM, epochs=train_epochs,
-                            lr=TRAIN_LR, batch_size=TRAIN_BATCH, seed=TRAIN_SEED,
-                            device=device)  # fmt: skip
+    stats = train_inpainter(
+        model,
+        train,
+        subset,
+        spec,
+        TRANSFORM,
+        epochs=train_epochs,
+        lr=TRAIN_LR,
+        batch_size=TRAIN_BATCH,
+        seed=TRAIN_SEED,
+        device=device,
+    )
     sync(device)
     seconds = time.perf_counter() - start
     info = {
-        "settings": settings, "images": n, "seconds": seconds,
-        "images_per_s": stats["samples"] / seconds, "final_loss": stats["loss"],
+        "settings": settings,
+        "images": n,
+        "seconds": seconds,
+        "images_per_s": stats["samples"] / seconds,
+        "final_loss": stats["loss"],
         "device": device_name(device),
         "parameters": sum(p.numel() for p in model.parameters()),
-    }  # fmt: skip
+    }
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     info_path.write_text(json.dumps(info, indent=2))
@@ -169,8 +189,9 @@ def run(
     eval_before_s = time.perf_counter() - start
 
     encoder = architectures.resolve_encoder(model, declared)  # as the service checks a declaration
-    task = I2ITask(model, train, forget_idx, train, retain_idx, forget, spec, TRANSFORM, encoder,
-                   device)  # fmt: skip
+    task = I2ITask(
+        model, train, forget_idx, train, retain_idx, forget, spec, TRANSFORM, encoder, device
+    )
     config = I2IConfig(**params)
     sync(device)
     start = time.perf_counter()
@@ -193,33 +214,53 @@ def run(
     grid = i2i_verify.completion_grid(before_done, after_done)
     method_s = result.phase_seconds["i2i"]
     summary = {
-        "dataset": name, "dataset_kind": setup["kind"], "arch": arch, "arch_args": arch_args,
-        "parameters": training["parameters"], "params": params, "encoder": encoder,
-        "encoder_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                  if architectures.trainable(n, encoder)),
+        "dataset": name,
+        "dataset_kind": setup["kind"],
+        "arch": arch,
+        "arch_args": arch_args,
+        "parameters": training["parameters"],
+        "params": params,
+        "encoder": encoder,
+        "encoder_parameters": sum(
+            p.numel() for n, p in model.named_parameters() if architectures.trainable(n, encoder)
+        ),
         "device": device_name(device),
-        "forget": [train.classes[c] for c in forget], "forget_classes": forget,
-        "train_split_images": len(train), "forget_train_images": len(forget_idx),
-        "retain_train_images": len(retain_idx), "transform": before["transform"],
+        "forget": [train.classes[c] for c in forget],
+        "forget_classes": forget,
+        "train_split_images": len(train),
+        "forget_train_images": len(forget_idx),
+        "retain_train_images": len(retain_idx),
+        "transform": before["transform"],
         "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
         "original_training": training,
         "seconds": {
-            "original_training": training["seconds"], "method": method_s,
-            "method_wall": method_wall_s, "evaluate_before": eval_before_s,
-            "evaluate_after": eval_after_s, "job_total": method_s + eval_before_s + eval_after_s,
+            "original_training": training["seconds"],
+            "method": method_s,
+            "method_wall": method_wall_s,
+            "evaluate_before": eval_before_s,
+            "evaluate_after": eval_after_s,
+            "job_total": method_s + eval_before_s + eval_after_s,
         },
         "samples_processed": {
-            **result.samples_processed, "forward_only": 2 * i2i_verify.forward_samples(before)
+            **result.samples_processed,
+            "forward_only": 2 * i2i_verify.forward_samples(before),
         },
-        "before": before, "after": after, "change": change(before, after),
-        "acceptance": {"thresholds": dataclasses.asdict(acceptance.I2I_DEFAULTS),
-                       "passed": not failed, "failures": failed},
-        "weights": weights, "weights_finite": finite,
+        "before": before,
+        "after": after,
+        "change": change(before, after),
+        "acceptance": {
+            "thresholds": dataclasses.asdict(acceptance.I2I_DEFAULTS),
+            "passed": not failed,
+            "failures": failed,
+        },
+        "weights": weights,
+        "weights_finite": finite,
         "weight_distance": {k: v for k, v in distance.items() if k != "layers"},
         "method_details": result.details,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
-    }  # fmt: skip
+    }
     return summary, grid
 
 
@@ -293,8 +334,18 @@ def main() -> None:
         defaults = {"images": 1_428, "epochs": 20}
     train_images = args.train_images or defaults["images"]
     train_epochs = args.train_epochs or defaults["epochs"]
-    result, grid = run(args.dataset, args.root, args.arch, arch_args, torch.device(args.device),
-                       forget, params, train_images, train_epochs, declared)  # fmt: skip
+    result, grid = run(
+        args.dataset,
+        args.root,
+        args.arch,
+        arch_args,
+        torch.device(args.device),
+        forget,
+        params,
+        train_images,
+        train_epochs,
+        declared,
+    )
     tag = f"{args.dataset}_{args.arch}_{'defaults' if not params else _digest(params)}"
     if declared != [architectures.ENCODER_PREFIX]:
         tag += f"_enc{_digest(declared)}"

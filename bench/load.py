@@ -80,14 +80,22 @@ BACKENDS = {
 }
 # The cheapest UNSIR that still runs noise, impair, repair and the evaluations.
 CHEAP_PARAMS = {
-    "noise_batch": 8, "noise_steps": 1, "noise_repeats": 1, "retain_per_class": 10,
-    "impair_batch_size": 32, "repair_epochs": 1, "repair_batch_size": 32,
-    "max_extra_repair_epochs": 0, "seed": 0,
-}  # fmt: skip
+    "noise_batch": 8,
+    "noise_steps": 1,
+    "noise_repeats": 1,
+    "retain_per_class": 10,
+    "impair_batch_size": 32,
+    "repair_epochs": 1,
+    "repair_batch_size": 32,
+    "max_extra_repair_epochs": 0,
+    "seed": 0,
+}
 OPEN_ACCEPTANCE = {
-    "max_forget_accuracy": None, "max_retain_drop": None, "max_mia_gap": None,
+    "max_forget_accuracy": None,
+    "max_retain_drop": None,
+    "max_mia_gap": None,
     "max_forget_member_excess": None,
-}  # fmt: skip
+}
 OPS = ("submit", "retry", "poll", "download")
 FINDINGS = "Findings"  # a hand-written subsection that --write-docs keeps
 
@@ -126,19 +134,22 @@ def backend_env(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, s
     base = args.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     suffix = name.rsplit("_", 1)[1]
     env |= {
-        "NEPENTHE_DATABASE_URL": f"{base}/{name}", "NEPENTHE_BROKER_URL": args.redis_url,
+        "NEPENTHE_DATABASE_URL": f"{base}/{name}",
+        "NEPENTHE_BROKER_URL": args.redis_url,
         # Queues of this run's own: no other run's worker on the same Redis takes its jobs.
         "NEPENTHE_TASK_QUEUE": f"unlearning-load-{suffix}",
         "NEPENTHE_WEBHOOK_QUEUE": f"webhooks-load-{suffix}",
-    }  # fmt: skip
+    }
     print(f"database {name}, queue {env['NEPENTHE_TASK_QUEUE']}")
     try:
         yield env
     finally:
         queues = [env["NEPENTHE_TASK_QUEUE"], env["NEPENTHE_WEBHOOK_QUEUE"]]
         with redis.Redis.from_url(args.redis_url) as client:  # the queues and kombu's bindings
-            client.delete(*queues, *(f"_kombu.binding{kind}.{q}" for q in queues
-                                     for kind in ("", "_permanent")))  # fmt: skip
+            client.delete(
+                *queues,
+                *(f"_kombu.binding{kind}.{q}" for q in queues for kind in ("", "_permanent")),
+            )
         if args.keep:
             print(f"kept database {name}")
         else:
@@ -156,12 +167,29 @@ class Service(LocalService):
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         for i in range(self.count):
-            self.workers.append(self._spawn(
-                f"worker-{i}",
-                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-                 "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
-                 "--hostname", f"nepenthe-load-{self.port}-{i}@%h", "-Q", self.queues()],
-            ))  # fmt: skip
+            self.workers.append(
+                self._spawn(
+                    f"worker-{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.celery_app",
+                        "worker",
+                        "--pool",
+                        "solo",
+                        "--concurrency",
+                        "1",
+                        "--loglevel",
+                        "INFO",
+                        "--hostname",
+                        f"nepenthe-load-{self.port}-{i}@%h",
+                        "-Q",
+                        self.queues(),
+                    ],
+                )
+            )
         self.worker = self.workers[0]
         return self.worker
 
@@ -203,10 +231,13 @@ def register(
 
     def one(i: int) -> str:
         model = api.register_model(
-            name=f"digits-cnn-{i:02d}", task="classification", architecture=ARCH,
-            input_shape=[1, 8, 8], normalization={"mean": [0.5], "std": [0.5]},
+            name=f"digits-cnn-{i:02d}",
+            task="classification",
+            architecture=ARCH,
+            input_shape=[1, 8, 8],
+            normalization={"mean": [0.5], "std": [0.5]},
             class_names=CLASS_NAMES,
-        )  # fmt: skip
+        )
         return str(api.upload_version(model["id"], path)["id"])
 
     with ThreadPoolExecutor(4) as pool:
@@ -280,8 +311,10 @@ def timed(tally: Tally, op: str, send: Any) -> httpx.Response | None:
         return None
     tally.record(op, started, response)
     if response.status_code >= 500:
-        tally.error(f"{op}: {response.status_code} {response.text[:300]}",
-                    f"{op} {response.status_code} {problem_code(response)}")  # fmt: skip
+        tally.error(
+            f"{op}: {response.status_code} {response.text[:300]}",
+            f"{op} {response.status_code} {problem_code(response)}",
+        )
     return response
 
 
@@ -300,11 +333,13 @@ def run_client(index: int, version_id: str, plan: Plan, tally: Tally) -> None:
                 n = tally.issued
             key = f"load-{plan.run_id}-{n:05d}"
             body = {
-                "model_version_id": version_id, "dataset_id": plan.dataset_id,
+                "model_version_id": version_id,
+                "dataset_id": plan.dataset_id,
                 "forget_classes": sorted(rng.sample(range(10), rng.choice((1, 2)))),
-                "method": "unsir", "params": {**CHEAP_PARAMS, "seed": n},
+                "method": "unsir",
+                "params": {**CHEAP_PARAMS, "seed": n},
                 "caller_reference": key,
-            }  # fmt: skip
+            }
             if plan.reject_every <= 0 or n % plan.reject_every:
                 body["acceptance"] = OPEN_ACCEPTANCE
             job = submit_twice(http, second, key, body, n, plan, tally)
@@ -355,8 +390,10 @@ def submit_twice(
     good = [r for r in (first, again) if r is not None and r.status_code in (201, 202)]
     for r, op in ((first, "submit"), (again, "retry")):
         if r is not None and r.status_code not in (201, 202) and r.status_code < 500:
-            tally.error(f"{op} {key}: {r.status_code} {r.text[:300]}",
-                        f"{op} {r.status_code} {problem_code(r)}")  # fmt: skip
+            tally.error(
+                f"{op} {key}: {r.status_code} {r.text[:300]}",
+                f"{op} {r.status_code} {problem_code(r)}",
+            )
     if not good:
         return None
     ids = {r.json()["id"] for r in good}
@@ -401,18 +438,24 @@ def download(http: httpx.Client, output: dict[str, Any], tally: Tally) -> bool:
                 response.read()
     except httpx.HTTPError as exc:
         tally.record("download", started, None)
-        tally.error(f"download {output['id']}: {type(exc).__name__}: {exc}",
-                    f"download {type(exc).__name__}")  # fmt: skip
+        tally.error(
+            f"download {output['id']}: {type(exc).__name__}: {exc}",
+            f"download {type(exc).__name__}",
+        )
         return False
     tally.record("download", started, response)
     if response.status_code != 200:
-        tally.error(f"download {output['id']}: {response.status_code} {response.text[:300]}",
-                    f"download {response.status_code} {problem_code(response)}")  # fmt: skip
+        tally.error(
+            f"download {output['id']}: {response.status_code} {response.text[:300]}",
+            f"download {response.status_code} {problem_code(response)}",
+        )
         return False
     expected = {response.headers.get("X-Checksum-SHA256"), output["sha256"]}
     if expected != {digest.hexdigest()}:
-        tally.error(f"download {output['id']}: sha256 {digest.hexdigest()}, expected {expected}",
-                    "download checksum mismatch")  # fmt: skip
+        tally.error(
+            f"download {output['id']}: sha256 {digest.hexdigest()}, expected {expected}",
+            "download checksum mismatch",
+        )
         return False
     with tally.lock:
         tally.bytes_downloaded += size
@@ -436,43 +479,64 @@ def check(admin: NepentheClient, env: dict[str, str], tally: Tally, run_id: str)
     engine = create_engine(env["NEPENTHE_DATABASE_URL"])
     like = {"like": f"load-{run_id}-%"}
     with engine.connect() as conn:
-        rows: dict[str, int] = dict(conn.execute(text(
-            "SELECT idempotency_key, count(*) FROM deletion_request "
-            "WHERE idempotency_key LIKE :like GROUP BY idempotency_key"), like).all())  # fmt: skip
-        per_request_jobs = Counter(n for (n,) in conn.execute(text(
-            "SELECT count(j.id) FROM deletion_request r LEFT JOIN job j ON j.request_id = r.id "
-            "GROUP BY r.id")))  # fmt: skip
-        db_status: dict[str, int] = dict(conn.execute(text(
-            "SELECT status, count(*) FROM job GROUP BY status")).all())  # fmt: skip
-        created_events = conn.execute(text(
-            "SELECT count(*) FROM audit_event WHERE action = 'deletion_request.created'"
-        )).scalar_one()  # fmt: skip
-        attempts: Counter[int] = Counter(dict(conn.execute(text(
-            "SELECT attempts, count(*) FROM job GROUP BY attempts")).all()))  # fmt: skip
-        transitions = Counter(n for (n,) in conn.execute(text(
-            "SELECT count(*) FROM job_event GROUP BY job_id")))  # fmt: skip
+        rows: dict[str, int] = dict(
+            conn.execute(
+                text(
+                    "SELECT idempotency_key, count(*) FROM deletion_request "
+                    "WHERE idempotency_key LIKE :like GROUP BY idempotency_key"
+                ),
+                like,
+            ).all()
+        )
+        per_request_jobs = Counter(
+            n
+            for (n,) in conn.execute(
+                text(
+                    "SELECT count(j.id) FROM deletion_request r "
+                    "LEFT JOIN job j ON j.request_id = r.id GROUP BY r.id"
+                )
+            )
+        )
+        db_status: dict[str, int] = dict(
+            conn.execute(text("SELECT status, count(*) FROM job GROUP BY status")).all()
+        )
+        created_events = conn.execute(
+            text("SELECT count(*) FROM audit_event WHERE action = 'deletion_request.created'")
+        ).scalar_one()
+        attempts: Counter[int] = Counter(
+            dict(conn.execute(text("SELECT attempts, count(*) FROM job GROUP BY attempts")).all())
+        )
+        transitions = Counter(
+            n for (n,) in conn.execute(text("SELECT count(*) FROM job_event GROUP BY job_id"))
+        )
         versions = conn.execute(text("SELECT count(*) FROM model_version")).scalar_one()
-        downloads = conn.execute(text(
-            "SELECT count(*) FROM audit_event WHERE action = 'model_version.downloaded'"
-        )).scalar_one()  # fmt: skip
+        downloads = conn.execute(
+            text("SELECT count(*) FROM audit_event WHERE action = 'model_version.downloaded'")
+        ).scalar_one()
     engine.dispose()
     open_statuses = {s: n for s, n in db_status.items() if s not in TERMINAL}
     problems = []
     if set(found) != ours:
-        problems.append(f"the API lists {len(found)} requests, the clients had {len(ours)} "
-                        f"accepted; missing {sorted(ours - set(found))[:5]}, extra "
-                        f"{sorted(set(found) - ours)[:5]}")  # fmt: skip
+        problems.append(
+            f"the API lists {len(found)} requests, the clients had {len(ours)} "
+            f"accepted; missing {sorted(ours - set(found))[:5]}, extra "
+            f"{sorted(set(found) - ours)[:5]}"
+        )
     if any(n != 1 for n in found.values()):
         problems.append("a request was listed twice")
     if set(rows) != set(accepted) or any(n != 1 for n in rows.values()):
         dup = {k: n for k, n in rows.items() if n != 1}
-        problems.append(f"rows per Idempotency-Key: {len(rows)} keys in the database, "
-                        f"{len(accepted)} accepted, duplicated {dup}")  # fmt: skip
+        problems.append(
+            f"rows per Idempotency-Key: {len(rows)} keys in the database, "
+            f"{len(accepted)} accepted, duplicated {dup}"
+        )
     if set(per_request_jobs) != {1}:
         problems.append(f"jobs per request: {dict(per_request_jobs)}")
     if created_events != len(accepted):
-        problems.append(f"{created_events} deletion_request.created events for "
-                        f"{len(accepted)} accepted requests")  # fmt: skip
+        problems.append(
+            f"{created_events} deletion_request.created events for "
+            f"{len(accepted)} accepted requests"
+        )
     if open_statuses or any(s not in TERMINAL for s in jobs):
         problems.append(f"jobs not ended: database {open_statuses}, API {dict(jobs)}")
     if not verify.get("ok"):
@@ -481,16 +545,26 @@ def check(admin: NepentheClient, env: dict[str, str], tally: Tally, run_id: str)
         problems.append(f"retries naming another request: {tally.mismatched[:5]}")
     if tally.both_created:
         problems.append(f"both answers 'created' (no Idempotent-Replayed): {tally.both_created}")
-    fives = {op: n for op, c in tally.statuses.items() if (n := sum(
-        v for s, v in c.items() if s >= 500 or s == 0))}  # fmt: skip
+    fives = {
+        op: n
+        for op, c in tally.statuses.items()
+        if (n := sum(v for s, v in c.items() if s >= 500 or s == 0))
+    }
     if fives:
         problems.append(f"5xx or transport errors: {fives}")
     return {
-        "listed": len(found), "db_keys": len(rows), "api_jobs": dict(jobs),
-        "db_jobs": db_status, "created_events": created_events, "attempts": dict(attempts),
-        "transitions": dict(transitions), "versions": versions, "download_events": downloads,
-        "audit_events": verify.get("events_checked"), "problems": problems,
-    }  # fmt: skip
+        "listed": len(found),
+        "db_keys": len(rows),
+        "api_jobs": dict(jobs),
+        "db_jobs": db_status,
+        "created_events": created_events,
+        "attempts": dict(attempts),
+        "transitions": dict(transitions),
+        "versions": versions,
+        "download_events": downloads,
+        "audit_events": verify.get("events_checked"),
+        "problems": problems,
+    }
 
 
 def log_errors(log_dir: Path) -> dict[str, int]:
@@ -519,19 +593,26 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             dataset_id, versions = register(admin, args.clients, workdir, report)
             report["register_s"] = time.perf_counter() - t
             key = admin.create_key("load-clients", ["submit", "download"])["token"]
-            print(f"service up in {report['start_s']:.1f} s ({args.workers} workers); "
-                  f"{args.clients} models registered in {report['register_s']:.1f} s "
-                  f"(training {report['train_s']:.1f} s)")  # fmt: skip
+            print(
+                f"service up in {report['start_s']:.1f} s ({args.workers} workers); "
+                f"{args.clients} models registered in {report['register_s']:.1f} s "
+                f"(training {report['train_s']:.1f} s)"
+            )
             run_id = uuid.uuid4().hex[:8]
             tally = Tally()
             start = time.perf_counter()
             plan = Plan(
-                url=service.url, key=key, dataset_id=dataset_id, run_id=run_id,
-                requests=args.requests, stop_submitting=start + args.max_seconds,
+                url=service.url,
+                key=key,
+                dataset_id=dataset_id,
+                run_id=run_id,
+                requests=args.requests,
+                stop_submitting=start + args.max_seconds,
                 give_up=start + args.max_seconds + args.drain_seconds,
-                poll_interval=args.poll_interval, reject_every=args.reject_every,
+                poll_interval=args.poll_interval,
+                reject_every=args.reject_every,
                 concurrent_retry_every=args.concurrent_retry_every,
-            )  # fmt: skip
+            )
             load_before = os.getloadavg()
             threads = [
                 threading.Thread(target=run_client, args=(i, versions[i], plan, tally))
@@ -565,10 +646,12 @@ def progress(threads: list[threading.Thread], tally: Tally, start: float, args: 
         if now - last >= 15:
             last = now
             with tally.lock:
-                line = (f"{now - start:6.0f} s  issued {tally.issued:4d}/{args.requests}  "
-                        f"ended {sum(tally.outcomes.values()):4d}  "
-                        f"polls {len(tally.latency_ms['poll']):6d}  "
-                        f"errors {len(tally.errors)}")  # fmt: skip
+                line = (
+                    f"{now - start:6.0f} s  issued {tally.issued:4d}/{args.requests}  "
+                    f"ended {sum(tally.outcomes.values()):4d}  "
+                    f"polls {len(tally.latency_ms['poll']):6d}  "
+                    f"errors {len(tally.errors)}"
+                )
             print(f"{line}  load {os.getloadavg()[0]:.1f}", flush=True)
 
 
@@ -601,14 +684,17 @@ def table(report: dict[str, Any]) -> str:
         "| operation | count | per second | p50 (ms) | p99 (ms) | max (ms) | answers |",
         "|---|---|---|---|---|---|---|",
     ]
-    names = {"submit": "submit (`POST /v1/deletion-requests`)",
-             "retry": "retry, same Idempotency-Key (replayed)",
-             "poll": "poll (`GET /v1/jobs/{id}`)",
-             "download": "download checkpoint (streamed, SHA-256 checked)"}  # fmt: skip
+    names = {
+        "submit": "submit (`POST /v1/deletion-requests`)",
+        "retry": "retry, same Idempotency-Key (replayed)",
+        "poll": "poll (`GET /v1/jobs/{id}`)",
+        "download": "download checkpoint (streamed, SHA-256 checked)",
+    }
     for op in OPS:
         samples = tally.latency_ms[op]
-        answers = ", ".join(f"{n} x {s or 'transport error'}"
-                            for s, n in sorted(tally.statuses[op].items()))  # fmt: skip
+        answers = ", ".join(
+            f"{n} x {s or 'transport error'}" for s, n in sorted(tally.statuses[op].items())
+        )
         top = max(samples) if samples else float("nan")
         lines.append(
             f"| {names[op]} | {len(samples)} | {len(samples) / seconds:.1f} | "
@@ -649,10 +735,15 @@ def summary(report: dict[str, Any]) -> list[str]:
 
 def revision() -> str:
     """The commit, and whether the working tree (the code that ran) differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     return f"`{head}`" + (" with uncommitted changes in the tree" if dirty else "")
 
 
@@ -804,11 +895,15 @@ def main() -> None:
         print(f"wrote {SECTION!r} ({args.backend}) in {DOCS.relative_to(ROOT)}")
     if args.out:
         figures = {
-            "command": command, "backend": args.backend, "load_s": report["load_s"],
+            "command": command,
+            "backend": args.backend,
+            "load_s": report["load_s"],
             "latency_ms": tally.latency_ms,
             "statuses": {op: dict(c) for op, c in tally.statuses.items()},
-            "outcomes": dict(tally.outcomes), "errors": tally.errors, "check": report["check"],
-        }  # fmt: skip
+            "outcomes": dict(tally.outcomes),
+            "errors": tally.errors,
+            "check": report["check"],
+        }
         args.out.write_text(json.dumps(figures, indent=2))
     if report["check"]["problems"] or tally.errors:
         sys.exit(1)

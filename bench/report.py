@@ -23,8 +23,9 @@ def wrap(line: str) -> str:
     if len(line) <= 100 or line.startswith(("|", "```", ".venv/")):
         return line
     indent = "  " if line.startswith("- ") else ""
-    return textwrap.fill(line, width=100, subsequent_indent=indent, break_long_words=False,
-                         break_on_hyphens=False)  # fmt: skip
+    return textwrap.fill(
+        line, width=100, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False
+    )
 
 
 def documented(argv: list[str], dropped: tuple[str, ...] = ()) -> list[str]:

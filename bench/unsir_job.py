@@ -31,17 +31,26 @@ from unlearning.train import train_classifier
 
 SETUPS: dict[str, dict[str, Any]] = {
     "digits": {
-        "kind": "sklearn_digits", "arch": "tiny_cnn", "args": {"in_channels": 1},
-        "spec": data.InputSpec((1, 8, 8), (0.5,), (0.5,)), "epochs": 15, "lr": 3e-3,
-        "batch": 64, "unsir": {"repair_epochs": 3, "repair_batch_size": 32},
+        "kind": "sklearn_digits",
+        "arch": "tiny_cnn",
+        "args": {"in_channels": 1},
+        "spec": data.InputSpec((1, 8, 8), (0.5,), (0.5,)),
+        "epochs": 15,
+        "lr": 3e-3,
+        "batch": 64,
+        "unsir": {"repair_epochs": 3, "repair_batch_size": 32},
     },
     "fashion": {
-        "kind": "fashion_mnist", "arch": "small_resnet",
+        "kind": "fashion_mnist",
+        "arch": "small_resnet",
         "args": {"in_channels": 1, "width": 64, "blocks": [2, 2, 2, 2]},
-        "spec": data.InputSpec((1, 28, 28), (0.2860,), (0.3530,)), "epochs": 3, "lr": 1e-3,
-        "batch": 256, "unsir": {},
+        "spec": data.InputSpec((1, 28, 28), (0.2860,), (0.3530,)),
+        "epochs": 3,
+        "lr": 1e-3,
+        "batch": 256,
+        "unsir": {},
     },
-}  # fmt: skip
+}
 
 
 def sync(device: torch.device) -> None:
@@ -59,8 +68,16 @@ def run(
     spec = setup["spec"]
     model = architectures.build_classifier(setup["arch"], n, setup["args"]).to(device)
     start = time.perf_counter()
-    train_classifier(model, train, np.arange(len(train)), spec, epochs=setup["epochs"],
-                     lr=setup["lr"], batch_size=setup["batch"], device=device)  # fmt: skip
+    train_classifier(
+        model,
+        train,
+        np.arange(len(train)),
+        spec,
+        epochs=setup["epochs"],
+        lr=setup["lr"],
+        batch_size=setup["batch"],
+        device=device,
+    )
     sync(device)
     train_s = time.perf_counter() - start
     everything = np.arange(len(test))
@@ -81,18 +98,26 @@ def run(
         count_correct(unlearned, test, everything, spec, n, device), forget, train.classes
     )
     return {
-        "dataset": name, "arch": setup["arch"], "arch_args": setup["args"],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "forget": [train.classes[c] for c in forget], "train_images": len(train),
-        "train_epochs": setup["epochs"], "train_seconds": train_s,
+        "dataset": name,
+        "arch": setup["arch"],
+        "arch_args": setup["args"],
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)",
+        "forget": [train.classes[c] for c in forget],
+        "train_images": len(train),
+        "train_epochs": setup["epochs"],
+        "train_seconds": train_s,
         "train_images_per_s": setup["epochs"] * len(train) / train_s,
-        "unsir_seconds": unsir_s, "phase_seconds": result.phase_seconds,
-        "samples_processed": result.samples_processed, "params": config.as_dict(),
+        "unsir_seconds": unsir_s,
+        "phase_seconds": result.phase_seconds,
+        "samples_processed": result.samples_processed,
+        "params": config.as_dict(),
         "before": {k: before[k] for k in ("forget_accuracy", "retain_accuracy")},
         "after": {k: after[k] for k in ("forget_accuracy", "retain_accuracy")},
         "torch": torch.__version__,
-    }  # fmt: skip
+    }
 
 
 def markdown_row(r: dict[str, Any]) -> str:

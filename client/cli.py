@@ -37,8 +37,11 @@ def _print(obj: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nepenthe", description=__doc__)
     p.add_argument("--url", default=os.environ.get("NEPENTHE_URL", "http://127.0.0.1:8000"))
-    p.add_argument("--api-key", default=os.environ.get("NEPENTHE_API_KEY"),
-                   help="API key (default: $NEPENTHE_API_KEY)")  # fmt: skip
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("NEPENTHE_API_KEY"),
+        help="API key (default: $NEPENTHE_API_KEY)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
@@ -46,13 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     reg = sub.add_parser("register-model", help="register a model")
     reg.add_argument("--name", required=True)
-    reg.add_argument("--task", default="classification",
-                     choices=["classification", "image_to_image"])  # fmt: skip
     reg.add_argument(
-        "--arch", required=True,
+        "--task", default="classification", choices=["classification", "image_to_image"]
+    )
+    reg.add_argument(
+        "--arch",
+        required=True,
         help="tiny_cnn, small_resnet, mlp or torchvision (classifiers); mae_vit or "
         "unet_inpainter (image_to_image)",
-    )  # fmt: skip
+    )
     reg.add_argument("--arch-args", default="{}", help="JSON object")
     reg.add_argument("--input-shape", required=True, help="C,H,W")
     reg.add_argument("--mean", default="0")
@@ -70,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("register-dataset", help="register a dataset")
     ds.add_argument("--name", required=True)
-    ds.add_argument("--kind", required=True, choices=["sklearn_digits", "fashion_mnist",
-                                                      "image_folder", "npz"])  # fmt: skip
+    ds.add_argument(
+        "--kind", required=True, choices=["sklearn_digits", "fashion_mnist", "image_folder", "npz"]
+    )
     ds.add_argument("--location", help="root folder, or the .npz file to upload")
 
     fg = sub.add_parser("forget", help="submit a deletion request")
@@ -122,8 +128,12 @@ def _add_compliance_commands(sub: Any) -> None:
     sub.add_parser("whoami", help="the organisation and scopes of the API key")
     keys = sub.add_parser("create-key", help="admin: create an API key (token printed once)")
     keys.add_argument("--name", required=True)
-    keys.add_argument("--scope", action="append", required=True,
-                      choices=["register", "submit", "download", "audit", "admin"])  # fmt: skip
+    keys.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=["register", "submit", "download", "audit", "admin"],
+    )
     sub.add_parser("keys", help="admin: list the organisation's API keys")
     sub.add_parser("revoke-key", help="admin: revoke an API key").add_argument("key_id")
 
@@ -135,8 +145,11 @@ def _add_compliance_commands(sub: Any) -> None:
     ex.add_argument("request_id")
     ex.add_argument("--months", type=int, required=True)
     ex.add_argument("--reason", required=True)
-    for kind, text in (("receipt", "the signed receipt"), ("certificate", "the signed "
-                       "certificate"), ("evidence", "the signed evidence export")):  # fmt: skip
+    for kind, text in (
+        ("receipt", "the signed receipt"),
+        ("certificate", "the signed certificate"),
+        ("evidence", "the signed evidence export"),
+    ):
         doc = sub.add_parser(kind, help=f"save {text} of a request")
         doc.add_argument("request_id")
         doc.add_argument("-o", "--output", type=Path, help="file (default: print)")
@@ -155,8 +168,9 @@ def _add_compliance_commands(sub: Any) -> None:
     )
     sk = sub.add_parser("signing-key", help="save the service's public key (PEM)")
     sk.add_argument("-o", "--output", type=Path, required=True)
-    vf = sub.add_parser("verify", help="verify a receipt, certificate, head or evidence file "
-                        "offline")  # fmt: skip
+    vf = sub.add_parser(
+        "verify", help="verify a receipt, certificate, head or evidence file offline"
+    )
     vf.add_argument("file", type=Path)
     vf.add_argument("--public-key", type=Path, required=True, help="PEM from signing-key")
 
@@ -203,13 +217,17 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
             extra["encoder"] = args.encoder
         if args.transform:
             extra["transform"] = json.loads(args.transform)
-        _print(client.register_model(
-            name=args.name, task=args.task,
-            architecture={"name": args.arch, "args": json.loads(args.arch_args)},
-            input_shape=[int(s) for s in _csv(args.input_shape)],
-            normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
-            class_names=_csv(args.classes or ""), **extra,
-        ))  # fmt: skip
+        _print(
+            client.register_model(
+                name=args.name,
+                task=args.task,
+                architecture={"name": args.arch, "args": json.loads(args.arch_args)},
+                input_shape=[int(s) for s in _csv(args.input_shape)],
+                normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
+                class_names=_csv(args.classes or ""),
+                **extra,
+            )
+        )
     elif args.command == "upload":
         _print(client.upload_version(args.model, args.file, args.parent))
     elif args.command == "register-dataset":
@@ -220,18 +238,23 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     elif args.command == "forget":
         request, location = client.submit_deletion(
             idempotency_key=args.idempotency_key or str(uuid.uuid4()),
-            model_version_id=args.version, dataset_id=args.dataset,
-            forget_classes=args.classes, forget_samples=args.samples, method=args.method,
+            model_version_id=args.version,
+            dataset_id=args.dataset,
+            forget_classes=args.classes,
+            forget_samples=args.samples,
+            method=args.method,
             **({"retain_dataset_id": args.retain_dataset} if args.retain_dataset else {}),
-            params=json.loads(args.params), caller_reference=args.ref,
+            params=json.loads(args.params),
+            caller_reference=args.ref,
             **({"upstream_request_id": args.upstream_id} if args.upstream_id else {}),
             acceptance=json.loads(args.acceptance) if args.acceptance else None,
             reference=(
                 {"method": "retrain", "params": json.loads(args.reference_params)}
-                if args.reference_params is not None else None
+                if args.reference_params is not None
+                else None
             ),
             measure_relearn_time=args.relearn_time,
-        )  # fmt: skip
+        )
         print(f"accepted: request {request['id']}, job at {location}", file=sys.stderr)
         if not args.wait:
             _print(request)
@@ -246,8 +269,10 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     elif args.command == "artifact":
         found = {a["name"]: a for a in client.get_job(args.job_id)["artifacts"]}
         if args.name not in found:
-            print(f"error: job {args.job_id} has no artifact {args.name!r}; it has "
-                  f"{sorted(found)}", file=sys.stderr)  # fmt: skip
+            print(
+                f"error: job {args.job_id} has no artifact {args.name!r}; it has {sorted(found)}",
+                file=sys.stderr,
+            )
             return 1
         digest = client.download(found[args.name]["url"], args.output)
         print(f"{args.output}  sha256={digest}")
@@ -257,17 +282,30 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
         print(f"{args.output}  sha256={digest}")
     elif args.command == "audit":
         for event in client.audit(
-            model_id=args.model, request_id=args.request, caller_reference=args.ref,
-            action=args.action, by=args.by, since=args.since, until=args.until,
-        ):  # fmt: skip
+            model_id=args.model,
+            request_id=args.request,
+            caller_reference=args.ref,
+            action=args.action,
+            by=args.by,
+            since=args.since,
+            until=args.until,
+        ):
             print(json.dumps(event, default=str))
     else:
         return _dispatch_compliance(client, args)
     return 0
 
 
-FILTERS = ("caller_reference", "upstream_request_id", "model_id", "status", "received_since",
-           "received_until", "open", "due_before")  # fmt: skip
+FILTERS = (
+    "caller_reference",
+    "upstream_request_id",
+    "model_id",
+    "status",
+    "received_since",
+    "received_until",
+    "open",
+    "due_before",
+)
 
 
 def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> int:
@@ -286,8 +324,10 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
     elif args.command == "deadlines":
         for r in client.deadlines(args.within_days):
             state = "OVERDUE" if r["overdue"] else "due"
-            print(f"{state:8} {r['due_at']}  {r['id']}  ref={r['caller_reference']}  "
-                  f"upstream={r['upstream_request_id']}  job={r['job']['status']}")  # fmt: skip
+            print(
+                f"{state:8} {r['due_at']}  {r['id']}  ref={r['caller_reference']}  "
+                f"upstream={r['upstream_request_id']}  job={r['job']['status']}"
+            )
     elif args.command == "extend":
         _print(client.extend(args.request_id, args.months, args.reason))
     elif args.command in ("receipt", "certificate", "evidence"):
@@ -322,8 +362,9 @@ def _audit_verify(client: NepentheClient, anchor_file: Path | None, key: Path | 
     anchor: dict[str, Any] = {}
     if anchor_file is not None:
         if key is None:
-            print("error: --anchor needs --public-key to check the head's signature",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                "error: --anchor needs --public-key to check the head's signature", file=sys.stderr
+            )
             return 2
         try:
             _, anchor = signing.verify_file(anchor_file, key)
@@ -334,8 +375,9 @@ def _audit_verify(client: NepentheClient, anchor_file: Path | None, key: Path | 
             anchor.get("type") != "nepenthe.audit_head"
             or anchor.get("org_id") != (client.whoami()["org_id"])
         ):
-            print(f"error: {anchor_file} is not an audit head of this organisation",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {anchor_file} is not an audit head of this organisation", file=sys.stderr
+            )
             return 1
     report = client.audit_verify(anchor.get("seq"), anchor.get("hash"))
     _print(report)
@@ -350,8 +392,15 @@ def verify_file(path: Path, public_key: Path) -> int:
         print(f"INVALID: {path}: {exc}", file=sys.stderr)
         return 1
     print(f"valid {payload.get('type')} signed by key {document['signature']['key_id']}")
-    for field in ("request_id", "input_checkpoint_sha256", "output_checkpoint_sha256",
-                  "forget_spec_sha256", "completed_at", "seq", "hash"):  # fmt: skip
+    for field in (
+        "request_id",
+        "input_checkpoint_sha256",
+        "output_checkpoint_sha256",
+        "forget_spec_sha256",
+        "completed_at",
+        "seq",
+        "hash",
+    ):
         if field in payload:
             print(f"  {field}: {payload[field]}")
     return 0

@@ -93,8 +93,10 @@ def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
     print("\nwall time per phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items()))
     unsir_s = sum(secs.get(k, 0.0) for k in ("noise", "impair", "repair"))
     reference_s = secs.get("reference_retrain", 0.0)
-    print(f"UNSIR itself: {unsir_s:.2f} s; the retrained reference: {reference_s:.2f} s; job total "
-          f"{metrics['total_seconds']:.2f} s on {metrics['environment']['device']}")  # fmt: skip
+    print(
+        f"UNSIR itself: {unsir_s:.2f} s; the retrained reference: {reference_s:.2f} s; job total "
+        f"{metrics['total_seconds']:.2f} s on {metrics['environment']['device']}"
+    )
 
 
 def print_evidence(metrics: dict[str, Any]) -> None:
@@ -121,12 +123,17 @@ def forget_samples(client: NepentheClient, version_id: str, dataset_id: str) -> 
     train = data.open_split("sklearn_digits", None, "train")
     picked = np.random.default_rng(0).choice(len(train), FORGET_SAMPLES, replace=False)
     request, _ = client.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=version_id, dataset_id=dataset_id,
-        forget_samples=[train.ids[i] for i in sorted(picked)], caller_reference="DSR-2026-0043",
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=version_id,
+        dataset_id=dataset_id,
+        forget_samples=[train.ids[i] for i in sorted(picked)],
+        caller_reference="DSR-2026-0043",
         params={"seed": 0},
-    )  # fmt: skip
-    print(f"\ndeletion request {request['id']}: forget {FORGET_SAMPLES} training images "
-          f"with {request['method']}")  # fmt: skip
+    )
+    print(
+        f"\ndeletion request {request['id']}: forget {FORGET_SAMPLES} training images "
+        f"with {request['method']}"
+    )
     job = show_progress(client, request["job"]["id"])
     metrics = job["metrics"]
     score = [metrics[k]["mia"]["entropy"] for k in ("before", "after")]
@@ -150,10 +157,14 @@ def show_evidence(
     document = client.request_document(request_id, "certificate")
     cert_file.write_text(json.dumps(document, indent=2))
     payload = signing.verify(document, signing.load_public_key(key_file.read_bytes()))
-    print(f"\ncertificate {cert_file} verified offline with {key_file} "
-          f"(Ed25519 key {document['signature']['key_id']}):")  # fmt: skip
-    print(f"  input  sha256 {payload['input_checkpoint_sha256'][:16]}...  forget spec "
-          f"sha256 {payload['forget_spec_sha256'][:16]}...")  # fmt: skip
+    print(
+        f"\ncertificate {cert_file} verified offline with {key_file} "
+        f"(Ed25519 key {document['signature']['key_id']}):"
+    )
+    print(
+        f"  input  sha256 {payload['input_checkpoint_sha256'][:16]}...  forget spec "
+        f"sha256 {payload['forget_spec_sha256'][:16]}..."
+    )
     print(
         f"  output sha256 {payload['output_checkpoint_sha256'][:16]}...  completed "
         f"{payload['completed_at']} (due {payload['due_at'][:10]}) on {payload['device']}"
@@ -170,8 +181,10 @@ def print_audit(client: NepentheClient, model_id: str) -> None:
     print("\nAudit trail for the model (hash-chained):")
     for e in client.audit(model_id=model_id):
         what = e["details"].get("to") or e["details"].get("number") or ""
-        print(f"  #{e['seq']:<3} {e['at'][:23]}  {e['action']:<26} {what!s:<10} "
-              f"ref={e['caller_reference'] or '-'}  hash={e['hash'][:12]}")  # fmt: skip
+        print(
+            f"  #{e['seq']:<3} {e['at'][:23]}  {e['action']:<26} {what!s:<10} "
+            f"ref={e['caller_reference'] or '-'}  hash={e['hash'][:12]}"
+        )
 
 
 def embedded_env(workdir: Path) -> dict[str, str]:
@@ -194,22 +207,28 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
         print(f"API at {service.url}, worker started (SQLite + filesystem broker)")
         client = NepentheClient(service.url, service.admin_key)
         model = client.register_model(
-            name="digits-tiny-cnn", task="classification",
+            name="digits-tiny-cnn",
+            task="classification",
             architecture={"name": "tiny_cnn", "args": {"in_channels": 1}},
-            input_shape=[1, 8, 8], normalization={"mean": [0.5], "std": [0.5]},
+            input_shape=[1, 8, 8],
+            normalization={"mean": [0.5], "std": [0.5]},
             class_names=[str(i) for i in range(10)],
-        )  # fmt: skip
+        )
         version = client.upload_version(model["id"], original)
         dataset = client.register_dataset("digits", "sklearn_digits")
         print(
             f"registered model {model['id']} v{version['number']} sha256={version['sha256'][:16]}"
         )
         request, location = client.submit_deletion(
-            idempotency_key=str(uuid.uuid4()), model_version_id=version["id"],
-            dataset_id=dataset["id"], forget_classes=FORGET, method="unsir",
-            params=SMALL_DATA_PARAMS, caller_reference="DSR-2026-0042",
+            idempotency_key=str(uuid.uuid4()),
+            model_version_id=version["id"],
+            dataset_id=dataset["id"],
+            forget_classes=FORGET,
+            method="unsir",
+            params=SMALL_DATA_PARAMS,
+            caller_reference="DSR-2026-0042",
             reference={"method": "retrain", "params": {**TRAIN_RECIPE, "seed": 0}},
-        )  # fmt: skip
+        )
         print(f"deletion request {request['id']} accepted; polling {location}")
         job = show_progress(client, request["job"]["id"])
         if job["status"] != "succeeded":

@@ -37,17 +37,24 @@ TRAIN_EPOCHS = 20
 # The methods doc's recipes (lr 5e-5 for 3 to 6 epochs) were set for ViT-B and Palette-sized
 # networks on ImageNet and Places; this 0.1 M-parameter network on 1,400 digits needs a larger
 # step and more passes to move its encoder (docs/benchmarks.md compares the two).
-SMALL_MODEL_PARAMS: dict[str, Any] = {"lr": 2e-3, "epochs": 10, "alpha": 0.3, "retain_ratio": 2,
-                                      "seed": 0}  # fmt: skip
+SMALL_MODEL_PARAMS: dict[str, Any] = {
+    "lr": 2e-3,
+    "epochs": 10,
+    "alpha": 0.3,
+    "retain_ratio": 2,
+    "seed": 0,
+}
 
 
 def model_body(name: str) -> dict[str, Any]:
     return {
-        "name": name, "task": "image_to_image",
+        "name": name,
+        "task": "image_to_image",
         "architecture": {"name": ARCH_NAME, "args": ARCH_ARGS},
-        "input_shape": list(SPEC.shape), "normalization": {"mean": [0.5], "std": [0.5]},
+        "input_shape": list(SPEC.shape),
+        "normalization": {"mean": [0.5], "std": [0.5]},
         "transform": {"kind": TRANSFORM.kind, "size": TRANSFORM.size},
-    }  # fmt: skip
+    }
 
 
 def train_original() -> dict[str, torch.Tensor]:
@@ -84,25 +91,41 @@ def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
     m = job["metrics"]
     before, after = m["before"], m["after"]
     print(f"\nCompletions of held-out digits, centre square {TRANSFORM.size:.0%} hidden")
-    heads = ("group", "n", "PSNR before", "after", "downloaded", "SSIM before", "after",
-             "FD before", "after", "enc. cos")  # fmt: skip
+    heads = (
+        "group",
+        "n",
+        "PSNR before",
+        "after",
+        "downloaded",
+        "SSIM before",
+        "after",
+        "FD before",
+        "after",
+        "enc. cos",
+    )
     widths = (7, 4, 12, 7, 11, 12, 6, 10, 6, 9)
     print(" ".join(f"{h:>{w}}" for h, w in zip(heads, widths, strict=True)))
     for g in ("retain", "forget"):
         b, a, d = before[g], after[g], measured[g]
-        print(f"{g:>7} {b['samples']:>4} {b['psnr']:>9.2f} dB {a['psnr']:>7.2f} {d['psnr']:>11.2f} "
-              f"{b['ssim']:>12.3f} {a['ssim']:>6.3f} {b['fd_random']:>10.3f} "
-              f"{a['fd_random']:>6.3f} {a['encoder_cosine']:>9.3f}")  # fmt: skip
+        print(
+            f"{g:>7} {b['samples']:>4} {b['psnr']:>9.2f} dB {a['psnr']:>7.2f} {d['psnr']:>11.2f} "
+            f"{b['ssim']:>12.3f} {a['ssim']:>6.3f} {b['fd_random']:>10.3f} "
+            f"{a['fd_random']:>6.3f} {a['encoder_cosine']:>9.3f}"
+        )
     change = m["change"]
-    print(f"retain PSNR {change['retain']['psnr']:+.2f} dB, forget PSNR "
-          f"{change['forget']['psnr']:+.2f} dB")  # fmt: skip
+    print(
+        f"retain PSNR {change['retain']['psnr']:+.2f} dB, forget PSNR "
+        f"{change['forget']['psnr']:+.2f} dB"
+    )
     gate = m["acceptance"]
     verdict = "passed" if gate["passed"] else f"FAILED {gate['failures']}"
     print(f"acceptance gate {gate['thresholds']}: {verdict}")
     secs = m["phase_seconds"]
     print("wall time per phase: " + ", ".join(f"{k} {v:.2f} s" for k, v in secs.items()))
-    print(f"I2I itself: {secs['i2i']:.2f} s; job total {m['total_seconds']:.2f} s on "
-          f"{m['environment']['device']}")  # fmt: skip
+    print(
+        f"I2I itself: {secs['i2i']:.2f} s; job total {m['total_seconds']:.2f} s on "
+        f"{m['environment']['device']}"
+    )
 
 
 def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
@@ -119,15 +142,21 @@ def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
         model = client.register_model(**model_body("digits-mae"))
         version = client.upload_version(model["id"], weights)
         dataset = client.register_dataset("digits", "sklearn_digits")
-        print(f"registered image_to_image model {model['id']} v{version['number']}, "
-              f"encoder {model['encoder']}, transform {model['transform']}")  # fmt: skip
+        print(
+            f"registered image_to_image model {model['id']} v{version['number']}, "
+            f"encoder {model['encoder']}, transform {model['transform']}"
+        )
         request, location = client.submit_deletion(
-            idempotency_key=str(uuid.uuid4()), model_version_id=version["id"],
-            dataset_id=dataset["id"], forget_classes=FORGET, params=SMALL_MODEL_PARAMS,
+            idempotency_key=str(uuid.uuid4()),
+            model_version_id=version["id"],
+            dataset_id=dataset["id"],
+            forget_classes=FORGET,
+            params=SMALL_MODEL_PARAMS,
             caller_reference="DSR-2026-0044",
-        )  # fmt: skip
-        print(f"deletion request {request['id']} ({request['method']}) accepted; "
-              f"polling {location}")  # fmt: skip
+        )
+        print(
+            f"deletion request {request['id']} ({request['method']}) accepted; polling {location}"
+        )
         job = show_progress(client, request["job"]["id"])
         if job["status"] != "succeeded":
             raise SystemExit(f"job ended {job['status']}: {job['error'] or job['metrics']}")

@@ -23,9 +23,12 @@ def free_port() -> int:
 
 def migrate(env: dict[str, str], cwd: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], env=env, cwd=cwd,
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
 
@@ -34,9 +37,22 @@ def create_admin_key(env: dict[str, str], cwd: Path, org: str) -> str:
     """An admin key of ``org`` (created when new), made as an operator would: with the
     nepenthe-admin command against the service's database."""
     done = subprocess.run(
-        [sys.executable, "-m", "app.cli", "create-key", "--org", org, "--create-org",
-         "--name", f"{org}-admin"], env=env, cwd=cwd, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "create-key",
+            "--org",
+            org,
+            "--create-org",
+            "--name",
+            f"{org}-admin",
+        ],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"nepenthe-admin create-key failed:\n{done.stdout}{done.stderr}")
     return done.stdout.strip()
@@ -84,9 +100,19 @@ class LocalService:
     def start_api(self, wait: bool = True) -> None:
         self.api = self._spawn(
             "api",
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning"],
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+        )
         if wait:
             self._wait_healthy()
 
@@ -97,11 +123,26 @@ class LocalService:
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = self._spawn(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-             "--pool", "solo", "--concurrency", "1", "--loglevel", "INFO",
-             "--hostname", f"nepenthe-{self.port}@%h", "-Q", self.queues()],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "--pool",
+                "solo",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"nepenthe-{self.port}@%h",
+                "-Q",
+                self.queues(),
+            ],
             self.worker_env,
-        )  # fmt: skip
+        )
         return self.worker
 
     def queues(self) -> str:

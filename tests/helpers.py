@@ -21,9 +21,13 @@ SMALL_DATA_PARAMS = {"repair_epochs": 3, "repair_batch_size": 32, "seed": 0}
 
 def model_body(name: str = "digits-cnn") -> dict[str, Any]:
     return {
-        "name": name, "task": "classification", "architecture": ARCH, "input_shape": [1, 8, 8],
-        "normalization": {"mean": [0.5], "std": [0.5]}, "class_names": CLASS_NAMES,
-    }  # fmt: skip
+        "name": name,
+        "task": "classification",
+        "architecture": ARCH,
+        "input_shape": [1, 8, 8],
+        "normalization": {"mean": [0.5], "std": [0.5]},
+        "class_names": CLASS_NAMES,
+    }
 
 
 @lru_cache

@@ -34,9 +34,20 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -85,8 +96,9 @@ class PrivatePostgres:
     def __enter__(self) -> PrivatePostgres:
         if _is_root():
             shutil.chown(self.folder, "postgres")
-        self._as_postgres(_pg_bin("initdb"), "-D", str(self.data), "-A", "trust",
-                          "-U", "postgres", "--no-sync")  # fmt: skip
+        self._as_postgres(
+            _pg_bin("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync"
+        )
         self.start()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE nepenthe")
@@ -97,14 +109,24 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} "
-                   "-c fsync=off -c full_page_writes=off")  # fmt: skip
-        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-o", options, "-w",
-                          "-l", str(self.folder / "server.log"), "start")  # fmt: skip
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._as_postgres(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-w",
+            "-l",
+            str(self.folder / "server.log"),
+            "start",
+        )
 
     def stop(self) -> None:
-        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                          "stop")  # fmt: skip
+        self._as_postgres(_pg_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def __exit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -47,8 +47,7 @@ def test_events_of_rolled_back_work_are_never_written(service_env):
             record_in_failed_savepoint(session, actor)
         with session.begin_nested():
             audit.record(session, actor, "inside.released.savepoint")
-    assert actions(org.id) == ["organization.created", "first", "kept",
-                               "inside.released.savepoint"]  # fmt: skip
+    assert actions(org.id) == ["organization.created", "first", "kept", "inside.released.savepoint"]
     with session_scope(read_only=True) as session:
         assert audit.verify(session, org.id).ok
         count = select(func.count()).select_from(AuditEvent).where(AuditEvent.org_id == org.id)

@@ -87,14 +87,22 @@ def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_ch
             ),
             {"now": now, "sha": "b" * 64},
         )
-        conn.execute(text(
-            "INSERT INTO model_version (id, model_id, number, sha256, size_bytes, storage_key, "
-            "source_format, parent_version_id, created_at) VALUES ('v2', 'm1', 2, :sha, 1, 'k2', "
-            "'safetensors', 'v1', :now)"), {"now": now, "sha": "c" * 64})  # fmt: skip
-        conn.execute(text(
-            "INSERT INTO job (id, request_id, status, progress, attempts, created_at, updated_at, "
-            "finished_at, output_version_id) VALUES ('j1', 'r1', 'succeeded', 1.0, 1, :now, :now, "
-            ":now, 'v2')"), {"now": now})  # fmt: skip
+        conn.execute(
+            text(
+                "INSERT INTO model_version (id, model_id, number, sha256, size_bytes, "
+                "storage_key, source_format, parent_version_id, created_at) "
+                "VALUES ('v2', 'm1', 2, :sha, 1, 'k2', 'safetensors', 'v1', :now)"
+            ),
+            {"now": now, "sha": "c" * 64},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO job (id, request_id, status, progress, attempts, created_at, "
+                "updated_at, finished_at, output_version_id) "
+                "VALUES ('j1', 'r1', 'succeeded', 1.0, 1, :now, :now, :now, 'v2')"
+            ),
+            {"now": now},
+        )
         for action in ("model.registered", "deletion_request.created", "job.queued"):
             conn.execute(
                 text(

@@ -81,9 +81,14 @@ def eval_sets(
     else:
         forget_test, retain_test = None, _cap(test_all, cap, rng)
     return EvalSets(
-        train, test, _cap(forget_idx, cap, rng), _cap(retain_idx, cap, rng), forget_test,
-        retain_test, list(class_names),
-    )  # fmt: skip
+        train,
+        test,
+        _cap(forget_idx, cap, rng),
+        _cap(retain_idx, cap, rng),
+        forget_test,
+        retain_test,
+        list(class_names),
+    )
 
 
 def _cap(idx: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -142,9 +147,15 @@ def entropy_mia(retain: Outputs, test: Outputs, forget: Outputs) -> dict[str, fl
     """
     if not (len(retain) and len(test) and len(forget)):
         return dict.fromkeys(
-            ("forget_member_rate", "forget_member_score", "retain_member_rate",
-             "retain_member_score", "test_member_rate", "test_member_score"),
-        )  # fmt: skip
+            (
+                "forget_member_rate",
+                "forget_member_score",
+                "retain_member_rate",
+                "retain_member_score",
+                "test_member_rate",
+                "test_member_score",
+            ),
+        )
     x = np.concatenate([entropy(retain.probs), entropy(test.probs)]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(retain)), np.zeros(len(test))])
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
@@ -157,10 +168,13 @@ def entropy_mia(retain: Outputs, test: Outputs, forget: Outputs) -> dict[str, fl
         return float(clf.predict_proba(entropy(out.probs).reshape(-1, 1))[:, 1].mean())
 
     return {
-        "forget_member_rate": rate(forget), "forget_member_score": score(forget),
-        "retain_member_rate": rate(retain), "retain_member_score": score(retain),
-        "test_member_rate": rate(test), "test_member_score": score(test),
-    }  # fmt: skip
+        "forget_member_rate": rate(forget),
+        "forget_member_score": score(forget),
+        "retain_member_rate": rate(retain),
+        "retain_member_score": score(retain),
+        "test_member_rate": rate(test),
+        "test_member_score": score(test),
+    }
 
 
 def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, seed: int = 0) -> float | None:
@@ -186,8 +200,12 @@ def mia_efficacy(retain: Outputs, test: Outputs, forget: Outputs, seed: int = 0)
 def prediction_distribution(out: Outputs, class_names: list[str]) -> dict[str, object]:
     """Where the forget samples' predictions go: mass piling on one class signals leakage."""
     if not len(out):
-        return {"counts": {}, "largest_class": None, "largest_share": None,
-                "normalised_entropy": None}  # fmt: skip
+        return {
+            "counts": {},
+            "largest_class": None,
+            "largest_share": None,
+            "normalised_entropy": None,
+        }
     counts = np.bincount(out.probs.argmax(1), minlength=len(class_names))
     share = counts / counts.sum()
     nonzero = share[share > 0]
@@ -257,11 +275,12 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
         },
         "forget_predictions": prediction_distribution(headline_forget, sets.class_names),
         "samples": {
-            "forget_train": len(forget_train), "retain_train": len(retain_train),
+            "forget_train": len(forget_train),
+            "retain_train": len(retain_train),
             "forget_test": len(forget_test) if forget_test is not None else 0,
             "retain_test": len(retain_test),
         },
-    }  # fmt: skip
+    }
 
 
 def _join(a: Outputs, b: Outputs | None) -> Outputs:
@@ -340,9 +359,10 @@ def relearn_time(
     config = config or RelearnConfig()
     relearn_idx = relearn_sample(sets, config)
     where, idx = (
-        (sets.test, sets.forget_test) if sets.forget_test is not None
+        (sets.test, sets.forget_test)
+        if sets.forget_test is not None
         else (sets.train, sets.forget_train)
-    )  # fmt: skip
+    )
     student = copy.deepcopy(model).to(device)
     opt = torch.optim.Adam(student.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
@@ -351,12 +371,24 @@ def relearn_time(
         progress("relearn", epoch / config.max_epochs)
         reached = accuracy(model_outputs(student, where, idx, spec, device))
         if reached is not None and reached >= target_accuracy:
-            return {"epochs": epoch, "steps": steps, "reached": True, "accuracy": reached,
-                    "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip
+            return {
+                "epochs": epoch,
+                "steps": steps,
+                "reached": True,
+                "accuracy": reached,
+                "target_accuracy": target_accuracy,
+                "samples_processed": seen,
+            }
         if epoch == config.max_epochs:
             break
         batches = iterate(sets.train, relearn_idx, spec, config.batch_size, generator=gen)
         seen += descend(student, opt, batches, device)
         steps += math.ceil(len(relearn_idx) / config.batch_size)
-    return {"epochs": None, "steps": steps, "reached": False, "accuracy": reached,
-            "target_accuracy": target_accuracy, "samples_processed": seen}  # fmt: skip
+    return {
+        "epochs": None,
+        "steps": steps,
+        "reached": False,
+        "accuracy": reached,
+        "target_accuracy": target_accuracy,
+        "samples_processed": seen,
+    }

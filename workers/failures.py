@@ -28,9 +28,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     # CPU allocations (and older CUDA builds) raise a plain RuntimeError.
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "DefaultCPUAllocator: can't allocate memory" in text
+        "out of memory" in text
+        or "DefaultCPUAllocator: can't allocate memory" in text
         or "not enough memory" in text
-    )  # fmt: skip
+    )
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -31,8 +31,13 @@ GRID_NAME = "completions.png"
 
 
 def job_plan(ctx: JobContext) -> list[tuple[str, float]]:
-    return [("load", 0.5), ("evaluate_before", 1.0), *METHODS[ctx.method].phases,
-            ("evaluate", 1.0), ("save", 0.3)]  # fmt: skip
+    return [
+        ("load", 0.5),
+        ("evaluate_before", 1.0),
+        *METHODS[ctx.method].phases,
+        ("evaluate", 1.0),
+        ("save", 0.3),
+    ]
 
 
 def load_model(ctx: JobContext) -> architectures.I2IModel:
@@ -73,9 +78,18 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     with cost.phase("evaluate_before"):
         before, before_done = i2i_verify.measure(original, sets, ctx.spec, transform, device)
     task = I2ITask(
-        model, train, forget_idx, retain_source, retain_idx, ctx.forget_classes, ctx.spec,
-        transform, ctx.encoder or [architectures.ENCODER_PREFIX], device, progress=report,
-    )  # fmt: skip
+        model,
+        train,
+        forget_idx,
+        retain_source,
+        retain_idx,
+        ctx.forget_classes,
+        ctx.spec,
+        transform,
+        ctx.encoder or [architectures.ENCODER_PREFIX],
+        device,
+        progress=report,
+    )
     method = METHODS[ctx.method]
     result = method.run(task, method.config_type(**ctx.params))
     cost.add(result.phase_seconds, result.samples_processed)
@@ -113,9 +127,11 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     report("save", 0.0)
     grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)
     return Outcome(
-        metrics, None if failed else model.state_dict(), failed,
+        metrics,
+        None if failed else model.state_dict(),
+        failed,
         artifacts={GRID_NAME: ("image/png", grid)},
-    )  # fmt: skip
+    )
 
 
 def _may_show_forget(ctx: JobContext) -> bool:

@@ -84,8 +84,11 @@ class Heartbeat:
             if time.monotonic() - self._last_check > self.stall_timeout_s:
                 # Alive but stuck (a hung kernel or read, a deadlock): stop vouching for it, so
                 # that its lease expires and the sweeper gives the job to another worker.
-                log.error("job %s made no progress for %.0f s; its lease is left to expire",
-                          self.job_id, self.stall_timeout_s)  # fmt: skip
+                log.error(
+                    "job %s made no progress for %.0f s; its lease is left to expire",
+                    self.job_id,
+                    self.stall_timeout_s,
+                )
                 return
             try:
                 with session_scope() as session:

@@ -109,27 +109,37 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
         c, h, w = model.input_shape
         earlier_classes, earlier_samples = earlier_forgets(session, version, dataset.id)
         return JobContext(
-            job_id=job.id, request_id=request.id, method=request.method,
-            params=dict(request.params), forget_classes=request.forget_classes,
+            job_id=job.id,
+            request_id=request.id,
+            method=request.method,
+            params=dict(request.params),
+            forget_classes=request.forget_classes,
             forget_samples=request.forget_samples,
             acceptance=request.acceptance or _default_acceptance(request),
             reference=request.reference,
             measure_relearn_time=request.measure_relearn_time,
-            model_id=model.id, version_id=version.id, storage_key=version.storage_key,
-            architecture=model.architecture, architecture_args=dict(model.architecture_args),
+            model_id=model.id,
+            version_id=version.id,
+            storage_key=version.storage_key,
+            architecture=model.architecture,
+            architecture_args=dict(model.architecture_args),
             class_names=list(model.class_names),
             spec=data.InputSpec(
                 (c, h, w), tuple(model.normalization["mean"]), tuple(model.normalization["std"])
             ),
-            dataset_kind=dataset.kind, dataset_location=resolve_location(dataset.location),
-            task=model.task, encoder=model.encoder, transform=model.transform,
+            dataset_kind=dataset.kind,
+            dataset_location=resolve_location(dataset.location),
+            task=model.task,
+            encoder=model.encoder,
+            transform=model.transform,
             dataset_class_names=list(dataset.class_names),
             retain_dataset_id=proxy.id if proxy else None,
-            earlier_forget_classes=earlier_classes, earlier_forget_samples=earlier_samples,
+            earlier_forget_classes=earlier_classes,
+            earlier_forget_samples=earlier_samples,
             retain_dataset_kind=proxy.kind if proxy else None,
             retain_dataset_location=resolve_location(proxy.location) if proxy else None,
             lease=lease,
-        )  # fmt: skip
+        )
 
 
 def _default_acceptance(request: DeletionRequest) -> dict[str, Any]:
@@ -189,8 +199,9 @@ def earlier_forgets(
     for v in [version, *lineage.ancestors(session, version)]:
         earlier = (
             session.get(DeletionRequest, v.produced_by_request_id)
-            if v.produced_by_request_id else None
-        )  # fmt: skip
+            if v.produced_by_request_id
+            else None
+        )
         if earlier is not None and earlier.dataset_id == dataset_id:
             classes.update(earlier.forget_classes or ())
             samples.update(earlier.forget_samples or ())
@@ -241,13 +252,28 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
             ctx.dataset_kind, ctx.dataset_location, size=ctx.spec.shape[1:]
         )
         forget_idx, retain_idx = forget_split(train, ctx)
-        sets = verify.eval_sets(train, test, forget_idx, retain_idx, ctx.forget_classes,
-                                ctx.class_names, seed=EVAL_SEED,
-                                excluded_classes=ctx.earlier_forget_classes)  # fmt: skip
+        sets = verify.eval_sets(
+            train,
+            test,
+            forget_idx,
+            retain_idx,
+            ctx.forget_classes,
+            ctx.class_names,
+            seed=EVAL_SEED,
+            excluded_classes=ctx.earlier_forget_classes,
+        )
     task = UnlearningTask(
-        model, train, forget_idx, retain_idx, ctx.forget_classes, len(ctx.class_names),
-        ctx.spec, device, report, fresh_model=lambda: _fresh(ctx),
-    )  # fmt: skip
+        model,
+        train,
+        forget_idx,
+        retain_idx,
+        ctx.forget_classes,
+        len(ctx.class_names),
+        ctx.spec,
+        device,
+        report,
+        fresh_model=lambda: _fresh(ctx),
+    )
 
     report("evaluate_before", 0.0)
     before = _measure(original, sets, ctx, device, cost, "evaluate_before")
@@ -305,8 +331,9 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     if ctx.measure_relearn_time:
         report("relearn", 0.0)
         with cost.phase("relearn"):
-            metrics["relearn_time"] = _relearn(model, original, reference_model, before, sets, ctx,
-                                               device, report)  # fmt: skip
+            metrics["relearn_time"] = _relearn(
+                model, original, reference_model, before, sets, ctx, device, report
+            )
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     report("save", 0.0)
@@ -382,11 +409,15 @@ def _relearn(
         models["reference"] = reference
     measured: dict[str, Any] = {
         "protocol": {
-            "optimizer": "adam", "lr": config.lr, "batch_size": config.batch_size,
-            "samples_per_class": config.per_class, "tau": config.tau,
-            "max_epochs": config.max_epochs, "target_accuracy": target,
+            "optimizer": "adam",
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "samples_per_class": config.per_class,
+            "tau": config.tau,
+            "max_epochs": config.max_epochs,
+            "target_accuracy": target,
         },
-    }  # fmt: skip
+    }
     for k, (name, subject) in enumerate(models.items()):
         # Progress (and so a cancel check) every epoch, spread over the models measured.
         def tick(_phase: str, f: float, k: int = k) -> None:
@@ -403,10 +434,11 @@ def forget_summary(
     (image-to-image models, which have none)."""
     if ctx.forget_classes is not None:
         return {
-            "kind": "classes", "classes": ctx.forget_classes,
+            "kind": "classes",
+            "classes": ctx.forget_classes,
             "class_names": [class_names[c] for c in ctx.forget_classes],
             "train_samples": len(forget_idx),
-        }  # fmt: skip
+        }
     return {"kind": "samples", "train_samples": len(forget_idx)}
 
 
@@ -485,8 +517,10 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
             start = time.perf_counter()
             stored = _put(checkpoints.canonical_bytes(outcome.state), ".safetensors", written)
             metrics["phase_seconds"]["save"] = time.perf_counter() - start
-        files = {name: (media, _put(content, _suffix(media), written))
-                 for name, (media, content) in outcome.artifacts.items()}  # fmt: skip
+        files = {
+            name: (media, _put(content, _suffix(media), written))
+            for name, (media, content) in outcome.artifacts.items()
+        }
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
         record = partial(_record_outcome, ctx, outcome, json_value(metrics), stored, files)
         moved = _waiting_out_the_database(record, ctx.job_id)
@@ -510,8 +544,12 @@ def _waiting_out_the_database(record: Callable[[], bool], job_id: str, tries: in
         try:
             return record()
         except (OperationalError, InterfaceError):
-            log.warning("job %s: the database is unreachable; recording again in %d s",
-                        job_id, 2**attempt, exc_info=True)  # fmt: skip
+            log.warning(
+                "job %s: the database is unreachable; recording again in %d s",
+                job_id,
+                2**attempt,
+                exc_info=True,
+            )
             time.sleep(2**attempt)
     return record()  # the last try: its error is the job's
 
@@ -525,10 +563,15 @@ def _discard_unreferenced(keys: list[str]) -> None:
         return
     try:
         with session_scope() as session:
-            kept = set(session.scalars(
-                select(JobArtifact.storage_key).where(JobArtifact.storage_key.in_(keys))
-                .union(select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys)))
-            ))  # fmt: skip
+            kept = set(
+                session.scalars(
+                    select(JobArtifact.storage_key)
+                    .where(JobArtifact.storage_key.in_(keys))
+                    .union(
+                        select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys))
+                    )
+                )
+            )
         for key in set(keys) - kept:
             get_store().delete(key)
     except Exception:  # the failure being handled matters more: leave an unreferenced file
@@ -563,38 +606,68 @@ def _record_outcome(
         model = session.get(Model, ctx.model_id, with_for_update=True)
         assert job is not None and model is not None
         for name, (media, obj) in files.items():
-            session.add(JobArtifact(job_id=job.id, name=name, media_type=media, storage_key=obj.key,
-                                    sha256=obj.sha256, size_bytes=obj.size))  # fmt: skip
-        details = {**headline(metrics), "metrics": metrics,
-                   "artifacts": {n: obj.sha256 for n, (_, obj) in files.items()}}  # fmt: skip
+            session.add(
+                JobArtifact(
+                    job_id=job.id,
+                    name=name,
+                    media_type=media,
+                    storage_key=obj.key,
+                    sha256=obj.sha256,
+                    size_bytes=obj.size,
+                )
+            )
+        details = {
+            **headline(metrics),
+            "metrics": metrics,
+            "artifacts": {n: obj.sha256 for n, (_, obj) in files.items()},
+        }
         if stored is None:
             checks = ", ".join(
                 f"{f['check']} (measured {_figure(f['measured'])}, threshold {f['threshold']})"
                 for f in outcome.failures
             )
             moved = states.transition(
-                session, job, JobStatus.rejected, lease=ctx.lease,
+                session,
+                job,
+                JobStatus.rejected,
+                lease=ctx.lease,
                 reason=f"the result missed the acceptance thresholds: {checks}",
-                values={"metrics": metrics, "progress": 1.0, "phase": "save"}, details=details,
-            )  # fmt: skip
+                values={"metrics": metrics, "progress": 1.0, "phase": "save"},
+                details=details,
+            )
         else:
             version = models.add_version(
-                session, model, stored.key, stored.sha256, stored.size, "safetensors",
-                parent_version_id=ctx.version_id, produced_by_request_id=ctx.request_id,
-            )  # fmt: skip
+                session,
+                model,
+                stored.key,
+                stored.sha256,
+                stored.size,
+                "safetensors",
+                parent_version_id=ctx.version_id,
+                produced_by_request_id=ctx.request_id,
+            )
             now = utcnow()
             superseded = conclude(session, job, version, metrics, now)
             details["superseded_version_ids"] = superseded
             moved = states.transition(
-                session, job, JobStatus.succeeded, reason="unlearning finished", lease=ctx.lease,
+                session,
+                job,
+                JobStatus.succeeded,
+                reason="unlearning finished",
+                lease=ctx.lease,
                 values={
-                    "metrics": metrics, "output_version_id": version.id,
-                    "progress": 1.0, "phase": "save", "finished_at": now,
+                    "metrics": metrics,
+                    "output_version_id": version.id,
+                    "progress": 1.0,
+                    "phase": "save",
+                    "finished_at": now,
                 },
                 details={
-                    "output_version_id": version.id, "output_sha256": stored.sha256, **details
+                    "output_version_id": version.id,
+                    "output_sha256": stored.sha256,
+                    **details,
                 },
-            )  # fmt: skip
+            )
         if not moved:
             # Someone else ended the job meanwhile: roll back, so no version is published.
             session.rollback()

@@ -70,8 +70,11 @@ def resend_lost_messages(resend_after_s: float) -> int:
         missing = jobs.count_sent_queued(session) - waiting
         stale = jobs.take_stale_sent(session, resend_after_s, missing)
     if stale:
-        log.warning("the broker holds %d messages fewer than the queued jobs it was sent; "
-                    "sending %d again", missing, len(stale))  # fmt: skip
+        log.warning(
+            "the broker holds %d messages fewer than the queued jobs it was sent; sending %d again",
+            missing,
+            len(stale),
+        )
     return send_until_refused(stale)[0]
 
 

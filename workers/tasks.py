@@ -34,10 +34,18 @@ def claim(job_id: str) -> str | None:
             log.warning("job %s does not exist; message dropped", job_id)
             return None
         claimed = states.transition(
-            session, job, JobStatus.running, reason="claimed by a worker",
-            values={"attempts": Job.attempts + 1, "worker": socket.gethostname(),
-                    "progress": 0.0, "lease_id": lease, "heartbeat_at": utcnow()},
-        )  # fmt: skip
+            session,
+            job,
+            JobStatus.running,
+            reason="claimed by a worker",
+            values={
+                "attempts": Job.attempts + 1,
+                "worker": socket.gethostname(),
+                "progress": 0.0,
+                "lease_id": lease,
+                "heartbeat_at": utcnow(),
+            },
+        )
     return lease if claimed else None
 
 
@@ -62,11 +70,13 @@ def hand_back(job_id: str, lease: str) -> bool:
             reason = "canceled by the client as its worker stopped"
             return states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
         moved = states.transition(
-            session, job, JobStatus.queued, lease=lease,
+            session,
+            job,
+            JobStatus.queued,
+            lease=lease,
             reason="handed back: its worker was asked to stop",
-            values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0,
-                    "worker": None},
-        )  # fmt: skip
+            values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0, "worker": None},
+        )
         if moved:
             enqueue_after_commit(session, job_id)
     return moved
@@ -92,8 +102,9 @@ def _claim_and_run(job_id: str) -> str:
     log.info("job %s claimed", job_id)
     settings = get_settings()
     with Heartbeat(job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s) as beat:
-        return _run_claimed(job_id, lease, ProgressReporter(
-            job_id, settings.progress_interval_s, heartbeat=beat))  # fmt: skip
+        return _run_claimed(
+            job_id, lease, ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
+        )
 
 
 def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:

@@ -75,9 +75,15 @@ def claim(delivery_id: str) -> Claimed | NotClaimed:
             return NotClaimed(f"already {delivery.status}")
         now = utcnow()
         if hook.disabled_at is not None:
-            _end(session, delivery.id, delivery.attempts, {
-                "status": FAILED, "last_error": "the webhook was disabled before delivery",
-            })  # fmt: skip
+            _end(
+                session,
+                delivery.id,
+                delivery.attempts,
+                {
+                    "status": FAILED,
+                    "last_error": "the webhook was disabled before delivery",
+                },
+            )
             return NotClaimed("webhook disabled")
         if delivery.next_attempt_at > now:
             return NotClaimed("not due", (delivery.next_attempt_at - now).total_seconds())
@@ -94,8 +100,9 @@ def claim(delivery_id: str) -> Claimed | NotClaimed:
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             return NotClaimed("claimed by another worker")
-        return Claimed(delivery.id, hook.url, hook.secret, body_bytes(delivery.payload),
-                       delivery.attempts + 1)  # fmt: skip
+        return Claimed(
+            delivery.id, hook.url, hook.secret, body_bytes(delivery.payload), delivery.attempts + 1
+        )
 
 
 def _end(session: Session, delivery_id: str, attempts: int, values: dict[str, object]) -> bool:
@@ -142,10 +149,17 @@ def record(claimed: Claimed, code: int | None, error: str | None) -> str:
     now = utcnow()
     with session_scope() as session:
         if error is None:
-            _end(session, claimed.id, claimed.attempt, {
-                "status": DELIVERED, "delivered_at": now, "last_status_code": code,
-                "last_error": None,
-            })  # fmt: skip
+            _end(
+                session,
+                claimed.id,
+                claimed.attempt,
+                {
+                    "status": DELIVERED,
+                    "delivered_at": now,
+                    "last_status_code": code,
+                    "last_error": None,
+                },
+            )
             return DELIVERED
         common = {"last_status_code": code, "last_error": error}
         if claimed.attempt >= settings.webhook_max_attempts:
@@ -164,12 +178,21 @@ def _audit_failure(session: Session, claimed: Claimed, code: int | None, error: 
         select(Webhook.id, Webhook.org_id, WebhookDelivery.request_id, WebhookDelivery.event_type)
         .join(Webhook, Webhook.id == WebhookDelivery.webhook_id)
         .where(WebhookDelivery.id == claimed.id)
-    ).one()  # fmt: skip
+    ).one()
     audit.record(
-        session, worker_actor(row.org_id), "webhook.delivery_failed", request_id=row.request_id,
-        details={"webhook_id": row.id, "delivery_id": claimed.id, "event_type": row.event_type,
-                 "attempts": claimed.attempt, "last_status_code": code, "last_error": error},
-    )  # fmt: skip
+        session,
+        worker_actor(row.org_id),
+        "webhook.delivery_failed",
+        request_id=row.request_id,
+        details={
+            "webhook_id": row.id,
+            "delivery_id": claimed.id,
+            "event_type": row.event_type,
+            "attempts": claimed.attempt,
+            "last_status_code": code,
+            "last_error": error,
+        },
+    )
 
 
 @app.task(name=DELIVER_TASK, acks_late=True)
@@ -190,8 +213,13 @@ def _deliver(delivery_id: str) -> str:
         return "skipped"
     code, error = post(claimed, settings.webhook_timeout_s)
     outcome = record(claimed, code, error)
-    log.info("webhook delivery %s attempt %d: %s (%s)", delivery_id, claimed.attempt, outcome,
-             error or code)  # fmt: skip
+    log.info(
+        "webhook delivery %s attempt %d: %s (%s)",
+        delivery_id,
+        claimed.attempt,
+        outcome,
+        error or code,
+    )
     return outcome
 
 

@@ -24,10 +24,22 @@ _PENDING = "nepenthe_audit_pending"
 
 # Every column but the surrogate id and the hash itself: what the hash covers.
 HASHED_FIELDS = (
-    "org_id", "seq", "at", "action", "actor", "model_id", "model_version_id", "dataset_id",
-    "request_id", "job_id", "caller_reference", "client_address", "http_request_id", "details",
+    "org_id",
+    "seq",
+    "at",
+    "action",
+    "actor",
+    "model_id",
+    "model_version_id",
+    "dataset_id",
+    "request_id",
+    "job_id",
+    "caller_reference",
+    "client_address",
+    "http_request_id",
+    "details",
     "prev_hash",
-)  # fmt: skip
+)
 
 
 def timestamp(moment: datetime) -> str:
@@ -122,8 +134,12 @@ def walk(rows: Iterable[AuditEvent], report: ChainReport) -> None:
     for row in rows:
         problem = _link_problem(row, expected_seq, prev_hash)
         if problem is not None:
-            report.broken = {"seq": expected_seq, "event_id": row.id, "found_seq": row.seq,
-                             **problem}  # fmt: skip
+            report.broken = {
+                "seq": expected_seq,
+                "event_id": row.id,
+                "found_seq": row.seq,
+                **problem,
+            }
             return
         report.events_checked += 1
         report.head_seq, report.head_hash = row.seq, row.hash
@@ -132,17 +148,28 @@ def walk(rows: Iterable[AuditEvent], report: ChainReport) -> None:
 
 def _link_problem(row: AuditEvent, expected_seq: int, prev_hash: str) -> dict[str, str] | None:
     if row.seq != expected_seq:
-        return {"code": "sequence_gap", "detail": (
-            f"expected event {expected_seq} but found event {row.seq}: events were deleted or "
-            "reordered")}  # fmt: skip
+        return {
+            "code": "sequence_gap",
+            "detail": (
+                f"expected event {expected_seq} but found event {row.seq}: events were deleted or "
+                "reordered"
+            ),
+        }
     if row.prev_hash != prev_hash:
-        return {"code": "link_broken", "detail": (
-            f"event {row.seq} does not link to the hash of event {row.seq - 1}: an event "
-            "before it was replaced, or events were reordered")}  # fmt: skip
+        return {
+            "code": "link_broken",
+            "detail": (
+                f"event {row.seq} does not link to the hash of event {row.seq - 1}: an event "
+                "before it was replaced, or events were reordered"
+            ),
+        }
     if event_hash(row) != row.hash:
-        return {"code": "content_altered", "detail": (
-            f"event {row.seq} no longer matches its hash: it was edited after it was "
-            "written")}  # fmt: skip
+        return {
+            "code": "content_altered",
+            "detail": (
+                f"event {row.seq} no longer matches its hash: it was edited after it was written"
+            ),
+        }
     return None
 
 
@@ -152,10 +179,12 @@ def check_head(report: ChainReport, head: AuditChainHead | None) -> None:
         return
     if (head.seq, head.hash) != (report.head_seq, report.head_hash):
         report.broken = {
-            "seq": report.head_seq + 1, "event_id": None, "code": "truncated",
+            "seq": report.head_seq + 1,
+            "event_id": None,
+            "code": "truncated",
             "detail": f"the chain ends at event {report.head_seq} but its head records event "
-                      f"{head.seq}: events were removed from the end",
-        }  # fmt: skip
+            f"{head.seq}: events were removed from the end",
+        }
 
 
 def check_anchor(report: ChainReport, anchor_seq: int, anchor_hash: str, found: str | None) -> None:
@@ -165,16 +194,20 @@ def check_anchor(report: ChainReport, anchor_seq: int, anchor_hash: str, found: 
         return
     if found is None:
         report.broken = {
-            "seq": anchor_seq, "event_id": None, "code": "truncated",
+            "seq": anchor_seq,
+            "event_id": None,
+            "code": "truncated",
             "detail": f"an exported head names event {anchor_seq}, but the chain ends at event "
-                      f"{report.head_seq}: events were removed or the log was rolled back",
-        }  # fmt: skip
+            f"{report.head_seq}: events were removed or the log was rolled back",
+        }
     elif found != anchor_hash:
         report.broken = {
-            "seq": anchor_seq, "event_id": None, "code": "anchor_mismatch",
+            "seq": anchor_seq,
+            "event_id": None,
+            "code": "anchor_mismatch",
             "detail": f"event {anchor_seq} does not have the hash of the exported head: the "
-                      "chain was rewritten since that head was exported",
-        }  # fmt: skip
+            "chain was rewritten since that head was exported",
+        }
 
 
 def in_batches(

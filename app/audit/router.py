@@ -19,9 +19,11 @@ HASH = r"^[0-9a-f]{64}$"
 
 
 @router.get(
-    "/audit/events", summary="Query the audit trail", response_model=AuditPage,
+    "/audit/events",
+    summary="Query the audit trail",
+    response_model=AuditPage,
     responses={422: InvalidTimeBound.openapi()},
-)  # fmt: skip
+)
 def list_events(
     session: ReadSessionDep,
     actor: AuditDep,
@@ -43,11 +45,18 @@ def list_events(
             raise InvalidPageToken("page_token is not one this API issued")
         after_seq = int(page_token)
     rows = service.search(
-        session, actor.org_id, model_id=model_id, request_id=request_id,
-        caller_reference=caller_reference, action=action, actor=by,
-        since=utc_bound(since, "since"), until=utc_bound(until, "until"),
-        after_seq=after_seq, limit=limit + 1,
-    )  # fmt: skip
+        session,
+        actor.org_id,
+        model_id=model_id,
+        request_id=request_id,
+        caller_reference=caller_reference,
+        action=action,
+        actor=by,
+        since=utc_bound(since, "since"),
+        until=utc_bound(until, "until"),
+        after_seq=after_seq,
+        limit=limit + 1,
+    )
     items = [AuditEventRead.model_validate(r) for r in rows[:limit]]
     token = str(items[-1].seq) if len(rows) > limit else None
     return AuditPage(items=items, next_page_token=token)
@@ -68,10 +77,13 @@ def verify(
     anchor = (anchor_seq, anchor_hash) if anchor_seq is not None and anchor_hash else None
     report = service.verify(session, actor.org_id, anchor)
     return ChainVerification(
-        ok=report.ok, org_id=report.org_id, events_checked=report.events_checked,
-        head_seq=report.head_seq, head_hash=report.head_hash,
+        ok=report.ok,
+        org_id=report.org_id,
+        events_checked=report.events_checked,
+        head_seq=report.head_seq,
+        head_hash=report.head_hash,
         broken=ChainBreak.model_validate(report.broken) if report.broken else None,
-    )  # fmt: skip
+    )
 
 
 @router.get("/audit/head", summary="Export the signed chain head")
@@ -81,11 +93,13 @@ def head(session: ReadSessionDep, actor: AuditDep) -> dict[str, Any]:
     return service.signed_head(session, actor.org_id)
 
 
-@router.get("/signing-key", summary="The public key evidence is signed with",
-            response_model=SigningKey)  # fmt: skip
+@router.get(
+    "/signing-key", summary="The public key evidence is signed with", response_model=SigningKey
+)
 def signing_key(_: ActorDep) -> SigningKey:
     """Publish it: receipts, certificates, exported heads and evidence verify against it
     offline (`nepenthe verify FILE --public-key KEY.pem`)."""
     signer = get_signer()
-    return SigningKey(algorithm=ALGORITHM, key_id=signer.key_id,
-                      public_key_pem=public_pem(signer.public_key))  # fmt: skip
+    return SigningKey(
+        algorithm=ALGORITHM, key_id=signer.key_id, public_key_pem=public_pem(signer.public_key)
+    )

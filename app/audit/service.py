@@ -68,10 +68,12 @@ def search(
     """The organisation's events in chain order, after the cursor ``after_seq``."""
     query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after_seq)
     filters = {
-        AuditEvent.model_id: model_id, AuditEvent.request_id: request_id,
-        AuditEvent.caller_reference: caller_reference, AuditEvent.action: action,
+        AuditEvent.model_id: model_id,
+        AuditEvent.request_id: request_id,
+        AuditEvent.caller_reference: caller_reference,
+        AuditEvent.action: action,
         AuditEvent.actor: actor,
-    }  # fmt: skip
+    }
     for column, wanted in filters.items():
         if wanted:
             query = query.where(column == wanted)
@@ -130,7 +132,12 @@ def signed_head(session: Session, org_id: str) -> dict[str, Any]:
     """The chain head, signed: kept elsewhere, it makes a later truncation detectable."""
     head = session.get(AuditChainHead, org_id)
     seq, digest = (head.seq, head.hash) if head else (0, chain.GENESIS_HASH)
-    return get_signer().sign({
-        "type": "nepenthe.audit_head", "org_id": org_id, "seq": seq, "hash": digest,
-        "exported_at": chain.timestamp(utcnow()),
-    })  # fmt: skip
+    return get_signer().sign(
+        {
+            "type": "nepenthe.audit_head",
+            "org_id": org_id,
+            "seq": seq,
+            "hash": digest,
+            "exported_at": chain.timestamp(utcnow()),
+        }
+    )

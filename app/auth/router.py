@@ -16,8 +16,12 @@ def whoami(actor: ActorDep, session: ReadSessionDep) -> Identity:
     """The organisation and scopes of the key that signs this request."""
     org = session.get(Organization, actor.org_id)
     assert org is not None
-    return Identity(org_id=org.id, org_name=org.name, key_id=actor.name.removeprefix("key:"),
-                    scopes=sorted(actor.scopes))  # fmt: skip
+    return Identity(
+        org_id=org.id,
+        org_name=org.name,
+        key_id=actor.name.removeprefix("key:"),
+        scopes=sorted(actor.scopes),
+    )
 
 
 @router.post("/keys", status_code=201, summary="Create an API key", response_model=ApiKeyCreated)
@@ -38,9 +42,11 @@ def list_keys(actor: AdminDep, session: ReadSessionDep) -> list[ApiKeyRead]:
 
 
 @router.post(
-    "/keys/{key_id}/revoke", summary="Revoke an API key", response_model=ApiKeyRead,
+    "/keys/{key_id}/revoke",
+    summary="Revoke an API key",
+    response_model=ApiKeyRead,
     responses={404: ApiKeyNotFound.openapi(), 409: Conflict.openapi()},
-)  # fmt: skip
+)
 def revoke_key(key_id: str, actor: AdminDep, session: SessionDep) -> ApiKeyRead:
     """The key stops working at once; the revocation is audited."""
     return ApiKeyRead.model_validate(service.revoke_key(session, actor, key_id))

@@ -37,8 +37,7 @@ def create_org(session: Session, name: str, actor_name: str) -> Organization:
     except IntegrityError as exc:
         raise NameTaken(f"an organisation named {name!r} already exists") from exc
     audit.start_chain(session, org.id)
-    audit.record(session, Actor(org.id, actor_name), "organization.created",
-                 details={"name": name})  # fmt: skip
+    audit.record(session, Actor(org.id, actor_name), "organization.created", details={"name": name})
     return org
 
 
@@ -55,12 +54,20 @@ def create_key(
     """A new key of the actor's organisation; the token is returned once and never stored."""
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     key = ApiKey(
-        id=key_id, org_id=actor.org_id, name=name, scopes=sorted(set(scopes)),
-        secret_hash=secret_hash(secret), created_by=actor.name,
-    )  # fmt: skip
+        id=key_id,
+        org_id=actor.org_id,
+        name=name,
+        scopes=sorted(set(scopes)),
+        secret_hash=secret_hash(secret),
+        created_by=actor.name,
+    )
     session.add(key)
-    audit.record(session, actor, "api_key.created",
-                 details={"key_id": key_id, "name": name, "scopes": key.scopes})  # fmt: skip
+    audit.record(
+        session,
+        actor,
+        "api_key.created",
+        details={"key_id": key_id, "name": name, "scopes": key.scopes},
+    )
     return key, f"nep_{key_id}_{secret}"
 
 

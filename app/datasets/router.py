@@ -16,9 +16,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {409: NameTaken.openapi(), 422: Invali
 
 
 @router.post(
-    "", status_code=201, summary="Register a dataset", response_model=DatasetRead,
+    "",
+    status_code=201,
+    summary="Register a dataset",
+    response_model=DatasetRead,
     responses=ERRORS,
-)  # fmt: skip
+)
 def register(
     body: DatasetCreate, session: SessionDep, actor: RegisterDep, response: Response
 ) -> DatasetRead:
@@ -29,9 +32,12 @@ def register(
 
 
 @router.post(
-    "/npz", status_code=201, summary="Upload an .npz dataset", response_model=DatasetRead,
+    "/npz",
+    status_code=201,
+    summary="Upload an .npz dataset",
+    response_model=DatasetRead,
     responses={**ERRORS, 413: PayloadTooLarge.openapi()},
-)  # fmt: skip
+)
 def upload_npz(
     session: SessionDep,
     actor: RegisterDep,
@@ -53,9 +59,11 @@ def list_datasets(session: ReadSessionDep, actor: ActorDep) -> list[DatasetRead]
 
 
 @router.get(
-    "/{ref}", summary="Get a dataset", response_model=DatasetRead,
+    "/{ref}",
+    summary="Get a dataset",
+    response_model=DatasetRead,
     responses={404: DatasetNotFound.openapi()},
-)  # fmt: skip
+)
 def get_dataset(ref: str, session: ReadSessionDep, actor: ActorDep) -> DatasetRead:
     """A dataset by id or name."""
     return DatasetRead.model_validate(service.get(session, actor.org_id, ref))

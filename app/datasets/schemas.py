@@ -16,9 +16,10 @@ class DatasetCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=NAME_PATTERN)
     kind: Literal["sklearn_digits", "fashion_mnist", "image_folder"]
     location: str | None = Field(
-        None, max_length=4096,
+        None,
+        max_length=4096,
         description="root folder (Fashion-MNIST root holding FashionMNIST/raw, or ImageFolder)",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _location_needed(self) -> DatasetCreate:

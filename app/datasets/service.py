@@ -55,9 +55,12 @@ def _insert(
     except IntegrityError as exc:
         raise NameTaken(f"a dataset named {name!r} already exists") from exc
     audit.record(
-        session, actor, "dataset.registered", dataset_id=dataset.id,
+        session,
+        actor,
+        "dataset.registered",
+        dataset_id=dataset.id,
         details={"name": name, "kind": kind, "train": len(train), "test": len(test)},
-    )  # fmt: skip
+    )
     return dataset
 
 

@@ -76,15 +76,26 @@ def extend(
             months_left=allowed - used,
         )
     extension = DueDateExtension(
-        request_id=request.id, months=months, reason=reason, previous_due_at=request.due_at,
-        due_at=add_months(request.created_at, base_months + used + months), actor=actor.name,
-    )  # fmt: skip
+        request_id=request.id,
+        months=months,
+        reason=reason,
+        previous_due_at=request.due_at,
+        due_at=add_months(request.created_at, base_months + used + months),
+        actor=actor.name,
+    )
     session.add(extension)
     request.due_at = extension.due_at
     audit.record(
-        session, actor, "deletion_request.extended", request_id=request.id,
+        session,
+        actor,
+        "deletion_request.extended",
+        request_id=request.id,
         caller_reference=request.caller_reference,
-        details={"months": months, "reason": reason, "previous_due_at":
-                 extension.previous_due_at.isoformat(), "due_at": extension.due_at.isoformat()},
-    )  # fmt: skip
+        details={
+            "months": months,
+            "reason": reason,
+            "previous_due_at": extension.previous_due_at.isoformat(),
+            "due_at": extension.due_at.isoformat(),
+        },
+    )
     return extension

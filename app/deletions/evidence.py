@@ -28,11 +28,14 @@ def forget_spec_sha256(
 ) -> str:
     """A hash of what is to be forgotten. Sample ids are sorted, so the order they were sent in
     does not change it; anyone holding the same specification can recompute it."""
-    return sha256_hex({
-        "dataset_id": dataset_id, "retain_dataset_id": retain_dataset_id,
-        "forget_classes": sorted(forget_classes) if forget_classes is not None else None,
-        "forget_samples": sorted(forget_samples) if forget_samples is not None else None,
-    })  # fmt: skip
+    return sha256_hex(
+        {
+            "dataset_id": dataset_id,
+            "retain_dataset_id": retain_dataset_id,
+            "forget_classes": sorted(forget_classes) if forget_classes is not None else None,
+            "forget_samples": sorted(forget_samples) if forget_samples is not None else None,
+        }
+    )
 
 
 def _request_fields(request: DeletionRequest, source: ModelVersion) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def issue_receipt(request: DeletionRequest, source: ModelVersion) -> dict[str, A
             "code_version": code_version(),
         }
     )
-    return receipt  # fmt: skip
+    return receipt
 
 
 def issue_certificate(
@@ -81,19 +84,23 @@ def issue_certificate(
     """Sign what was done: when, by which code on which device, measured how, and the result."""
     environment = metrics.get("environment", {})
     acceptance = metrics.get("acceptance", {})
-    request.certificate = get_signer().sign({
-        "type": CERTIFICATE, "issued_at": timestamp(completed_at),
-        **_request_fields(request, source),
-        "job_id": job.id, "attempts": job.attempts,
-        "started_at": timestamp(job.started_at or completed_at),
-        "completed_at": timestamp(completed_at),
-        "code_version": code_version(),
-        "device": environment.get("device"),
-        "environment": environment,
-        "metrics": metrics,
-        "acceptance": acceptance,
-        "output_version_id": output.id,
-        "output_checkpoint_sha256": output.sha256,
-        # Requests accepted before receipts existed (migration 0004) have none to link to.
-        "receipt_signature": request.receipt["signature"]["value"] if request.receipt else None,
-    })  # fmt: skip
+    request.certificate = get_signer().sign(
+        {
+            "type": CERTIFICATE,
+            "issued_at": timestamp(completed_at),
+            **_request_fields(request, source),
+            "job_id": job.id,
+            "attempts": job.attempts,
+            "started_at": timestamp(job.started_at or completed_at),
+            "completed_at": timestamp(completed_at),
+            "code_version": code_version(),
+            "device": environment.get("device"),
+            "environment": environment,
+            "metrics": metrics,
+            "acceptance": acceptance,
+            "output_version_id": output.id,
+            "output_checkpoint_sha256": output.sha256,
+            # Requests accepted before receipts existed (migration 0004) have none to link to.
+            "receipt_signature": request.receipt["signature"]["value"] if request.receipt else None,
+        }
+    )

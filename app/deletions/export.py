@@ -23,10 +23,24 @@ from app.orm import DeletionRequest, utcnow
 from app.signing import public_pem
 
 CSV_COLUMNS = (
-    "request_id", "caller_reference", "upstream_request_id", "model_id", "model_version_id",
-    "method", "forget_spec_sha256", "received_at", "due_at", "status", "open", "overdue",
-    "completed_at", "extensions", "output_version_id", "output_sha256", "certificate_issued",
-)  # fmt: skip
+    "request_id",
+    "caller_reference",
+    "upstream_request_id",
+    "model_id",
+    "model_version_id",
+    "method",
+    "forget_spec_sha256",
+    "received_at",
+    "due_at",
+    "status",
+    "open",
+    "overdue",
+    "completed_at",
+    "extensions",
+    "output_version_id",
+    "output_sha256",
+    "certificate_issued",
+)
 
 
 def evidence(session: Session, request: DeletionRequest) -> dict[str, Any]:
@@ -34,29 +48,48 @@ def evidence(session: Session, request: DeletionRequest) -> dict[str, Any]:
     read = service.to_read(session, request)
     job = jobs.for_request(session, request.id)
     signer = get_signer()
-    return signer.sign({
-        "type": "nepenthe.evidence", "exported_at": timestamp(utcnow()),
-        "request": read.model_dump(mode="json"),
-        "receipt": request.receipt, "certificate": request.certificate,
-        "job_events": [JobEventRead.model_validate(e).model_dump(mode="json")
-                       for e in jobs.events(session, job.id)],
-        "audit_events": [AuditEventRead.model_validate(e).model_dump(mode="json")
-                         for e in audit.events_of_request(session, request.org_id, request.id)],
-        "versions": [v.model_dump(mode="json") for v in service.containment(session, request)],
-        "public_key": {"key_id": signer.key_id, "pem": public_pem(signer.public_key)},
-    })  # fmt: skip
+    return signer.sign(
+        {
+            "type": "nepenthe.evidence",
+            "exported_at": timestamp(utcnow()),
+            "request": read.model_dump(mode="json"),
+            "receipt": request.receipt,
+            "certificate": request.certificate,
+            "job_events": [
+                JobEventRead.model_validate(e).model_dump(mode="json")
+                for e in jobs.events(session, job.id)
+            ],
+            "audit_events": [
+                AuditEventRead.model_validate(e).model_dump(mode="json")
+                for e in audit.events_of_request(session, request.org_id, request.id)
+            ],
+            "versions": [v.model_dump(mode="json") for v in service.containment(session, request)],
+            "public_key": {"key_id": signer.key_id, "pem": public_pem(signer.public_key)},
+        }
+    )
 
 
 def csv_row(read: DeletionRequestRead) -> list[Any]:
     output = read.job.output_version
     return [
-        read.id, read.caller_reference, read.upstream_request_id, read.model_id,
-        read.model_version_id, read.method, read.forget_spec_sha256, read.received_at.isoformat(),
-        read.due_at.isoformat(), read.job.status, read.open, read.overdue,
+        read.id,
+        read.caller_reference,
+        read.upstream_request_id,
+        read.model_id,
+        read.model_version_id,
+        read.method,
+        read.forget_spec_sha256,
+        read.received_at.isoformat(),
+        read.due_at.isoformat(),
+        read.job.status,
+        read.open,
+        read.overdue,
         read.completed_at.isoformat() if read.completed_at else "",
-        sum(e.months for e in read.extensions), output.id if output else "",
-        output.sha256 if output else "", read.certificate_url is not None,
-    ]  # fmt: skip
+        sum(e.months for e in read.extensions),
+        output.id if output else "",
+        output.sha256 if output else "",
+        read.certificate_url is not None,
+    ]
 
 
 def csv_lines(org_id: str, where: service.RequestFilter, limit: int) -> Iterator[str]:

@@ -30,14 +30,18 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
 
 
 @router.post(
-    "", status_code=202, summary="Submit a deletion request", response_model=DeletionRequestRead,
+    "",
+    status_code=202,
+    summary="Submit a deletion request",
+    response_model=DeletionRequestRead,
     responses={
-        404: ModelVersionNotFound.openapi(), 422: IdempotencyKeyReused.openapi(),
+        404: ModelVersionNotFound.openapi(),
+        422: IdempotencyKeyReused.openapi(),
         409: service.InputSuperseded.openapi(),
         400: {"description": "Malformed JSON (code `malformed_json`)"},
     },
     openapi_extra={"x-404-also": DatasetNotFound.code},
-)  # fmt: skip
+)
 def submit(
     body: DeletionRequestCreate,
     session: SessionDep,
@@ -67,18 +71,23 @@ def request_filter(
     due_before: datetime | None = Query(None, description="deadline before this time"),
 ) -> service.RequestFilter:
     return service.RequestFilter(
-        model_id=model_id, caller_reference=caller_reference,
-        upstream_request_id=upstream_request_id, status=status,
+        model_id=model_id,
+        caller_reference=caller_reference,
+        upstream_request_id=upstream_request_id,
+        status=status,
         received_since=utc_bound(received_since, "received_since"),
-        received_until=utc_bound(received_until, "received_until"), open=open,
+        received_until=utc_bound(received_until, "received_until"),
+        open=open,
         due_before=utc_bound(due_before, "due_before"),
-    )  # fmt: skip
+    )
 
 
 @router.get(
-    "", summary="List deletion requests", response_model=list[DeletionRequestRead],
+    "",
+    summary="List deletion requests",
+    response_model=list[DeletionRequestRead],
     responses={422: InvalidTimeBound.openapi()},
-)  # fmt: skip
+)
 def list_requests(
     session: ReadSessionDep,
     actor: ActorDep,
@@ -115,9 +124,11 @@ def deadlines(
 
 
 @router.get(
-    "/export.csv", summary="Export requests as CSV", response_class=StreamingResponse,
+    "/export.csv",
+    summary="Export requests as CSV",
+    response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}}},
-)  # fmt: skip
+)
 def export_csv(
     actor: AuditDep,
     where: Annotated[service.RequestFilter, Depends(request_filter)],
@@ -125,24 +136,28 @@ def export_csv(
 ) -> StreamingResponse:
     """The matching requests, one row each: deadlines, status, output and certificate."""
     return StreamingResponse(
-        export.csv_lines(actor.org_id, where, limit), media_type="text/csv",
+        export.csv_lines(actor.org_id, where, limit),
+        media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="deletion-requests.csv"'},
-    )  # fmt: skip
+    )
 
 
 @router.get(
-    "/{request_id}", summary="Get a deletion request", response_model=DeletionRequestRead,
+    "/{request_id}",
+    summary="Get a deletion request",
+    response_model=DeletionRequestRead,
     responses={404: DeletionRequestNotFound.openapi()},
-)  # fmt: skip
+)
 def get_request(request_id: str, session: ReadSessionDep, actor: ActorDep) -> DeletionRequestRead:
     """The request with its deadline and its job's current state."""
     return service.to_read(session, service.get(session, actor.org_id, request_id))
 
 
 @router.get(
-    "/{request_id}/receipt", summary="The signed receipt",
+    "/{request_id}/receipt",
+    summary="The signed receipt",
     responses={404: DeletionRequestNotFound.openapi()},
-)  # fmt: skip
+)
 def receipt(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
     """Signed (Ed25519) when the request was accepted; verify it with `nepenthe verify`."""
     found = service.get(session, actor.org_id, request_id)
@@ -152,9 +167,10 @@ def receipt(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[s
 
 
 @router.get(
-    "/{request_id}/certificate", summary="The signed certificate",
+    "/{request_id}/certificate",
+    summary="The signed certificate",
     responses={404: CertificateNotIssued.openapi()},
-)  # fmt: skip
+)
 def certificate(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
     """Signed when the job succeeded: times, checkpoints, method, code, device, metrics."""
     found = service.get(session, actor.org_id, request_id)
@@ -166,9 +182,12 @@ def certificate(request_id: str, session: ReadSessionDep, actor: ActorDep) -> di
 
 
 @router.post(
-    "/{request_id}/extensions", status_code=201, summary="Extend the deadline",
-    response_model=DeletionRequestRead, responses={404: DeletionRequestNotFound.openapi()},
-)  # fmt: skip
+    "/{request_id}/extensions",
+    status_code=201,
+    summary="Extend the deadline",
+    response_model=DeletionRequestRead,
+    responses={404: DeletionRequestNotFound.openapi()},
+)
 def extend(
     request_id: str, body: ExtensionCreate, session: SessionDep, actor: SubmitDep
 ) -> DeletionRequestRead:
@@ -179,9 +198,11 @@ def extend(
 
 
 @router.get(
-    "/{request_id}/versions", summary="Versions that still hold the data",
-    response_model=list[VersionContainment], responses={404: DeletionRequestNotFound.openapi()},
-)  # fmt: skip
+    "/{request_id}/versions",
+    summary="Versions that still hold the data",
+    response_model=list[VersionContainment],
+    responses={404: DeletionRequestNotFound.openapi()},
+)
 def versions(request_id: str, session: ReadSessionDep, actor: ActorDep) -> list[VersionContainment]:
     """The request's input version and every version derived from it, each marked with whether
     it still contains the data the request names, and whether it is superseded."""
@@ -189,9 +210,10 @@ def versions(request_id: str, session: ReadSessionDep, actor: ActorDep) -> list[
 
 
 @router.get(
-    "/{request_id}/evidence", summary="Export a request's evidence",
+    "/{request_id}/evidence",
+    summary="Export a request's evidence",
     responses={404: DeletionRequestNotFound.openapi()},
-)  # fmt: skip
+)
 def evidence(request_id: str, session: ReadSessionDep, actor: AuditDep) -> dict[str, Any]:
     """Receipt, certificate, job history, audit events and version containment, as one signed
     JSON document."""

@@ -14,31 +14,41 @@ class AcceptanceIn(Part):
     explicit null switches a check off."""
 
     max_forget_accuracy: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="highest forget accuracy after unlearning (default 0.05 for classes, "
         "off for samples)",
-    )  # fmt: skip
+    )
     max_retain_drop: float | None = Field(
         None, ge=0.0, le=1.0, description="largest fall in held-out retain accuracy (0.05)"
     )
     max_mia_gap: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="largest distance of the forget set's entropy-MIA member rate from the "
         "retrained reference's (0.05; checked only with a reference)",
-    )  # fmt: skip
+    )
     max_forget_member_excess: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="largest excess of the forget set's entropy-MIA member rate over held-out "
         "data's (0.10)",
-    )  # fmt: skip
+    )
     max_retain_psnr_drop: float | None = Field(
-        None, ge=0.0, le=100.0,
+        None,
+        ge=0.0,
+        le=100.0,
         description="image-to-image: largest fall in dB of retain completions' PSNR (1.0)",
-    )  # fmt: skip
+    )
     min_forget_psnr_drop: float | None = Field(
-        None, ge=0.0, le=100.0,
+        None,
+        ge=0.0,
+        le=100.0,
         description="image-to-image: least fall in dB of forget completions' PSNR (1.5)",
-    )  # fmt: skip
+    )
 
 
 class ReferenceIn(Part):
@@ -58,15 +68,18 @@ class DeletionRequestCreate(Body):
         None, min_length=1, max_length=1_000_000, description="sample ids of the dataset"
     )
     retain_dataset_id: str | None = Field(
-        None, min_length=1, max_length=200,
+        None,
+        min_length=1,
+        max_length=200,
         description="image-to-image: a proxy retain set (dataset id or name) used instead of "
         "the training data outside the forget set",
-    )  # fmt: skip
+    )
     method: str | None = Field(
-        None, max_length=32,
+        None,
+        max_length=32,
         description="default: unsir for classes, salun for samples (classifiers); i2i "
         "(image-to-image models)",
-    )  # fmt: skip
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="method parameters")
     acceptance: AcceptanceIn | None = None
     reference: ReferenceIn | None = None
@@ -77,10 +90,12 @@ class DeletionRequestCreate(Body):
         None, max_length=200, description="your own reference (a ticket number)"
     )
     upstream_request_id: str | None = Field(
-        None, min_length=1, max_length=200,
+        None,
+        min_length=1,
+        max_length=200,
         description="the data-subject request's id in your privacy platform (OpenDSR "
         "subject_request_id, a Transcend request id); auditors can look requests up by it",
-    )  # fmt: skip
+    )
 
     @model_validator(mode="after")
     def _one_forget_set(self) -> DeletionRequestCreate:

@@ -111,17 +111,28 @@ def submit(
     received = utcnow()
     request = DeletionRequest(
         # The id is set here, not at INSERT: the receipt signed below must name it.
-        id=new_id(), org_id=actor.org_id, model_version_id=version.id, dataset_id=dataset.id,
-        retain_dataset_id=retain_id, forget_classes=forget_classes,
-        forget_samples=forget_samples, method=method.name, params=params,
-        acceptance=thresholds, reference=reference,
+        id=new_id(),
+        org_id=actor.org_id,
+        model_version_id=version.id,
+        dataset_id=dataset.id,
+        retain_dataset_id=retain_id,
+        forget_classes=forget_classes,
+        forget_samples=forget_samples,
+        method=method.name,
+        params=params,
+        acceptance=thresholds,
+        reference=reference,
         measure_relearn_time=body.measure_relearn_time,
-        caller_reference=body.caller_reference, upstream_request_id=body.upstream_request_id,
-        idempotency_key=idempotency_key, body_sha256=digest,
+        caller_reference=body.caller_reference,
+        upstream_request_id=body.upstream_request_id,
+        idempotency_key=idempotency_key,
+        body_sha256=digest,
         forget_spec_sha256=evidence.forget_spec_sha256(
-            dataset.id, retain_id, forget_classes, forget_samples),
-        created_at=received, due_at=clock.due_at(received),
-    )  # fmt: skip
+            dataset.id, retain_id, forget_classes, forget_samples
+        ),
+        created_at=received,
+        due_at=clock.due_at(received),
+    )
     receipt = evidence.issue_receipt(request, version)
     try:
         with session.begin_nested():
@@ -137,8 +148,14 @@ def submit(
     session.add(job)
     session.flush()
     audit.record(
-        session, actor, "deletion_request.created", model_id=model.id,
-        model_version_id=version.id, dataset_id=dataset.id, request_id=request.id, job_id=job.id,
+        session,
+        actor,
+        "deletion_request.created",
+        model_id=model.id,
+        model_version_id=version.id,
+        dataset_id=dataset.id,
+        request_id=request.id,
+        job_id=job.id,
         caller_reference=body.caller_reference,
         details={
             "upstream_request_id": body.upstream_request_id,
@@ -150,11 +167,14 @@ def submit(
             "forget_class_names": _class_names(model, dataset, forget_classes),
             "retain_dataset_id": request.retain_dataset_id,
             "forget_samples_count": len(forget_samples) if forget_samples else None,
-            "method": method.name, "params": params, "acceptance": thresholds,
-            "reference": reference, "measure_relearn_time": body.measure_relearn_time,
+            "method": method.name,
+            "params": params,
+            "acceptance": thresholds,
+            "reference": reference,
+            "measure_relearn_time": body.measure_relearn_time,
             "idempotency_key": idempotency_key,
         },
-    )  # fmt: skip
+    )
     states.record_created(session, job, actor, reason="deletion request accepted")
     queue.enqueue_after_commit(session, job.id)
     return request, True
@@ -184,8 +204,9 @@ def _check_options(body: DeletionRequestCreate, model: Model) -> None:
         if named:
             raise OptionUnsupportedForModel(
                 f"{', '.join(named)} apply to classifiers only (a retrained reference and relearn "
-                "time are classification measurements)", unsupported=named,
-            )  # fmt: skip
+                "time are classification measurements)",
+                unsupported=named,
+            )
     elif body.retain_dataset_id is not None:
         raise OptionUnsupportedForModel(
             "retain_dataset_id (a proxy retain set) applies to image_to_image models only",
@@ -216,8 +237,9 @@ def _targets(
         raise InputSuperseded(
             f"version {version.number} still holds data that deletion request "
             f"{version.superseded_by_request_id} removed; submit against the version that "
-            "request produced", superseded_by_request_id=version.superseded_by_request_id,
-        )  # fmt: skip
+            "request produced",
+            superseded_by_request_id=version.superseded_by_request_id,
+        )
     dataset = datasets.get(session, org_id, body.dataset_id)
     if model.task == "classification" and len(dataset.class_names) != len(model.class_names):
         raise IncompatibleDataset(
@@ -264,8 +286,9 @@ def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
     if missing:
         raise UnknownSample(
             f"{len(missing)} sample ids are not in the training split of {dataset.name!r}, "
-            f"e.g. {missing[:5]}", unknown=missing[:20],
-        )  # fmt: skip
+            f"e.g. {missing[:5]}",
+            unknown=missing[:20],
+        )
     distinct = list(dict.fromkeys(sample_ids))
     if len(distinct) >= len(known):
         raise InvalidForgetSet("forgetting every training sample leaves nothing to retain")
@@ -331,8 +354,9 @@ def _filtered(query: Select[Any], where: RequestFilter) -> Select[Any]:
         )
     equal = {
         DeletionRequest.caller_reference: where.caller_reference,
-        DeletionRequest.upstream_request_id: where.upstream_request_id, Job.status: where.status,
-    }  # fmt: skip
+        DeletionRequest.upstream_request_id: where.upstream_request_id,
+        Job.status: where.status,
+    }
     for column, wanted in equal.items():
         if wanted:
             query = query.where(column == wanted)
@@ -412,9 +436,15 @@ def to_read_many(session: Session, requests: list[DeletionRequest]) -> list[Dele
         job = job_of[request.id]
         model = models[versions[request.model_version_id].model_id]
         output = versions.get(job.output_version_id) if job.output_version_id else None
-        reads.append(_read(request, model, datasets[request.dataset_id],
-                           jobs.job_read(job, output, files.get(job.id, [])),
-                           extensions.get(request.id, [])))  # fmt: skip
+        reads.append(
+            _read(
+                request,
+                model,
+                datasets[request.dataset_id],
+                jobs.job_read(job, output, files.get(job.id, [])),
+                extensions.get(request.id, []),
+            )
+        )
     return reads
 
 
@@ -439,18 +469,30 @@ def _read(
     completed = job.finished_at if job.status == JobStatus.succeeded else None
     base = f"/v1/deletion-requests/{request.id}"
     return DeletionRequestRead(
-        id=request.id, model_version_id=request.model_version_id, model_id=model.id,
-        dataset_id=request.dataset_id, retain_dataset_id=request.retain_dataset_id,
-        forget_classes=classes, forget_class_names=_class_names(model, dataset, classes),
+        id=request.id,
+        model_version_id=request.model_version_id,
+        model_id=model.id,
+        dataset_id=request.dataset_id,
+        retain_dataset_id=request.retain_dataset_id,
+        forget_classes=classes,
+        forget_class_names=_class_names(model, dataset, classes),
         forget_samples_count=len(request.forget_samples) if request.forget_samples else None,
-        method=request.method, params=request.params, acceptance=request.acceptance,
-        reference=request.reference, measure_relearn_time=request.measure_relearn_time,
+        method=request.method,
+        params=request.params,
+        acceptance=request.acceptance,
+        reference=request.reference,
+        measure_relearn_time=request.measure_relearn_time,
         caller_reference=request.caller_reference,
         upstream_request_id=request.upstream_request_id,
-        forget_spec_sha256=request.forget_spec_sha256, created_at=request.created_at,
-        received_at=request.created_at, due_at=request.due_at, open=is_open,
-        overdue=is_open and utcnow() > request.due_at, completed_at=completed,
+        forget_spec_sha256=request.forget_spec_sha256,
+        created_at=request.created_at,
+        received_at=request.created_at,
+        due_at=request.due_at,
+        open=is_open,
+        overdue=is_open and utcnow() > request.due_at,
+        completed_at=completed,
         extensions=[ExtensionRead.model_validate(e) for e in extensions],
         receipt_url=f"{base}/receipt",
-        certificate_url=f"{base}/certificate" if request.certificate else None, job=job,
-    )  # fmt: skip
+        certificate_url=f"{base}/certificate" if request.certificate else None,
+        job=job,
+    )

@@ -17,18 +17,22 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 @router.get(
-    "/{job_id}", summary="Get a job", response_model=JobRead,
+    "/{job_id}",
+    summary="Get a job",
+    response_model=JobRead,
     responses={404: JobNotFound.openapi()},
-)  # fmt: skip
+)
 def get_job(job_id: str, session: ReadSessionDep, actor: ActorDep) -> JobRead:
     """Status, phase, fraction done, timestamps, error, metrics and the output version."""
     return service.to_read(session, service.get(session, actor.org_id, job_id))
 
 
 @router.get(
-    "/{job_id}/events", summary="Job history", response_model=list[JobEventRead],
+    "/{job_id}/events",
+    summary="Job history",
+    response_model=list[JobEventRead],
     responses={404: JobNotFound.openapi()},
-)  # fmt: skip
+)
 def job_events(job_id: str, session: ReadSessionDep, actor: ActorDep) -> list[JobEventRead]:
     """Every status change of the job, oldest first."""
     job = service.get(session, actor.org_id, job_id)
@@ -36,9 +40,12 @@ def job_events(job_id: str, session: ReadSessionDep, actor: ActorDep) -> list[Jo
 
 
 @router.post(
-    "/{job_id}/cancel", status_code=202, summary="Cancel a job", response_model=JobRead,
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Cancel a job",
+    response_model=JobRead,
     responses={404: JobNotFound.openapi(), 409: JobNotCancelable.openapi()},
-)  # fmt: skip
+)
 def cancel_job(job_id: str, session: SessionDep, actor: SubmitDep) -> JobRead:
     """A queued job is canceled at once; a running one stops at its next progress check."""
     return service.to_read(session, service.cancel(session, actor, job_id))
@@ -48,9 +55,11 @@ ArtifactName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Z
 
 
 @router.get(
-    "/{job_id}/artifacts", summary="List a job's artifacts", response_model=list[ArtifactRead],
+    "/{job_id}/artifacts",
+    summary="List a job's artifacts",
+    response_model=list[ArtifactRead],
     responses={404: JobNotFound.openapi()},
-)  # fmt: skip
+)
 def list_artifacts(job_id: str, session: ReadSessionDep, actor: ActorDep) -> list[ArtifactRead]:
     """Files the job produced besides its checkpoint (image-to-image jobs: the before/after
     completion grid, ``completions.png``), for succeeded and rejected jobs alike."""
@@ -59,9 +68,11 @@ def list_artifacts(job_id: str, session: ReadSessionDep, actor: ActorDep) -> lis
 
 
 @router.get(
-    "/{job_id}/artifacts/{name}", summary="Download a job artifact", response_class=FileResponse,
+    "/{job_id}/artifacts/{name}",
+    summary="Download a job artifact",
+    response_class=FileResponse,
     responses={404: ArtifactNotFound.openapi()},
-)  # fmt: skip
+)
 def download_artifact(
     job_id: str, name: ArtifactName, session: SessionDep, actor: DownloadDep
 ) -> Response:
@@ -71,12 +82,17 @@ def download_artifact(
     request = session.get(DeletionRequest, job.request_id)
     version = session.get(ModelVersion, request.model_version_id) if request else None
     audit.record(
-        session, actor, "job_artifact.downloaded",
-        model_id=version.model_id if version else None, request_id=job.request_id, job_id=job.id,
+        session,
+        actor,
+        "job_artifact.downloaded",
+        model_id=version.model_id if version else None,
+        request_id=job.request_id,
+        job_id=job.id,
         caller_reference=request.caller_reference if request else None,
         details={"name": found.name, "sha256": found.sha256},
-    )  # fmt: skip
+    )
     path = served_file(found.storage_key, f"artifact {name!r}")
     headers = {"ETag": f'"{found.sha256}"', "X-Checksum-SHA256": found.sha256}
-    return FileResponse(path, media_type=found.media_type, headers=headers,
-                        filename=f"{job.id}-{found.name}")  # fmt: skip
+    return FileResponse(
+        path, media_type=found.media_type, headers=headers, filename=f"{job.id}-{found.name}"
+    )

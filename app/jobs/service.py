@@ -50,9 +50,12 @@ def artifact(session: Session, job: Job, name: str) -> JobArtifact:
 
 def artifact_read(a: JobArtifact) -> ArtifactRead:
     return ArtifactRead(
-        name=a.name, media_type=a.media_type, sha256=a.sha256, size_bytes=a.size_bytes,
+        name=a.name,
+        media_type=a.media_type,
+        sha256=a.sha256,
+        size_bytes=a.size_bytes,
         url=f"/v1/jobs/{a.job_id}/artifacts/{a.name}",
-    )  # fmt: skip
+    )
 
 
 def to_read(session: Session, job: Job) -> JobRead:
@@ -93,9 +96,12 @@ def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     if job.status == JobStatus.running and _ask_to_cancel(session, job, actor):
         return job
     if job.status == JobStatus.queued and states.transition(
-        session, job, JobStatus.canceled, actor=actor,
+        session,
+        job,
+        JobStatus.canceled,
+        actor=actor,
         reason="canceled by the client before it started",
-    ):  # fmt: skip
+    ):
         return job
     if job.status == JobStatus.running:  # a cancel was asked already
         return job
@@ -174,8 +180,9 @@ def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) ->
     for job in lost:
         silent = f"no heartbeat from worker {job.worker} for over {lease_timeout_s:g} s"
         # Moved only if still silent: a beat written since the SELECT keeps the job its worker's.
-        move = partial(states.transition, session, job, lease=job.lease_id,
-                       where=[last_sign <= cutoff])  # fmt: skip
+        move = partial(
+            states.transition, session, job, lease=job.lease_id, where=[last_sign <= cutoff]
+        )
         if job.cancel_requested_at is not None:
             moved = move(JobStatus.canceled, reason=f"canceled by the client ({silent})")
         elif job.attempts < max_attempts:
@@ -186,10 +193,15 @@ def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) ->
                 values={"phase": None, "progress": 0.0, "worker": None, "sent_at": None},
             )
         else:
-            moved = move(JobStatus.failed, reason=f"worker lost {job.attempts} times", values={
-                "error": f"the job's worker was lost on each of its {job.attempts} attempts "
-                f"({silent}); it may exhaust the worker's memory or crash it: look at the "
-                "worker's log, then submit the request again"})  # fmt: skip
+            moved = move(
+                JobStatus.failed,
+                reason=f"worker lost {job.attempts} times",
+                values={
+                    "error": f"the job's worker was lost on each of its {job.attempts} attempts "
+                    f"({silent}); it may exhaust the worker's memory or crash it: look at the "
+                    "worker's log, then submit the request again"
+                },
+            )
         if moved:
             recovered.append(Recovered(job.id, JobStatus(job.status)))
     return recovered

@@ -41,8 +41,16 @@ def record_created(session: Session, job: Job, actor: Actor, reason: str) -> Non
 
 def record_cancel_requested(session: Session, job: Job, actor: Actor) -> None:
     """Audit the client's cancel of a running job (the status changes later, in the worker)."""
-    _audit(session, job, actor, None, None, "cancel requested by the client", {},
-           "job.cancel_requested")  # fmt: skip
+    _audit(
+        session,
+        job,
+        actor,
+        None,
+        None,
+        "cancel requested by the client",
+        {},
+        "job.cancel_requested",
+    )
 
 
 def transition(
@@ -101,16 +109,25 @@ def _audit(
     action: str | None = None,
 ) -> None:
     row = session.execute(
-        select(DeletionRequest.caller_reference, DeletionRequest.org_id, ModelVersion.model_id,
-               ModelVersion.id)
+        select(
+            DeletionRequest.caller_reference,
+            DeletionRequest.org_id,
+            ModelVersion.model_id,
+            ModelVersion.id,
+        )
         .join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id)
         .where(DeletionRequest.id == job.request_id)
-    ).one()  # fmt: skip
+    ).one()
     audit.record(
-        session, actor or worker_actor(row.org_id), action or f"job.{to}",
-        model_id=row.model_id, model_version_id=row.id,
-        request_id=job.request_id, job_id=job.id, caller_reference=row.caller_reference,
+        session,
+        actor or worker_actor(row.org_id),
+        action or f"job.{to}",
+        model_id=row.model_id,
+        model_version_id=row.id,
+        request_id=job.request_id,
+        job_id=job.id,
+        caller_reference=row.caller_reference,
         details={"from": from_status, "to": to, "reason": reason, **details},
-    )  # fmt: skip
+    )
     if action is None and to is not None:  # a status change (not a cancel request)
         webhooks.notify_job_status(session, job, row.org_id, from_status, to, reason)

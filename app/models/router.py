@@ -39,9 +39,12 @@ def list_architectures(_: ActorDep) -> ArchitectureList:
 
 
 @router.post(
-    "/models", status_code=201, summary="Register a model", response_model=ModelRead,
+    "/models",
+    status_code=201,
+    summary="Register a model",
+    response_model=ModelRead,
     responses={409: NameTaken.openapi(), 422: InvalidArchitecture.openapi()},
-)  # fmt: skip
+)
 def create_model(
     body: ModelCreate, session: SessionDep, actor: RegisterDep, response: Response
 ) -> ModelRead:
@@ -58,22 +61,27 @@ def list_models(session: ReadSessionDep, actor: ActorDep) -> list[ModelRead]:
 
 
 @router.get(
-    "/models/{model_ref}", summary="Get a model", response_model=ModelRead,
+    "/models/{model_ref}",
+    summary="Get a model",
+    response_model=ModelRead,
     responses={404: ModelNotFound.openapi()},
-)  # fmt: skip
+)
 def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> ModelRead:
     """A model by id or name."""
     return ModelRead.model_validate(service.get_model(session, actor.org_id, model_ref))
 
 
 @router.post(
-    "/models/{model_ref}/versions", status_code=201, summary="Upload a checkpoint version",
+    "/models/{model_ref}/versions",
+    status_code=201,
+    summary="Upload a checkpoint version",
     response_model=ModelVersionRead,
     responses={
-        404: ModelNotFound.openapi(), 413: PayloadTooLarge.openapi(),
+        404: ModelNotFound.openapi(),
+        413: PayloadTooLarge.openapi(),
         422: InvalidCheckpoint.openapi(),
     },
-)  # fmt: skip
+)
 def upload_version(
     model_ref: str,
     read: ReadSessionDep,
@@ -94,9 +102,11 @@ def upload_version(
 
 
 @router.get(
-    "/models/{model_ref}/versions", summary="List versions",
-    response_model=list[ModelVersionRead], responses={404: ModelNotFound.openapi()},
-)  # fmt: skip
+    "/models/{model_ref}/versions",
+    summary="List versions",
+    response_model=list[ModelVersionRead],
+    responses={404: ModelNotFound.openapi()},
+)
 def list_versions(
     model_ref: str, session: ReadSessionDep, actor: ActorDep
 ) -> list[ModelVersionRead]:
@@ -106,9 +116,11 @@ def list_versions(
 
 
 @router.get(
-    "/models/{model_ref}/versions/{number}", summary="Get a version",
-    response_model=ModelVersionRead, responses={404: ModelVersionNotFound.openapi()},
-)  # fmt: skip
+    "/models/{model_ref}/versions/{number}",
+    summary="Get a version",
+    response_model=ModelVersionRead,
+    responses={404: ModelVersionNotFound.openapi()},
+)
 def get_version(
     model_ref: str, number: VersionNumber, session: ReadSessionDep, actor: ActorDep
 ) -> ModelVersionRead:
@@ -118,10 +130,11 @@ def get_version(
 
 
 @router.get(
-    "/models/{model_ref}/versions/{number}/checkpoint", summary="Download a checkpoint",
+    "/models/{model_ref}/versions/{number}/checkpoint",
+    summary="Download a checkpoint",
     response_class=FileResponse,
     responses={404: ModelVersionNotFound.openapi(), 410: VersionSuperseded.openapi()},
-)  # fmt: skip
+)
 def download_checkpoint(
     model_ref: str,
     number: VersionNumber,
@@ -148,15 +161,20 @@ def download_checkpoint(
         return Response(status_code=304, headers=headers)
     details = {"number": version.number, "sha256": version.sha256}
     if override_reason is not None:
-        details |= {"superseded_by_request_id": version.superseded_by_request_id,
-                    "override_reason": override_reason}  # fmt: skip
+        details |= {
+            "superseded_by_request_id": version.superseded_by_request_id,
+            "override_reason": override_reason,
+        }
     audit.record(
-        session, actor,
+        session,
+        actor,
         "model_version.downloaded_superseded" if override_reason else "model_version.downloaded",
-        model_id=version.model_id, model_version_id=version.id,
+        model_id=version.model_id,
+        model_version_id=version.id,
         request_id=version.produced_by_request_id,
-        caller_reference=service.caller_reference_of(session, version), details=details,
-    )  # fmt: skip
+        caller_reference=service.caller_reference_of(session, version),
+        details=details,
+    )
     path = served_file(version.storage_key, f"version {version.number}")
     filename = f"{version.model_id}-v{version.number}.safetensors"
     return FileResponse(

@@ -34,10 +34,12 @@ class TransformIn(Part):
         "all four sides; random: inpaint random cells of a grid",
     )
     size: float = Field(
-        0.5, gt=0.0, lt=1.0,
+        0.5,
+        gt=0.0,
+        lt=1.0,
         description="square side, border width (below 0.5) or share of hidden cells, as a "
         "fraction of the image side",
-    )  # fmt: skip
+    )
     cell: int = Field(4, ge=1, le=4096, description="cell side in pixels (random masks)")
 
 
@@ -48,14 +50,17 @@ class ModelCreate(Body):
     input_shape: list[int] = Field(min_length=3, max_length=3, description="[C, H, W]")
     normalization: Normalization = Normalization(mean=[0.0], std=[1.0])
     class_names: list[str] = Field(
-        default_factory=list, max_length=100_000,
+        default_factory=list,
+        max_length=100_000,
         description="classifiers: at least two; image-to-image models: none",
-    )  # fmt: skip
+    )
     encoder: list[str] | None = Field(
-        None, min_length=1, max_length=64,
+        None,
+        min_length=1,
+        max_length=64,
         description="image-to-image: parameter-name prefixes of the part unlearning trains "
         "(default: the architecture's whole encoder, 'encoder.')",
-    )  # fmt: skip
+    )
     transform: TransformIn | None = Field(
         None, description="image-to-image: the completion task (default: centre square, 0.5)"
     )

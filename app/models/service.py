@@ -65,10 +65,18 @@ def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
     except IntegrityError as exc:  # a concurrent registration took the name
         raise NameTaken(f"a model named {body.name!r} already exists") from exc
     audit.record(
-        session, actor, "model.registered", model_id=model.id,
-        details={"name": model.name, "task": model.task, "architecture": model.architecture,
-                 "encoder": encoder, "transform": transform},
-    )  # fmt: skip
+        session,
+        actor,
+        "model.registered",
+        model_id=model.id,
+        details={
+            "name": model.name,
+            "task": model.task,
+            "architecture": model.architecture,
+            "encoder": encoder,
+            "transform": transform,
+        },
+    )
     return model
 
 
@@ -174,14 +182,28 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
         raise ModelNotFound(f"no model {prepared.model_id!r}")
     stored, source_format = prepared.stored, prepared.source_format
     version = add_version(
-        session, model, stored.key, stored.sha256, stored.size, source_format,
-        parent_version_id=prepared.parent_version_id, produced_by_request_id=None,
-    )  # fmt: skip
+        session,
+        model,
+        stored.key,
+        stored.sha256,
+        stored.size,
+        source_format,
+        parent_version_id=prepared.parent_version_id,
+        produced_by_request_id=None,
+    )
     audit.record(
-        session, actor, "model_version.uploaded", model_id=model.id, model_version_id=version.id,
-        details={"number": version.number, "sha256": version.sha256, "format": source_format,
-                 "superseded_by_request_id": version.superseded_by_request_id},
-    )  # fmt: skip
+        session,
+        actor,
+        "model_version.uploaded",
+        model_id=model.id,
+        model_version_id=version.id,
+        details={
+            "number": version.number,
+            "sha256": version.sha256,
+            "format": source_format,
+            "superseded_by_request_id": version.superseded_by_request_id,
+        },
+    )
     return version
 
 
@@ -197,10 +219,11 @@ def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, s
     if problems:
         raise InvalidCheckpoint(
             f"the weights do not fit architecture {model.architecture!r}: "
-            + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""),
+            + "; ".join(problems[:3])
+            + ("; ..." if len(problems) > 3 else ""),
             code="checkpoint_mismatch",
             problems=problems[:50],
-        )  # fmt: skip
+        )
     return state, source_format
 
 

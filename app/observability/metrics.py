@@ -50,13 +50,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "nepenthe_http_requests", "HTTP requests answered, by route template",
-            ["method", "route", "status"], registry=self.registry,
-        )  # fmt: skip
+            "nepenthe_http_requests",
+            "HTTP requests answered, by route template",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
-            "nepenthe_http_request_duration_seconds", "time to answer an HTTP request",
-            ["method", "route"], buckets=HTTP_LATENCY_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "nepenthe_http_request_duration_seconds",
+            "time to answer an HTTP request",
+            ["method", "route"],
+            buckets=HTTP_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(JobCollector())
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -127,9 +132,10 @@ def _job_families(
     counts: dict[str, int], durations: dict[str, tuple[list[int], int, float]]
 ) -> Iterable[Metric]:
     yield GaugeMetricFamily(
-        "nepenthe_jobs_queued", "jobs waiting for a worker (queue depth)",
+        "nepenthe_jobs_queued",
+        "jobs waiting for a worker (queue depth)",
         value=counts.get(JobStatus.queued, 0),
-    )  # fmt: skip
+    )
     yield GaugeMetricFamily(
         "nepenthe_jobs_running", "jobs a worker is running", value=counts.get(JobStatus.running, 0)
     )
@@ -137,9 +143,10 @@ def _job_families(
         "nepenthe_jobs_finished", "jobs that ended, by terminal status", labels=["status"]
     )
     histogram = HistogramMetricFamily(
-        "nepenthe_job_duration_seconds", "run time of ended jobs (finished_at - started_at)",
+        "nepenthe_job_duration_seconds",
+        "run time of ended jobs (finished_at - started_at)",
         labels=["status"],
-    )  # fmt: skip
+    )
     for status in TERMINAL:
         outcomes.add_metric([status.value], counts.get(status, 0))
         cumulative, count, total = durations.get(status, ([0] * len(JOB_DURATION_BUCKETS), 0, 0.0))
@@ -170,9 +177,11 @@ def duration_histograms(session: Session) -> dict[str, tuple[list[int], int, flo
         .subquery()
     )
     query = select(
-        ran.c.status, func.count(), func.coalesce(func.sum(ran.c.seconds), 0.0),
+        ran.c.status,
+        func.count(),
+        func.coalesce(func.sum(ran.c.seconds), 0.0),
         *(func.sum(case((ran.c.seconds <= bound, 1), else_=0)) for bound in JOB_DURATION_BUCKETS),
-    ).group_by(ran.c.status)  # fmt: skip
+    ).group_by(ran.c.status)
     result: dict[str, tuple[list[int], int, float]] = {}
     for status, count, total, *cumulative in session.execute(query):
         result[status] = ([int(n) for n in cumulative], int(count), float(total))
@@ -183,6 +192,7 @@ def _run_seconds(dialect: str) -> ColumnElement[float]:
     """``finished_at - started_at`` in seconds: SQLite keeps naive UTC text, PostgreSQL
     timestamptz (whose difference is an interval)."""
     if dialect == "sqlite":
-        return cast((func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0,
-                    Float)  # fmt: skip
+        return cast(
+            (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0, Float
+        )
     return cast(extract("epoch", Job.finished_at - Job.started_at), Float)

@@ -32,18 +32,22 @@ def list_webhooks(actor: AdminDep, session: ReadSessionDep) -> list[WebhookRead]
 
 
 @router.get(
-    "/{webhook_id}", summary="Get a webhook", response_model=WebhookRead,
+    "/{webhook_id}",
+    summary="Get a webhook",
+    response_model=WebhookRead,
     responses={404: WebhookNotFound.openapi()},
-)  # fmt: skip
+)
 def get_webhook(webhook_id: str, actor: AdminDep, session: ReadSessionDep) -> WebhookRead:
     """The webhook's URL and state (never its secret)."""
     return WebhookRead.model_validate(service.get(session, actor.org_id, webhook_id))
 
 
 @router.delete(
-    "/{webhook_id}", status_code=204, summary="Disable a webhook",
+    "/{webhook_id}",
+    status_code=204,
+    summary="Disable a webhook",
     responses={404: WebhookNotFound.openapi()},
-)  # fmt: skip
+)
 def disable_webhook(webhook_id: str, actor: AdminDep, session: SessionDep) -> Response:
     """No further events are sent to it; deliveries still pending end as failed. The row stays
     (with ``disabled_at``) for its delivery history."""
@@ -52,9 +56,11 @@ def disable_webhook(webhook_id: str, actor: AdminDep, session: SessionDep) -> Re
 
 
 @router.get(
-    "/{webhook_id}/deliveries", summary="A webhook's deliveries",
-    response_model=list[WebhookDeliveryRead], responses={404: WebhookNotFound.openapi()},
-)  # fmt: skip
+    "/{webhook_id}/deliveries",
+    summary="A webhook's deliveries",
+    response_model=list[WebhookDeliveryRead],
+    responses={404: WebhookNotFound.openapi()},
+)
 def list_deliveries(
     webhook_id: str,
     actor: AdminDep,

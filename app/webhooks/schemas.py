@@ -11,9 +11,10 @@ class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(
-        min_length=1, max_length=2000,
+        min_length=1,
+        max_length=2000,
         description="an http:// or https:// URL that receives a signed POST per event",
-    )  # fmt: skip
+    )
 
     @field_validator("url")
     @classmethod

@@ -70,8 +70,9 @@ def create(session: Session, actor: Actor, url: str) -> Webhook:
     check_reachable_publicly(url)
     hook = Webhook(id=new_id(), org_id=actor.org_id, url=url, secret=new_secret())
     session.add(hook)
-    audit.record(session, actor, "webhook.created",
-                 details={"webhook_id": hook.id, "url": redacted(url)})  # fmt: skip
+    audit.record(
+        session, actor, "webhook.created", details={"webhook_id": hook.id, "url": redacted(url)}
+    )
     return hook
 
 
@@ -92,8 +93,12 @@ def disable(session: Session, actor: Actor, webhook_id: str) -> Webhook:
     hook = get(session, actor.org_id, webhook_id)
     if hook.disabled_at is None:
         hook.disabled_at = utcnow()
-        audit.record(session, actor, "webhook.disabled",
-                     details={"webhook_id": hook.id, "url": redacted(hook.url)})  # fmt: skip
+        audit.record(
+            session,
+            actor,
+            "webhook.disabled",
+            details={"webhook_id": hook.id, "url": redacted(hook.url)},
+        )
     return hook
 
 
@@ -129,12 +134,25 @@ def notify(
     ids = []
     for hook_id in hooks:
         delivery_id = new_id()
-        payload = {"id": delivery_id, "type": event_type, "created_at": timestamp(now),
-                   "data": data}  # fmt: skip
-        session.add(WebhookDelivery(
-            id=delivery_id, webhook_id=hook_id, event_type=event_type, request_id=request_id,
-            payload=payload, status=PENDING, attempts=0, next_attempt_at=now, created_at=now,
-        ))  # fmt: skip
+        payload = {
+            "id": delivery_id,
+            "type": event_type,
+            "created_at": timestamp(now),
+            "data": data,
+        }
+        session.add(
+            WebhookDelivery(
+                id=delivery_id,
+                webhook_id=hook_id,
+                event_type=event_type,
+                request_id=request_id,
+                payload=payload,
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
         send_after_commit(session, DELIVER_TASK, delivery_id, queue)
         ids.append(delivery_id)
     return ids
@@ -155,9 +173,10 @@ def notify_job_status(
     if live is None:  # the common case: no query beyond this one
         return []
     request = session.execute(
-        select(DeletionRequest.caller_reference, DeletionRequest.upstream_request_id)
-        .where(DeletionRequest.id == job.request_id)
-    ).one()  # fmt: skip
+        select(DeletionRequest.caller_reference, DeletionRequest.upstream_request_id).where(
+            DeletionRequest.id == job.request_id
+        )
+    ).one()
     # Read from the database: the transition's UPDATE has not refreshed ``job`` yet.
     output_version_id = session.scalar(select(Job.output_version_id).where(Job.id == job.id))
     data: dict[str, Any] = {

@@ -61,17 +61,32 @@ def test_a_key_without_the_scope_gets_403(api, registered):
     version = registered["version"]
     refused = [
         (audit_only, "POST", "/v1/models", {"json": model_body("other")}, "register"),
-        (submit_only, "POST", "/v1/datasets", {"json": {"name": "d", "kind": "sklearn_digits"}},
-         "register"),
-        (register_only, "POST", "/v1/deletion-requests",
-         {"json": {"model_version_id": version["id"], "dataset_id": "digits",
-                   "forget_classes": [3]}}, "submit"),
+        (
+            submit_only,
+            "POST",
+            "/v1/datasets",
+            {"json": {"name": "d", "kind": "sklearn_digits"}},
+            "register",
+        ),
+        (
+            register_only,
+            "POST",
+            "/v1/deletion-requests",
+            {
+                "json": {
+                    "model_version_id": version["id"],
+                    "dataset_id": "digits",
+                    "forget_classes": [3],
+                }
+            },
+            "submit",
+        ),
         (submit_only, "GET", version["download_url"], {}, "download"),
         (submit_only, "GET", "/v1/audit/events", {}, "audit"),
         (register_only, "GET", "/v1/audit/verify", {}, "audit"),
         (audit_only, "POST", "/v1/keys", {"json": {"name": "x", "scopes": ["admin"]}}, "admin"),
         (audit_only, "GET", "/v1/keys", {}, "admin"),
-    ]  # fmt: skip
+    ]
     for headers, method, url, kwargs, scope in refused:
         response = api.request(method, url, headers=headers, **kwargs)
         assert response.status_code == 403, (method, url, response.text)
@@ -91,24 +106,37 @@ def test_another_organisations_resources_are_not_found(api, registered):
     other = as_key(api, new_key("globex"))
     model, version = registered["model"], registered["version"]
     hidden = [
-        f"/v1/models/{model['id']}", f"/v1/models/{model['name']}",
-        f"/v1/models/{model['id']}/versions", f"/v1/models/{model['id']}/versions/1",
-        version["download_url"], f"/v1/datasets/{registered['dataset']['id']}",
-        "/v1/datasets/digits", f"/v1/deletion-requests/{job['id']}",
-        f"/v1/deletion-requests/{job['id']}/receipt", f"/v1/deletion-requests/{job['id']}/evidence",
-        f"/v1/deletion-requests/{job['id']}/versions", f"/v1/jobs/{job['job']['id']}",
-        f"/v1/jobs/{job['job']['id']}/events", f"/v1/jobs/{job['job']['id']}/artifacts",
-    ]  # fmt: skip
+        f"/v1/models/{model['id']}",
+        f"/v1/models/{model['name']}",
+        f"/v1/models/{model['id']}/versions",
+        f"/v1/models/{model['id']}/versions/1",
+        version["download_url"],
+        f"/v1/datasets/{registered['dataset']['id']}",
+        "/v1/datasets/digits",
+        f"/v1/deletion-requests/{job['id']}",
+        f"/v1/deletion-requests/{job['id']}/receipt",
+        f"/v1/deletion-requests/{job['id']}/evidence",
+        f"/v1/deletion-requests/{job['id']}/versions",
+        f"/v1/jobs/{job['job']['id']}",
+        f"/v1/jobs/{job['job']['id']}/events",
+        f"/v1/jobs/{job['job']['id']}/artifacts",
+    ]
     for url in hidden:
         response = api.get(url, headers=other)
         assert response.status_code == 404, (url, response.text)
         assert response.headers["content-type"] == PROBLEM
     assert api.post(f"/v1/jobs/{job['job']['id']}/cancel", headers=other).status_code == 404
     extension = {"months": 1, "reason": "peek"}
-    assert api.post(f"/v1/deletion-requests/{job['id']}/extensions", json=extension,
-                    headers=other).status_code == 404  # fmt: skip
-    assert api.get(f"/v1/deletion-requests/{job['id']}/certificate",
-                   headers=other).json()["code"] == "deletion_request_not_found"  # fmt: skip
+    assert (
+        api.post(
+            f"/v1/deletion-requests/{job['id']}/extensions", json=extension, headers=other
+        ).status_code
+        == 404
+    )
+    assert (
+        api.get(f"/v1/deletion-requests/{job['id']}/certificate", headers=other).json()["code"]
+        == "deletion_request_not_found"
+    )
     assert api.get("/v1/deletion-requests/deadlines?within_days=366", headers=other).json() == []
     csv_lines = api.get("/v1/deletion-requests/export.csv", headers=other).text.splitlines()
     assert len(csv_lines) == 1  # the header only
@@ -116,8 +144,11 @@ def test_another_organisations_resources_are_not_found(api, registered):
     first_key = acme_keys.json()[0]["id"]
     assert api.post(f"/v1/keys/{first_key}/revoke", headers=other).status_code == 404
     # Submitting against the other organisation's version or dataset: not found either.
-    body = {"model_version_id": version["id"], "dataset_id": registered["dataset"]["id"],
-            "forget_classes": [3]}  # fmt: skip
+    body = {
+        "model_version_id": version["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [3],
+    }
     response = api.post("/v1/deletion-requests", json=body, headers=other)
     assert response.status_code == 404
     assert response.json()["code"] == "model_version_not_found"
@@ -137,8 +168,9 @@ def test_another_organisations_resources_are_not_found(api, registered):
     api.post("/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"}, headers=other)
     # The same idempotency key in another organisation is another request, not a replay.
     body |= {"model_version_id": other_version.json()["id"], "dataset_id": "digits"}
-    replay = api.post("/v1/deletion-requests", json=body,
-                      headers={**other, "Idempotency-Key": "K-1"})  # fmt: skip
+    replay = api.post(
+        "/v1/deletion-requests", json=body, headers={**other, "Idempotency-Key": "K-1"}
+    )
     assert replay.status_code == 202
     assert "Idempotent-Replayed" not in replay.headers
     assert replay.json()["id"] != job["id"]

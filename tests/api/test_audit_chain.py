@@ -76,15 +76,22 @@ def test_the_chain_links_every_event_and_verifies(api, registered):
 @pytest.mark.parametrize(
     ("change", "seq", "code"),
     [
-        ("UPDATE audit_event SET details = '{\"forget_classes\": [4]}' WHERE seq = 4",
-         4, "content_altered"),
+        (
+            "UPDATE audit_event SET details = '{\"forget_classes\": [4]}' WHERE seq = 4",
+            4,
+            "content_altered",
+        ),
         ("UPDATE audit_event SET at = at - interval '1 hour' WHERE seq = 4", 4, "content_altered"),
         ("DELETE FROM audit_event WHERE seq = 4", 4, "sequence_gap"),
-        ("UPDATE audit_event SET seq = -seq WHERE seq IN (4, 5);"
-         "UPDATE audit_event SET seq = 9 - (-seq) WHERE seq IN (-4, -5)", 4, "link_broken"),
+        (
+            "UPDATE audit_event SET seq = -seq WHERE seq IN (4, 5);"
+            "UPDATE audit_event SET seq = 9 - (-seq) WHERE seq IN (-4, -5)",
+            4,
+            "link_broken",
+        ),
     ],
     ids=["edit-details", "edit-time", "delete", "reorder"],
-)  # fmt: skip
+)
 def test_editing_deleting_or_reordering_a_row_names_the_broken_link(
     api, registered, service_env, change, seq, code
 ):
@@ -110,9 +117,12 @@ def test_a_truncated_log_is_caught_by_the_head_and_by_an_exported_anchor(
     submit(api, registered, key="C")
     assert verification(api, **anchor)["ok"] is True  # the log grew past the anchor
     # Cut the newest events and roll the head back too: only the exported anchor notices.
-    tamper(service_env, f"DELETE FROM audit_event WHERE seq > {length - 2}",
-           f"UPDATE audit_chain_head SET seq = {length - 2}, hash = (SELECT hash FROM "
-           f"audit_event WHERE seq = {length - 2})")  # fmt: skip
+    tamper(
+        service_env,
+        f"DELETE FROM audit_event WHERE seq > {length - 2}",
+        f"UPDATE audit_chain_head SET seq = {length - 2}, hash = (SELECT hash FROM "
+        f"audit_event WHERE seq = {length - 2})",
+    )
     assert verification(api)["ok"] is True
     report = verification(api, **anchor)
     assert report["ok"] is False
@@ -125,8 +135,10 @@ def test_a_truncated_log_is_caught_by_the_head_and_by_an_exported_anchor(
 
 def test_the_service_connection_cannot_update_or_delete_audit_rows(api, registered):
     some_history(api, registered)
-    for statement in ("UPDATE audit_event SET action = 'x' WHERE seq = 1",
-                      "DELETE FROM audit_event WHERE seq = 1"):  # fmt: skip
+    for statement in (
+        "UPDATE audit_event SET action = 'x' WHERE seq = 1",
+        "DELETE FROM audit_event WHERE seq = 1",
+    ):
         with pytest.raises(DatabaseError, match="append-only"), get_engine().begin() as conn:
             conn.execute(text(statement))
     if get_engine().dialect.name == "postgresql":

@@ -61,8 +61,9 @@ def test_wrong_weights_for_the_architecture(api, registered, store):
     before = snapshot(store)
     state = dict(trained_state())
     state["fc.weight"] = state["fc.weight"][:5]
-    body = assert_problem(upload(api, registered["model"]["id"], safetensors_bytes(state)), 422,
-                          "checkpoint_mismatch")  # fmt: skip
+    body = assert_problem(
+        upload(api, registered["model"]["id"], safetensors_bytes(state)), 422, "checkpoint_mismatch"
+    )
     assert any("fc.weight" in p for p in body["problems"])
     assert snapshot(store) == before
 
@@ -71,8 +72,9 @@ def test_nan_weights(api, registered, store):
     before = snapshot(store)
     state = dict(trained_state())
     state["fc.bias"] = torch_nan_like(state["fc.bias"])
-    assert_problem(upload(api, registered["model"]["id"], safetensors_bytes(state)), 422,
-                   "checkpoint_mismatch")  # fmt: skip
+    assert_problem(
+        upload(api, registered["model"]["id"], safetensors_bytes(state)), 422, "checkpoint_mismatch"
+    )
     assert snapshot(store) == before
 
 
@@ -85,8 +87,10 @@ def torch_nan_like(t):
 def test_a_pickle_that_runs_code(api, registered, store, tmp_path):
     before = snapshot(store)
     marker = tmp_path / "pwned"
-    for payload in (pickle.dumps({"fc.weight": RunsCode(marker)}, protocol=2),
-                    torch_bytes({"fc.weight": RunsCode(marker)})):  # fmt: skip
+    for payload in (
+        pickle.dumps({"fc.weight": RunsCode(marker)}, protocol=2),
+        torch_bytes({"fc.weight": RunsCode(marker)}),
+    ):
         response = upload(api, registered["model"]["id"], payload, "evil.pt")
         assert_problem(response, 422, "checkpoint_unsafe")
     assert not marker.exists()
@@ -107,8 +111,9 @@ def test_too_large_an_upload(api, registered, store, monkeypatch):
     monkeypatch.setenv("NEPENTHE_MAX_UPLOAD_BYTES", "1000")
     reset_caches()
     before = snapshot(store)
-    assert_problem(upload(api, registered["model"]["id"], safetensors_bytes()), 413,
-                   "payload_too_large")  # fmt: skip
+    assert_problem(
+        upload(api, registered["model"]["id"], safetensors_bytes()), 413, "payload_too_large"
+    )
     assert snapshot(store) == before
 
 
@@ -136,24 +141,30 @@ def submit(api, registered, key: str | None = None, **overrides):
 
 def test_unknown_class(api, registered, store):
     before = snapshot(store)
-    body = assert_problem(submit(api, registered, forget_classes=["3", "giraffe"]), 422,
-                          "unknown_class")  # fmt: skip
+    body = assert_problem(
+        submit(api, registered, forget_classes=["3", "giraffe"]), 422, "unknown_class"
+    )
     assert "giraffe" in body["detail"]
     assert_problem(submit(api, registered, forget_classes=[10]), 422, "unknown_class")
-    assert_problem(submit(api, registered, forget_classes=list(range(10))), 422,
-                   "invalid_forget_set")  # fmt: skip
+    assert_problem(
+        submit(api, registered, forget_classes=list(range(10))), 422, "invalid_forget_set"
+    )
     assert snapshot(store) == before
 
 
 def test_malformed_json(api, registered, store):
     before = snapshot(store)
     response = api.post(
-        "/v1/deletion-requests", content=b'{"model_version_id": "x", ',
+        "/v1/deletion-requests",
+        content=b'{"model_version_id": "x", ',
         headers={"content-type": "application/json"},
-    )  # fmt: skip
+    )
     assert_problem(response, 400, "malformed_json")
-    assert_problem(api.post("/v1/models", content=b"[1,", headers={"content-type":
-                   "application/json"}), 400, "malformed_json")  # fmt: skip
+    assert_problem(
+        api.post("/v1/models", content=b"[1,", headers={"content-type": "application/json"}),
+        400,
+        "malformed_json",
+    )
     assert snapshot(store) == before
 
 
@@ -176,8 +187,9 @@ def test_reused_idempotency_key_with_another_body(api, registered, store):
     assert replay.json()["id"] == first.json()["id"]
     assert replay.headers["Location"] == first.headers["Location"]
     assert replay.headers["Idempotent-Replayed"] == "true"
-    body = assert_problem(submit(api, registered, key, caller_reference="T-2"), 422,
-                          "idempotency_key_reused")  # fmt: skip
+    body = assert_problem(
+        submit(api, registered, key, caller_reference="T-2"), 422, "idempotency_key_reused"
+    )
     assert "different request body" in body["detail"]
     assert snapshot(store) == after_first
     assert after_first["rows"]["deletion_request"] == 1
@@ -185,16 +197,14 @@ def test_reused_idempotency_key_with_another_body(api, registered, store):
 
 def test_unknown_version_dataset_method_and_params(api, registered, store):
     before = snapshot(store)
-    assert_problem(submit(api, registered, model_version_id="nope"), 404,
-                   "model_version_not_found")  # fmt: skip
+    assert_problem(submit(api, registered, model_version_id="nope"), 404, "model_version_not_found")
     assert_problem(submit(api, registered, dataset_id="nope"), 404, "dataset_not_found")
     assert_problem(submit(api, registered, method="magic"), 422, "unknown_method")
-    assert_problem(submit(api, registered, params={"noise_stepz": 3}), 422,
-                   "invalid_method_params")  # fmt: skip
-    assert_problem(submit(api, registered, params={"noise_steps": 0}), 422,
-                   "invalid_method_params")  # fmt: skip
-    assert_problem(submit(api, registered, params={"impair_lr": "fast"}), 422,
-                   "invalid_method_params")  # fmt: skip
+    assert_problem(submit(api, registered, params={"noise_stepz": 3}), 422, "invalid_method_params")
+    assert_problem(submit(api, registered, params={"noise_steps": 0}), 422, "invalid_method_params")
+    assert_problem(
+        submit(api, registered, params={"impair_lr": "fast"}), 422, "invalid_method_params"
+    )
     assert snapshot(store) == before
 
 
@@ -212,15 +222,19 @@ def test_bad_forget_samples_and_methods_that_cannot_serve_them(api, registered, 
 def test_bad_acceptance_thresholds_and_references(api, registered, store):
     before = snapshot(store)
     for acceptance in (
-        {"max_retain_drop": 1.5}, {"max_forget_accuracy": -0.1}, {"max_mia_gap": "wide"},
+        {"max_retain_drop": 1.5},
+        {"max_forget_accuracy": -0.1},
+        {"max_mia_gap": "wide"},
         {"max_retain_drop": 0.1, "strict": True},
-    ):  # fmt: skip
+    ):
         assert_problem(submit(api, registered, acceptance=acceptance), 422, "validation_error")
     assert_problem(submit(api, registered, reference={"method": "oracle"}), 422, "validation_error")
-    assert_problem(submit(api, registered, reference={"params": {"epochz": 3}}), 422,
-                   "invalid_method_params")  # fmt: skip
-    assert_problem(submit(api, registered, reference={"params": {"epochs": 0}}), 422,
-                   "invalid_method_params")  # fmt: skip
+    assert_problem(
+        submit(api, registered, reference={"params": {"epochz": 3}}), 422, "invalid_method_params"
+    )
+    assert_problem(
+        submit(api, registered, reference={"params": {"epochs": 0}}), 422, "invalid_method_params"
+    )
     assert_problem(submit(api, registered, measure_relearn_time="yes"), 422, "validation_error")
     assert snapshot(store) == before
 
@@ -242,8 +256,10 @@ def test_bad_models_and_datasets(api, store, tmp_path):
     wide = {**mae, "transform": {"kind": "outpaint", "size": 0.6}}
     assert_problem(api.post("/v1/models", json=wide), 422, "invalid_transform")
     # Transforms that would hide every pixel of an 8x8 image: nothing left to complete from.
-    for everything in ({"kind": "outpaint", "size": 0.49}, {"kind": "random", "size": 0.5,
-                                                           "cell": 64}):  # fmt: skip
+    for everything in (
+        {"kind": "outpaint", "size": 0.49},
+        {"kind": "random", "size": 0.5, "cell": 64},
+    ):
         body = {**mae, "transform": everything}
         assert_problem(api.post("/v1/models", json=body), 422, "invalid_transform")
     for encoder in (["decoder."], ["nothing."], [""]):
@@ -255,8 +271,9 @@ def test_bad_models_and_datasets(api, store, tmp_path):
     missing = {"name": "f", "kind": "fashion_mnist", "location": str(tmp_path / "none")}
     assert_problem(api.post("/v1/datasets", json=missing), 422, "dataset_unreadable")
     files = {"file": ("d.npz", b"not an archive", "application/octet-stream")}
-    assert_problem(api.post("/v1/datasets/npz", files=files, data={"name": "n"}), 422,
-                   "dataset_unreadable")  # fmt: skip
+    assert_problem(
+        api.post("/v1/datasets/npz", files=files, data={"name": "n"}), 422, "dataset_unreadable"
+    )
     assert snapshot(store) == before
 
 
@@ -269,8 +286,9 @@ def test_duplicate_names_are_409(api, registered, store):
 
 
 def test_bad_audit_page_token(api):
-    assert_problem(api.get("/v1/audit/events", params={"page_token": "abc"}), 422,
-                   "invalid_page_token")  # fmt: skip
+    assert_problem(
+        api.get("/v1/audit/events", params={"page_token": "abc"}), 422, "invalid_page_token"
+    )
     assert_problem(api.get("/v1/audit/events", params={"limit": 0}), 422, "validation_error")
 
 
@@ -321,9 +339,12 @@ def torch_archive(rename=lambda name: name, extra: str | None = None) -> bytes:
 def test_wrong_content_as_a_checkpoint(api, registered, store):
     before = snapshot(store)
     model_id = registered["model"]["id"]
-    for payload, name in ((png_bytes(), "w.safetensors"), (png_bytes(), "w.pt"),
-                          (b"just some text\n", "w.safetensors"),
-                          (zip_bytes({"notes.txt": b"hello"}), "w.pt")):  # fmt: skip
+    for payload, name in (
+        (png_bytes(), "w.safetensors"),
+        (png_bytes(), "w.pt"),
+        (b"just some text\n", "w.safetensors"),
+        (zip_bytes({"notes.txt": b"hello"}), "w.pt"),
+    ):
         assert_problem(upload(api, model_id, payload, name), 422, "checkpoint_unreadable")
     assert_problem(upload(api, model_id, b"", "w.pt"), 422, "empty_upload")
     assert snapshot(store) == before
@@ -359,8 +380,9 @@ def test_torch_archive_whose_members_escape(api, registered, store, rename, extr
     assert snapshot(store) == before
 
 
-@pytest.mark.parametrize("member", ["../images.npy", "/tmp/evil.npy", "a/../../evil.npy",
-                                    "..\\evil.npy", "C:/evil.npy"])  # fmt: skip
+@pytest.mark.parametrize(
+    "member", ["../images.npy", "/tmp/evil.npy", "a/../../evil.npy", "..\\evil.npy", "C:/evil.npy"]
+)
 def test_npz_dataset_whose_members_escape(api, store, member):
     before = snapshot(store)
     members = {**npz_members(), member: npy_bytes(np.arange(3))}
@@ -406,20 +428,26 @@ def test_tensors_of_the_wrong_dtype(api, registered, store):
 
     before = snapshot(store)
     model_id = registered["model"]["id"]
-    ints = {k: v.to(torch.int32) if v.is_floating_point() else v
-            for k, v in trained_state().items()}  # fmt: skip
-    body = assert_problem(upload(api, model_id, safetensors_bytes(ints)), 422,
-                          "checkpoint_mismatch")  # fmt: skip
+    ints = {
+        k: v.to(torch.int32) if v.is_floating_point() else v for k, v in trained_state().items()
+    }
+    body = assert_problem(
+        upload(api, model_id, safetensors_bytes(ints)), 422, "checkpoint_mismatch"
+    )
     assert any("dtype torch.int32" in p for p in body["problems"])
     floats = {k: v.float() for k, v in trained_state().items()}  # an int64 counter as float
-    body = assert_problem(upload(api, model_id, safetensors_bytes(floats)), 422,
-                          "checkpoint_mismatch")  # fmt: skip
+    body = assert_problem(
+        upload(api, model_id, safetensors_bytes(floats)), 422, "checkpoint_mismatch"
+    )
     assert any("num_batches_tracked" in p for p in body["problems"])
     # float64 beyond float32's range turns infinite once loaded into the model.
-    huge = {**trained_state(), "fc.bias": torch.full_like(trained_state()["fc.bias"], 1e300,
-                                                          dtype=torch.float64)}  # fmt: skip
-    body = assert_problem(upload(api, model_id, safetensors_bytes(huge)), 422,
-                          "checkpoint_mismatch")  # fmt: skip
+    huge = {
+        **trained_state(),
+        "fc.bias": torch.full_like(trained_state()["fc.bias"], 1e300, dtype=torch.float64),
+    }
+    body = assert_problem(
+        upload(api, model_id, safetensors_bytes(huge)), 422, "checkpoint_mismatch"
+    )
     assert any("infinite" in p for p in body["problems"])
     assert snapshot(store) == before
 
@@ -428,8 +456,10 @@ def test_float8_weights_are_checked_not_a_500(api, registered):
     import torch
 
     # torch.isfinite has no float8_e4m3fn kernel: the finiteness check used to raise (a 500).
-    state = {k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v
-             for k, v in trained_state().items()}  # fmt: skip
+    state = {
+        k: v.to(torch.float8_e4m3fn) if v.is_floating_point() else v
+        for k, v in trained_state().items()
+    }
     response = upload(api, registered["model"]["id"], safetensors_bytes(state))
     assert response.status_code == 201, response.text
 
@@ -440,8 +470,9 @@ def test_bad_parent_version_ids(api, registered, store):
     files = {"file": ("w.safetensors", safetensors_bytes(), "application/octet-stream")}
 
     def with_parent(parent: str):
-        return api.post(f"/v1/models/{model_id}/versions", files=files,
-                        data={"parent_version_id": parent})  # fmt: skip
+        return api.post(
+            f"/v1/models/{model_id}/versions", files=files, data={"parent_version_id": parent}
+        )
 
     # A NUL reached PostgreSQL before (its refusal was a 422 there and a 404 on SQLite).
     assert_problem(with_parent("a\x00b"), 422, "validation_error")

@@ -26,8 +26,11 @@ def backdate(request_id: str, days: int) -> None:
     """As if the request had been received ``days`` ago (request rows are not audit rows)."""
     received = datetime.now(UTC) - timedelta(days=days)
     with session_scope() as session:
-        session.execute(update(DeletionRequest).where(DeletionRequest.id == request_id)
-                        .values(created_at=received, due_at=add_months(received, 1)))  # fmt: skip
+        session.execute(
+            update(DeletionRequest)
+            .where(DeletionRequest.id == request_id)
+            .values(created_at=received, due_at=add_months(received, 1))
+        )
 
 
 def test_months_are_calendar_months_clamped_to_the_month_end():
@@ -59,7 +62,9 @@ def test_a_request_is_due_a_month_after_receipt_and_extends_twice_at_most(api, r
     wanted = {"request_id": request["id"], "action": "deletion_request.extended"}
     events = api.get("/v1/audit/events", params=wanted)
     assert [e["details"]["reason"] for e in events.json()["items"]] == [
-        "complex request: 40 models affected", "retraining queue"]  # fmt: skip
+        "complex request: 40 models affected",
+        "retraining queue",
+    ]
 
 
 @BOTH
@@ -77,12 +82,15 @@ def test_overdue_and_soon_due_requests_are_found(api, registered):
     everything = api.get("/v1/deletion-requests/deadlines", params={"within_days": 60}).json()
     assert later["id"] in [r["id"] for r in everything]
     assert withdrawn["id"] not in [r["id"] for r in everything]
-    overdue = api.get("/v1/deletion-requests", params={
-        "open": "true", "due_before": datetime.now(UTC).isoformat()}).json()  # fmt: skip
+    overdue = api.get(
+        "/v1/deletion-requests",
+        params={"open": "true", "due_before": datetime.now(UTC).isoformat()},
+    ).json()
     assert [r["id"] for r in overdue] == [late["id"]]
     # Past the first period, the deadline can no longer be extended.
-    refused = api.post(f"/v1/deletion-requests/{late['id']}/extensions",
-                       json={"months": 1, "reason": "too late"})  # fmt: skip
+    refused = api.post(
+        f"/v1/deletion-requests/{late['id']}/extensions", json={"months": 1, "reason": "too late"}
+    )
     assert refused.status_code == 409
     assert "first period" in refused.json()["detail"]
 
@@ -90,10 +98,15 @@ def test_overdue_and_soon_due_requests_are_found(api, registered):
 @BOTH
 def test_requests_are_found_by_reference_upstream_id_status_and_time(api, registered):
     made = [
-        submit(api, registered, key=f"k{i}", caller_reference=f"REF-{i % 2}",
-               upstream_request_id=f"opendsr-{i}").json()
+        submit(
+            api,
+            registered,
+            key=f"k{i}",
+            caller_reference=f"REF-{i % 2}",
+            upstream_request_id=f"opendsr-{i}",
+        ).json()
         for i in range(5)
-    ]  # fmt: skip
+    ]
     api.post(f"/v1/jobs/{made[0]['job']['id']}/cancel")
 
     def ids(**params: str) -> list[str]:
@@ -123,8 +136,9 @@ def test_requests_are_found_by_reference_upstream_id_status_and_time(api, regist
 
 @BOTH
 def test_many_requests_export_as_csv(api, registered):
-    made = [submit(api, registered, key=f"c{i}", caller_reference=f"=cmd|{i}").json()
-            for i in range(3)]  # fmt: skip
+    made = [
+        submit(api, registered, key=f"c{i}", caller_reference=f"=cmd|{i}").json() for i in range(3)
+    ]
     response = api.get("/v1/deletion-requests/export.csv")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
@@ -145,8 +159,9 @@ def test_an_extension_counts_from_the_deadline_given_at_receipt(api, registered,
     received = when(request["received_at"])
     monkeypatch.setenv("NEPENTHE_DUE_MONTHS", "3")  # the operator changes the period later
     reset_caches()
-    extended = api.post(f"/v1/deletion-requests/{request['id']}/extensions",
-                        json={"months": 1, "reason": "complex"}).json()  # fmt: skip
+    extended = api.post(
+        f"/v1/deletion-requests/{request['id']}/extensions", json={"months": 1, "reason": "complex"}
+    ).json()
     assert when(extended["due_at"]) == add_months(received, 2)
     later = submit(api, registered, key="new").json()
     assert when(later["due_at"]) == add_months(when(later["received_at"]), 3)

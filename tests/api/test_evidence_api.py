@@ -41,8 +41,9 @@ def test_a_receipt_names_its_request_and_hashes_the_samples(api, registered):
     assert receipt["forget"] == {"kind": "samples", "count": 5}
     assert receipt["forget_spec_sha256"] == request["forget_spec_sha256"]
     assert not set(strings(document)) & set(train_ids)
-    evidence = verify(api.get(f"/v1/deletion-requests/{request['id']}/evidence").json(),
-                      public_key(api))  # fmt: skip
+    evidence = verify(
+        api.get(f"/v1/deletion-requests/{request['id']}/evidence").json(), public_key(api)
+    )
     assert evidence["receipt"] == document
 
 
@@ -50,11 +51,15 @@ def test_a_version_derived_from_a_superseded_one_is_superseded_too(api, register
     request = submit(api, registered, key="R").json()
     with session_scope() as session:  # as if that request had succeeded
         original = update(ModelVersion).where(ModelVersion.id == registered["version"]["id"])
-        session.execute(original.values(superseded_at=utcnow(),
-                                        superseded_by_request_id=request["id"]))  # fmt: skip
+        session.execute(
+            original.values(superseded_at=utcnow(), superseded_by_request_id=request["id"])
+        )
     files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
-    child = api.post(f"/v1/models/{registered['model']['id']}/versions", files=files,
-                     data={"parent_version_id": registered["version"]["id"]})  # fmt: skip
+    child = api.post(
+        f"/v1/models/{registered['model']['id']}/versions",
+        files=files,
+        data={"parent_version_id": registered["version"]["id"]},
+    )
     assert child.status_code == 201
     assert child.json()["superseded_by_request_id"] == request["id"]
     response = api.get(child.json()["download_url"])

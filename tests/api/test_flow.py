@@ -22,8 +22,9 @@ def submit(api, registered, **extra):
         "forget_classes": ["3", 8],  # names and indices mix
         **extra,
     }
-    return api.post("/v1/deletion-requests", json=body,
-                    headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+    return api.post(
+        "/v1/deletion-requests", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
 
 
 def test_registration_records_digest_size_and_lineage(api, registered):
@@ -40,9 +41,11 @@ def test_registration_records_digest_size_and_lineage(api, registered):
     assert len(response.content) <= len(payload) + 256
     again = api.get(version["download_url"], headers={"If-None-Match": response.headers["etag"]})
     assert again.status_code == 304
-    child = api.post(f"/v1/models/{registered['model']['name']}/versions",
-                     files={"file": ("w.safetensors", payload)},
-                     data={"parent_version_id": version["id"]}).json()  # fmt: skip
+    child = api.post(
+        f"/v1/models/{registered['model']['name']}/versions",
+        files={"file": ("w.safetensors", payload)},
+        data={"parent_version_id": version["id"]},
+    ).json()
     assert child["number"] == 2
     assert child["parent_version_id"] == version["id"]
     listed = api.get(f"/v1/models/{registered['model']['id']}/versions").json()
@@ -105,17 +108,20 @@ def test_audit_filters_and_pages(api, registered):
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert api.get("/v1/audit/events", params={"since": future}).json()["items"] == []
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
-    assert len(api.get("/v1/audit/events", params={"since": past, "model_id": model_id})
-               .json()["items"]) == len(everything)  # fmt: skip
+    assert len(
+        api.get("/v1/audit/events", params={"since": past, "model_id": model_id}).json()["items"]
+    ) == len(everything)
 
 
 def test_npz_dataset_upload(api, tmp_path):
     path = tmp_path / "tiny.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, images=rng.integers(0, 255, (50, 8, 8), dtype=np.uint8),
-             labels=np.arange(50) % 5)  # fmt: skip
-    response = api.post("/v1/datasets/npz", files={"file": ("tiny.npz", path.read_bytes())},
-                        data={"name": "tiny"})  # fmt: skip
+    np.savez(
+        path, images=rng.integers(0, 255, (50, 8, 8), dtype=np.uint8), labels=np.arange(50) % 5
+    )
+    response = api.post(
+        "/v1/datasets/npz", files={"file": ("tiny.npz", path.read_bytes())}, data={"name": "tiny"}
+    )
     assert response.status_code == 201, response.text
     dataset = response.json()
     assert dataset["train_count"] + dataset["test_count"] == 50
@@ -126,5 +132,9 @@ def test_npz_dataset_upload(api, tmp_path):
 
 def test_openapi_lists_every_route(api):
     spec = api.get("/openapi.json").json()
-    assert {"/v1/models", "/v1/deletion-requests", "/v1/jobs/{job_id}/cancel",
-            "/v1/audit/events"} <= set(spec["paths"])  # fmt: skip
+    assert {
+        "/v1/models",
+        "/v1/deletion-requests",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/audit/events",
+    } <= set(spec["paths"])

@@ -30,8 +30,12 @@ PROBLEM = "application/problem+json"
 # backend on two shared cores. Raise it for a deeper local run: NEPENTHE_FUZZ_EXAMPLES=200.
 MAX_EXAMPLES = int(os.environ.get("NEPENTHE_FUZZ_EXAMPLES", "40"))
 # Schemathesis' strategies for whole requests are large and filtered by design.
-SLOW_STRATEGIES = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large,
-                   HealthCheck.large_base_example]  # fmt: skip
+SLOW_STRATEGIES = [
+    HealthCheck.too_slow,
+    HealthCheck.filter_too_much,
+    HealthCheck.data_too_large,
+    HealthCheck.large_base_example,
+]
 PUBLIC_ADDRESS = "93.184.216.34"  # what every webhook host "resolves" to: the test stays offline
 
 pytestmark = pytest.mark.parametrize("service_env", ["embedded", "production"], indirect=True)
@@ -60,8 +64,11 @@ def seed_resources(api: TestClient, registered: dict[str, Any]) -> dict[str, lis
     """Real ids per path parameter name: the seeded model, version, dataset, a deletion request
     with its job, a webhook and a spare key (the fuzzer may revoke that one, not its own)."""
     model, dataset = registered["model"], registered["dataset"]
-    body = {"model_version_id": registered["version"]["id"], "dataset_id": dataset["id"],
-            "forget_classes": [3]}  # fmt: skip
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": dataset["id"],
+        "forget_classes": [3],
+    }
     deletion = api.post("/v1/deletion-requests", json=body)
     assert deletion.status_code == 202, deletion.text
     hook = api.post("/v1/webhooks", json={"url": "https://hooks.example.com/nepenthe"})
@@ -141,9 +148,13 @@ def fuzz(
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
-        max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-        phases=[Phase.generate, Phase.shrink], suppress_health_check=SLOW_STRATEGIES,
-    )  # fmt: skip
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=SLOW_STRATEGIES,
+    )
     def check(case: Case) -> None:
         try:
             response = case.call(headers=auth)

@@ -38,10 +38,15 @@ def i2i(api) -> dict[str, Any]:
 
 
 def submit(api, reg: dict[str, Any], **extra: Any):
-    body = {"model_version_id": reg["version"]["id"], "dataset_id": "digits",
-            "forget_classes": ["3", 8], **extra}  # fmt: skip
-    return api.post("/v1/deletion-requests", json=body,
-                    headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+    body = {
+        "model_version_id": reg["version"]["id"],
+        "dataset_id": "digits",
+        "forget_classes": ["3", 8],
+        **extra,
+    }
+    return api.post(
+        "/v1/deletion-requests", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
 
 
 def test_an_image_to_image_model_records_its_encoder_and_transform(api, i2i):
@@ -53,9 +58,12 @@ def test_an_image_to_image_model_records_its_encoder_and_transform(api, i2i):
     assert i2i["version"]["number"] == 1
     listed = api.get("/v1/architectures").json()
     assert listed["image_to_image"] == ["mae_vit", "unet_inpainter"]
-    unet = {**model_body("digits-unet"), "architecture": {"name": "unet_inpainter", "args": {}},
-            "encoder": ["encoder.middle.", "encoder.input_blocks.1."],
-            "transform": {"kind": "outpaint", "size": 0.25}}  # fmt: skip
+    unet = {
+        **model_body("digits-unet"),
+        "architecture": {"name": "unet_inpainter", "args": {}},
+        "encoder": ["encoder.middle.", "encoder.input_blocks.1."],
+        "transform": {"kind": "outpaint", "size": 0.25},
+    }
     created = api.post("/v1/models", json=unet)
     assert created.status_code == 201, created.text
     assert created.json()["encoder"] == ["encoder.middle.", "encoder.input_blocks.1."]
@@ -71,9 +79,15 @@ def test_a_deletion_request_defaults_to_i2i_with_the_recipe_of_the_network(api, 
     assert request["forget_class_names"] == ["3", "8"]  # the dataset's class names
     params = request["params"]
     # MAGE's recipe for the ViT (methods doc 2.7), every value recorded; lr as asked.
-    assert (params["recipe"], params["alpha"], params["optimizer"], params["epochs"],
-            params["warmup_epochs"], params["grad_clip"], params["lr"]) == (
-        "mage", 0.2, "adamw", 6, 5.0, 3.0, 1e-3)  # fmt: skip
+    assert (
+        params["recipe"],
+        params["alpha"],
+        params["optimizer"],
+        params["epochs"],
+        params["warmup_epochs"],
+        params["grad_clip"],
+        params["lr"],
+    ) == ("mage", 0.2, "adamw", 6, 5.0, 3.0, 1e-3)
     assert request["acceptance"] == {"max_retain_psnr_drop": 1.0, "min_forget_psnr_drop": 1.5}
     shorter = submit(api, i2i, params={"epochs": 3}).json()["params"]
     assert (shorter["epochs"], shorter["warmup_epochs"]) == (3, 2.5)  # MAGE's share of warm-up
@@ -89,8 +103,11 @@ def test_a_deletion_request_defaults_to_i2i_with_the_recipe_of_the_network(api, 
 def test_samples_and_a_proxy_retain_set(api, i2i):
     rng = np.random.default_rng(0)
     archive = io.BytesIO()
-    np.savez(archive, images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
-             labels=rng.integers(0, 10, 40))  # fmt: skip
+    np.savez(
+        archive,
+        images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
+        labels=rng.integers(0, 10, 40),
+    )
     files = {"file": ("proxy.npz", archive.getvalue(), "application/octet-stream")}
     proxy = api.post("/v1/datasets/npz", files=files, data={"name": "proxy"}).json()
     train_ids = data.open_split("sklearn_digits", None, "train").ids[:5]
@@ -129,10 +146,12 @@ def test_refusals_leave_nothing_behind(api, i2i, registered, store):
         assert_problem(submit(api, i2i, **body), status, code)
     # And the other way round: classifier requests refuse the I2I method and options.
     assert_problem(submit(api, registered, method="i2i"), 422, "method_unsupported_for_model")
-    assert_problem(submit(api, registered, retain_dataset_id="digits"), 422,
-                   "option_unsupported_for_model")  # fmt: skip
-    assert_problem(submit(api, registered, acceptance={"min_forget_psnr_drop": 2}), 422,
-                   "invalid_acceptance")  # fmt: skip
+    assert_problem(
+        submit(api, registered, retain_dataset_id="digits"), 422, "option_unsupported_for_model"
+    )
+    assert_problem(
+        submit(api, registered, acceptance={"min_forget_psnr_drop": 2}), 422, "invalid_acceptance"
+    )
     # Checkpoints must fit the network: a U-Net's weights for the ViT, NaN weights.
     unet = {"file": ("u.safetensors", weights("unet_inpainter", {}), "application/octet-stream")}
     url = f"/v1/models/{i2i['model']['id']}/versions"

@@ -47,10 +47,14 @@ def value(scraped: dict, name: str, **labels: str) -> float:
 
 
 def submit(api: TestClient, registered: dict) -> str:
-    body = {"model_version_id": registered["version"]["id"],
-            "dataset_id": registered["dataset"]["id"], "forget_classes": [3]}  # fmt: skip
-    response = api.post("/v1/deletion-requests", json=body,
-                        headers={"Idempotency-Key": str(uuid.uuid4())})  # fmt: skip
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [3],
+    }
+    response = api.post(
+        "/v1/deletion-requests", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+    )
     assert response.status_code == 202, response.text
     return str(response.json()["job"]["id"])
 
@@ -87,8 +91,10 @@ def test_readyz_reports_an_unreachable_broker_but_stays_in_rotation(api, monkeyp
     reset_caches()
     response = api.get("/readyz", headers=ANONYMOUS)
     assert response.status_code == 200
-    assert response.json() == {"status": "degraded",
-                               "checks": {"database": "ok", "broker": "failed"}}  # fmt: skip
+    assert response.json() == {
+        "status": "degraded",
+        "checks": {"database": "ok", "broker": "failed"},
+    }
     assert api.get("/livez", headers=ANONYMOUS).status_code == 200
 
 
@@ -128,14 +134,22 @@ def test_request_counters_are_labelled_by_route_template(api, registered):
     assert api.get(f"/no/such/path/{job_id}").status_code == 404
     scraped = samples(api)
     route = "/v1/jobs/{job_id}"
-    assert value(scraped, "nepenthe_http_requests_total", method="GET", route=route,
-                 status="200") == 2  # fmt: skip
-    assert value(scraped, "nepenthe_http_requests_total", method="GET", route=route,
-                 status="404") == 1  # fmt: skip
-    assert value(scraped, "nepenthe_http_requests_total", method="GET", route="unmatched",
-                 status="404") == 1  # fmt: skip
-    assert value(scraped, "nepenthe_http_request_duration_seconds_count", method="GET",
-                 route=route) == 3  # fmt: skip
+    assert (
+        value(scraped, "nepenthe_http_requests_total", method="GET", route=route, status="200") == 2
+    )
+    assert (
+        value(scraped, "nepenthe_http_requests_total", method="GET", route=route, status="404") == 1
+    )
+    assert (
+        value(
+            scraped, "nepenthe_http_requests_total", method="GET", route="unmatched", status="404"
+        )
+        == 1
+    )
+    assert (
+        value(scraped, "nepenthe_http_request_duration_seconds_count", method="GET", route=route)
+        == 3
+    )
     assert not any(job_id in v for _, labels in scraped for _, v in labels)
 
 
@@ -154,8 +168,10 @@ def test_job_figures_come_from_the_database(api, registered):
     scraped = samples(api)
     assert value(scraped, "nepenthe_jobs_queued") == 1
     assert value(scraped, "nepenthe_jobs_running") == 1
-    finished = {s: value(scraped, "nepenthe_jobs_finished_total", status=s)
-                for s in ("succeeded", "rejected", "failed", "canceled")}  # fmt: skip
+    finished = {
+        s: value(scraped, "nepenthe_jobs_finished_total", status=s)
+        for s in ("succeeded", "rejected", "failed", "canceled")
+    }
     assert finished == {"succeeded": 1, "rejected": 0, "failed": 1, "canceled": 1}
 
     def bucket(status: str, le: str) -> float:

@@ -38,14 +38,21 @@ def test_the_service_runs_as_a_role_that_cannot_touch_audit_rows_or_their_guard(
         reset_caches()
         with TestClient(create_app(), raise_server_exceptions=False) as api:
             api.headers["Authorization"] = f"Bearer {new_key('acme')}"
-            assert api.post("/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"}
-                            ).status_code == 201  # fmt: skip
+            assert (
+                api.post(
+                    "/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"}
+                ).status_code
+                == 201
+            )
             assert verification(api)["ok"] is True
         plain = f"postgresql://{role}@127.0.0.1:5432/{dbname}"
         with psycopg.connect(plain, autocommit=True) as conn:
-            for statement in ("UPDATE audit_event SET action = 'x'", "DELETE FROM audit_event",
-                              "TRUNCATE audit_event CASCADE",
-                              "ALTER TABLE audit_event DISABLE TRIGGER USER"):  # fmt: skip
+            for statement in (
+                "UPDATE audit_event SET action = 'x'",
+                "DELETE FROM audit_event",
+                "TRUNCATE audit_event CASCADE",
+                "ALTER TABLE audit_event DISABLE TRIGGER USER",
+            ):
                 # The grant refuses it before the trigger would (its error is not "append-only").
                 refused = r"permission denied|must be owner"
                 with pytest.raises(psycopg.errors.InsufficientPrivilege, match=refused):

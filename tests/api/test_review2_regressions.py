@@ -30,15 +30,18 @@ def test_reads_are_not_blocked_by_a_writer_holding_its_transaction(api, register
 
 def test_lone_surrogates_and_deep_nesting_are_refused(api, registered, store):
     before = snapshot(store)
-    raw = (b'{"name": "s", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
-           b' "input_shape": [1, 8, 8], "class_names": ["\\ud800", "b"]}')  # fmt: skip
+    raw = (
+        b'{"name": "s", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
+        b' "input_shape": [1, 8, 8], "class_names": ["\\ud800", "b"]}'
+    )
     assert_problem(api.post("/v1/models", content=raw, headers=JSON), 422, "validation_error")
     deep: object = 1
     for _ in range(100):
         deep = [deep]
     assert_problem(submit(api, registered, params={"a": deep}), 422, "validation_error")
-    assert_problem(api.post("/v1/models", content=b'{"name": "\xff"}', headers=JSON), 400,
-                   "malformed_body")  # fmt: skip
+    assert_problem(
+        api.post("/v1/models", content=b'{"name": "\xff"}', headers=JSON), 400, "malformed_body"
+    )
     assert snapshot(store) == before
 
 
@@ -81,8 +84,11 @@ def test_npz_split_arrays(api, store):
     images, labels = np.zeros((6, 4, 4), np.uint8), np.arange(6) % 3
     structured = np.zeros(6, dtype=[("a", "i4")])
     before = snapshot(store)
-    assert_problem(upload_npz(api, npz_bytes(images=images, labels=labels, split=structured)),
-                   422, "dataset_unreadable")  # fmt: skip
+    assert_problem(
+        upload_npz(api, npz_bytes(images=images, labels=labels, split=structured)),
+        422,
+        "dataset_unreadable",
+    )
     surrogate = np.array(["a", "b", "\ud800"])
     with_surrogate = npz_bytes(images=images, labels=labels, class_names=surrogate)
     assert_problem(upload_npz(api, with_surrogate), 422, "dataset_unreadable")

@@ -19,14 +19,18 @@ JSON = {"content-type": "application/json"}
 
 def test_non_finite_numbers_are_refused(api, registered, store):
     before = snapshot(store)
-    raw = (b'{"name": "n", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
-           b' "input_shape": [1, 8, 8], "normalization": {"mean": [NaN], "std": [1.0]},'
-           b' "class_names": ["a", "b"]}')  # fmt: skip
+    raw = (
+        b'{"name": "n", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
+        b' "input_shape": [1, 8, 8], "normalization": {"mean": [NaN], "std": [1.0]},'
+        b' "class_names": ["a", "b"]}'
+    )
     assert_problem(api.post("/v1/models", content=raw, headers=JSON), 422, "validation_error")
     version, dataset = registered["version"]["id"], registered["dataset"]["id"]
     ids = (version.encode(), dataset.encode())
-    raw = (b'{"model_version_id": "%s", "dataset_id": "%s", "forget_classes": [3],'
-           b' "params": {"noise_lr": Infinity}}' % ids)  # fmt: skip
+    raw = (
+        b'{"model_version_id": "%s", "dataset_id": "%s", "forget_classes": [3],'
+        b' "params": {"noise_lr": Infinity}}' % ids
+    )
     response = api.post("/v1/deletion-requests", content=raw, headers=JSON)
     assert_problem(response, 422, "validation_error")
     assert snapshot(store) == before
@@ -42,18 +46,25 @@ def test_nul_characters_are_refused(api, registered, store):
 
 def test_out_of_range_numbers_in_paths_and_tokens(api, registered):
     model_id = registered["model"]["id"]
-    assert_problem(api.get(f"/v1/models/{model_id}/versions/99999999999999999999999"), 422,
-                   "validation_error")  # fmt: skip
+    assert_problem(
+        api.get(f"/v1/models/{model_id}/versions/99999999999999999999999"), 422, "validation_error"
+    )
     assert_problem(api.get(f"/v1/models/{model_id}/versions/0"), 422, "validation_error")
-    assert_problem(api.get("/v1/audit/events", params={"page_token": "²"}), 422,
-                   "invalid_page_token")  # fmt: skip
+    assert_problem(
+        api.get("/v1/audit/events", params={"page_token": "²"}), 422, "invalid_page_token"
+    )
 
 
 def test_method_parameters_are_bounded(api, registered, store):
     before = snapshot(store)
     too_much_noise = {"noise_batch": 65536, "noise_repeats": 10000}
-    for params in ({"seed": -1}, {"seed": 2**70}, {"noise_batch": 10**12}, too_much_noise,
-                   {"impair_lr": 1e30}):  # fmt: skip
+    for params in (
+        {"seed": -1},
+        {"seed": 2**70},
+        {"noise_batch": 10**12},
+        too_much_noise,
+        {"impair_lr": 1e30},
+    ):
         assert_problem(submit(api, registered, params=params), 422, "invalid_method_params")
     assert snapshot(store) == before
 
@@ -81,8 +92,9 @@ def test_dataset_locations_outside_the_data_roots(api, store, tmp_path):
 def npz_upload(api, tmp_path, **arrays):
     path = tmp_path / "bad.npz"
     np.savez(path, **arrays)
-    return api.post("/v1/datasets/npz", files={"file": ("bad.npz", path.read_bytes())},
-                    data={"name": "bad"})  # fmt: skip
+    return api.post(
+        "/v1/datasets/npz", files={"file": ("bad.npz", path.read_bytes())}, data={"name": "bad"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +116,11 @@ def test_malformed_npz_archives(api, store, tmp_path, arrays):
 def test_architecture_constructors_that_crash(api, store):
     before = snapshot(store)
     for args in ({"round_nearest": 0}, {"width_mult": 1e308}):
-        body = {**model_body("mb"), "input_shape": [3, 32, 32],
-                "architecture": {"name": "mobilenet_v2", "args": args}}  # fmt: skip
+        body = {
+            **model_body("mb"),
+            "input_shape": [3, 32, 32],
+            "architecture": {"name": "mobilenet_v2", "args": args},
+        }
         assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
     assert snapshot(store) == before
 
@@ -119,13 +134,16 @@ def image_folder(root, classes=("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"
 
 def test_forget_samples_of_a_vanished_dataset(api, registered, store, tmp_path):
     image_folder(tmp_path / "folder")
-    made = api.post("/v1/datasets", json={"name": "folder", "kind": "image_folder",
-                                          "location": str(tmp_path / "folder")})  # fmt: skip
+    made = api.post(
+        "/v1/datasets",
+        json={"name": "folder", "kind": "image_folder", "location": str(tmp_path / "folder")},
+    )
     assert made.status_code == 201, made.text
     shutil.rmtree(tmp_path / "folder")
     before = snapshot(store)
-    response = submit(api, registered, dataset_id="folder", forget_classes=None,
-                      forget_samples=["0/0.png"])  # fmt: skip
+    response = submit(
+        api, registered, dataset_id="folder", forget_classes=None, forget_samples=["0/0.png"]
+    )
     assert_problem(response, 422, "dataset_unreadable")
     assert snapshot(store) == before
 
@@ -154,8 +172,14 @@ def test_an_id_wins_over_a_name(api, registered):
 def test_strict_types_and_empty_keys(api, registered, store):
     before = snapshot(store)
     assert_problem(submit(api, registered, forget_classes=[True]), 422, "validation_error")
-    response = api.post("/v1/deletion-requests", headers={"Idempotency-Key": ""}, json={
-        "model_version_id": registered["version"]["id"],
-        "dataset_id": registered["dataset"]["id"], "forget_classes": [3]})  # fmt: skip
+    response = api.post(
+        "/v1/deletion-requests",
+        headers={"Idempotency-Key": ""},
+        json={
+            "model_version_id": registered["version"]["id"],
+            "dataset_id": registered["dataset"]["id"],
+            "forget_classes": [3],
+        },
+    )
     assert_problem(response, 422, "validation_error")
     assert snapshot(store) == before

@@ -39,9 +39,25 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     weights = tmp_path / "w.safetensors"
     safetensors.torch.save_file(trained_state(), str(weights))
     classes = ",".join(str(i) for i in range(10))
-    code, out = run(url, capsys, "register-model", "--name", "cli-cnn", "--arch", "tiny_cnn",
-                    "--arch-args", '{"in_channels": 1}', "--input-shape", "1,8,8",
-                    "--mean", "0.5", "--std", "0.5", "--classes", classes)  # fmt: skip
+    code, out = run(
+        url,
+        capsys,
+        "register-model",
+        "--name",
+        "cli-cnn",
+        "--arch",
+        "tiny_cnn",
+        "--arch-args",
+        '{"in_channels": 1}',
+        "--input-shape",
+        "1,8,8",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--classes",
+        classes,
+    )
     assert code == 0
     assert json.loads(out)["name"] == "cli-cnn"
     code, out = run(url, capsys, "upload", "cli-cnn", str(weights))
@@ -50,10 +66,25 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     assert version["number"] == 1
     code, _ = run(url, capsys, "register-dataset", "--name", "digits", "--kind", "sklearn_digits")
     assert code == 0
-    code, out = run(url, capsys, "forget", "--version", version["id"], "--dataset", "digits",
-                    "--classes", "=3,8", "--ref", "CLI-1", "--params",
-                    json.dumps(SMALL_DATA_PARAMS), "--acceptance", '{"max_retain_drop": 0.04}',
-                    "--relearn-time", "--wait")  # fmt: skip
+    code, out = run(
+        url,
+        capsys,
+        "forget",
+        "--version",
+        version["id"],
+        "--dataset",
+        "digits",
+        "--classes",
+        "=3,8",
+        "--ref",
+        "CLI-1",
+        "--params",
+        json.dumps(SMALL_DATA_PARAMS),
+        "--acceptance",
+        '{"max_retain_drop": 0.04}',
+        "--relearn-time",
+        "--wait",
+    )
     job = json.loads(out)
     assert code == 0
     assert job["status"] == "succeeded"
@@ -67,8 +98,13 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     assert target.stat().st_size == job["output_version"]["size_bytes"]
     code, out = run(url, capsys, "audit", "--ref", "CLI-1")
     actions = [json.loads(line)["action"] for line in out.splitlines()]
-    assert actions == ["deletion_request.created", "job.queued", "job.running", "job.succeeded",
-                       "model_version.downloaded"]  # fmt: skip
+    assert actions == [
+        "deletion_request.created",
+        "job.queued",
+        "job.running",
+        "job.succeeded",
+        "model_version.downloaded",
+    ]
 
 
 def test_errors_are_printed_with_their_code(url, capsys):

@@ -21,8 +21,10 @@ from tests.conftest import ROOT
 from tests.e2e.test_service import register
 from tests.helpers import SMALL_DATA_PARAMS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", ["production"],
-                                                       indirect=True)]  # fmt: skip
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.parametrize("service_env", ["production"], indirect=True),
+]
 
 
 @pytest.fixture
@@ -47,10 +49,14 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     admin = NepentheClient(service.url, service.admin_key)
     reg = register(admin, tmp_path)
     request, _ = admin.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=reg["version"]["id"],
-        dataset_id=reg["dataset"]["id"], forget_classes=[3, 8], params=SMALL_DATA_PARAMS,
-        caller_reference="DSR-2026-0042", upstream_request_id="opendsr-7f3a",
-    )  # fmt: skip
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=reg["version"]["id"],
+        dataset_id=reg["dataset"]["id"],
+        forget_classes=[3, 8],
+        params=SMALL_DATA_PARAMS,
+        caller_reference="DSR-2026-0042",
+        upstream_request_id="opendsr-7f3a",
+    )
     public_key = tmp_path / "nepenthe.pem"
     assert run_cli(service, capsys, "signing-key", "-o", str(public_key)) == 0
 
@@ -64,7 +70,9 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     assert receipt["forget_spec_sha256"] == request["forget_spec_sha256"]
     assert receipt["forget"] == {"kind": "classes", "count": 2}
     assert (receipt["caller_reference"], receipt["upstream_request_id"]) == (
-        "DSR-2026-0042", "opendsr-7f3a")  # fmt: skip
+        "DSR-2026-0042",
+        "opendsr-7f3a",
+    )
     capsys.readouterr()
     assert cli(["verify", str(receipt_file), "--public-key", str(public_key)]) == 0
     with pytest.raises(ApiError) as missing:
@@ -94,8 +102,10 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     # The forget set appears as its hash (and, in the metrics, as class labels): never as ids.
     assert "forget_classes" not in c and "forget_samples" not in c
     tampered = tmp_path / "tampered.json"
-    for field, value in (("output_checkpoint_sha256", "0" * 64),
-                         ("completed_at", c["received_at"])):  # fmt: skip
+    for field, value in (
+        ("output_checkpoint_sha256", "0" * 64),
+        ("completed_at", c["received_at"]),
+    ):
         altered = json.loads(cert_file.read_text())
         altered["payload"][field] = value
         tampered.write_text(json.dumps(altered))
@@ -121,19 +131,29 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
         downloader.download(reg["version"]["download_url"], tmp_path / "v1.safetensors")
     assert (refused.value.status, refused.value.code) == (410, "version_superseded")
     with pytest.raises(ApiError) as not_admin:
-        downloader.download(reg["version"]["download_url"], tmp_path / "v1.safetensors",
-                            override_reason="legal hold")  # fmt: skip
+        downloader.download(
+            reg["version"]["download_url"],
+            tmp_path / "v1.safetensors",
+            override_reason="legal hold",
+        )
     assert not_admin.value.code == "insufficient_scope"
     downloader.download(output["download_url"], tmp_path / "v2.safetensors")
-    digest = admin.download(reg["version"]["download_url"], tmp_path / "v1.safetensors",
-                            override_reason="court order 12/2026: preserve evidence")  # fmt: skip
+    digest = admin.download(
+        reg["version"]["download_url"],
+        tmp_path / "v1.safetensors",
+        override_reason="court order 12/2026: preserve evidence",
+    )
     assert digest == hashlib.sha256((tmp_path / "v1.safetensors").read_bytes()).hexdigest()
     overrides = list(admin.audit(action="model_version.downloaded_superseded"))
     assert [e["details"]["override_reason"] for e in overrides] == [
-        "court order 12/2026: preserve evidence"]  # fmt: skip
+        "court order 12/2026: preserve evidence"
+    ]
     with pytest.raises(ApiError) as stale:
-        admin.submit_deletion(model_version_id=reg["version"]["id"],
-                              dataset_id=reg["dataset"]["id"], forget_classes=[1])  # fmt: skip
+        admin.submit_deletion(
+            model_version_id=reg["version"]["id"],
+            dataset_id=reg["dataset"]["id"],
+            forget_classes=[1],
+        )
     assert (stale.value.status, stale.value.code) == (409, "version_superseded")
     versions = admin.request_versions(request["id"])
     held = {v["number"]: v["contains_forgotten_data"] for v in versions}

@@ -33,20 +33,32 @@ def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClie
 
 def submit(client: NepentheClient, reg: dict[str, Any], **body: Any) -> dict[str, Any]:
     request, _ = client.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=reg["version"]["id"],
-        dataset_id=reg["dataset"]["id"], caller_reference="DSR-EVIDENCE", **body,
-    )  # fmt: skip
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=reg["version"]["id"],
+        dataset_id=reg["dataset"]["id"],
+        caller_reference="DSR-EVIDENCE",
+        **body,
+    )
     return request
 
 
 @pytest.mark.parametrize("service_env", ["production"], indirect=True)
 def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(client, tmp_path):
     reg = register(client, tmp_path)
-    request = submit(client, reg, forget_classes=[3, 8], params=SMALL_DATA_PARAMS,
-                     reference={"params": RECIPE}, measure_relearn_time=True)  # fmt: skip
-    assert request["acceptance"] == {"max_forget_accuracy": 0.05, "max_retain_drop": 0.05,
-                                     "max_mia_gap": 0.05,
-                                     "max_forget_member_excess": 0.10}  # fmt: skip
+    request = submit(
+        client,
+        reg,
+        forget_classes=[3, 8],
+        params=SMALL_DATA_PARAMS,
+        reference={"params": RECIPE},
+        measure_relearn_time=True,
+    )
+    assert request["acceptance"] == {
+        "max_forget_accuracy": 0.05,
+        "max_retain_drop": 0.05,
+        "max_mia_gap": 0.05,
+        "max_forget_member_excess": 0.10,
+    }
     assert request["reference"] == {"method": "retrain", "params": {**RECIPE, "weight_decay": 0.0}}
     job = client.wait(request["job"]["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"]
@@ -76,15 +88,26 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
     relearn = m["relearn_time"]
     assert relearn["original"]["epochs"] == 0
     assert relearn["unlearned"]["epochs"] >= 1 and relearn["reference"]["epochs"] >= 1
-    assert set(m["phase_seconds"]) >= {"reference_retrain", "noise", "impair", "repair",
-                                       "evaluate", "relearn", "save"}  # fmt: skip
+    assert set(m["phase_seconds"]) >= {
+        "reference_retrain",
+        "noise",
+        "impair",
+        "repair",
+        "evaluate",
+        "relearn",
+        "save",
+    }
     assert (
         m["samples_processed"]["reference_retrain"]
         == RECIPE["epochs"] * (ref["samples"]["retain_train"])
     )
     assert m["samples_processed"]["forward_only"] > 0
-    assert m["acceptance"] == {"thresholds": request["acceptance"], "passed": True,
-                               "failures": [], "extra_repair_epochs": 0}  # fmt: skip
+    assert m["acceptance"] == {
+        "thresholds": request["acceptance"],
+        "passed": True,
+        "failures": [],
+        "extra_repair_epochs": 0,
+    }
     assert {"torch", "numpy", "scikit-learn", "device"} <= set(m["environment"])
     assert m["params"]["seed"] == 0 and m["params"]["noise_steps"] == 40
     # The audit trail carries the same evidence.
@@ -100,8 +123,9 @@ def own_membership(weights: Path, forget_ids: list[str]) -> dict[str, Any]:
     """Our own measurement of the downloaded weights, with the library, not the service."""
     train, test = data.open_splits("sklearn_digits", None)
     is_forget = np.isin(train.ids, forget_ids)
-    sets = verify.eval_sets(train, test, np.flatnonzero(is_forget), np.flatnonzero(~is_forget),
-                            None, CLASS_NAMES)  # fmt: skip
+    sets = verify.eval_sets(
+        train, test, np.flatnonzero(is_forget), np.flatnonzero(~is_forget), None, CLASS_NAMES
+    )
     model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
     checkpoints.load_into(model, checkpoints.load_file(weights))
     return verify.measure(model, sets, SPEC, torch.device("cpu"))
@@ -138,9 +162,13 @@ def test_a_result_that_misses_its_thresholds_is_rejected_and_publishes_nothing(c
     # Random labels at the literature's lr 1e-4 barely move a model: forget accuracy stays high.
     weak = submit(client, reg, forget_classes=[3], method="random_label", params={"epochs": 1})
     # No repair at all, and a retain threshold nothing meets: UNSIR repairs up to its bound.
-    strict = submit(client, reg, forget_classes=[3, 8],
-                    params={"repair_epochs": 0, "max_extra_repair_epochs": 2},
-                    acceptance={"max_retain_drop": 0.0, "max_forget_accuracy": None})  # fmt: skip
+    strict = submit(
+        client,
+        reg,
+        forget_classes=[3, 8],
+        params={"repair_epochs": 0, "max_extra_repair_epochs": 2},
+        acceptance={"max_retain_drop": 0.0, "max_forget_accuracy": None},
+    )
     weak_job = client.wait(weak["job"]["id"], timeout=600)
     assert weak_job["status"] == "rejected"
     assert weak_job["output_version"] is None

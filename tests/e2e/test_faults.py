@@ -28,10 +28,12 @@ both_backends = pytest.mark.parametrize("service_env", ["embedded", "production"
 on_production = pytest.mark.parametrize("service_env", ["production"], indirect=True)
 # Short leases so that a lost worker is noticed within seconds.
 FAST_SWEEP = {
-    "NEPENTHE_HEARTBEAT_INTERVAL_S": "0.5", "NEPENTHE_LEASE_TIMEOUT_S": "4",
-    "NEPENTHE_SWEEP_INTERVAL_S": "0.5", "NEPENTHE_SEND_GRACE_S": "0.5",
+    "NEPENTHE_HEARTBEAT_INTERVAL_S": "0.5",
+    "NEPENTHE_LEASE_TIMEOUT_S": "4",
+    "NEPENTHE_SWEEP_INTERVAL_S": "0.5",
+    "NEPENTHE_SEND_GRACE_S": "0.5",
     "NEPENTHE_REQUEUE_AFTER_S": "2",
-}  # fmt: skip
+}
 LONG_JOB = {"noise_steps": 1_000_000}  # runs until it is stopped
 
 
@@ -65,9 +67,10 @@ def running_phase(
     worker's job still reads running in its last phase until the sweeper re-queues it."""
     job = client.get_job(job_id)
     return (
-        job["status"] == "running" and job["attempts"] == attempt
+        job["status"] == "running"
+        and job["attempts"] == attempt
         and (phase is None or job["phase"] == phase)
-    )  # fmt: skip
+    )
 
 
 def versions(client: NepentheClient, model_id: str) -> list[int]:
@@ -99,15 +102,22 @@ def test_a_job_whose_worker_is_lost_every_time_fails_with_its_reason(service_env
         reg = register(client, tmp_path)
         job_id = submit(client, reg, **LONG_JOB)["job"]["id"]
         for attempt in (1, 2):
-            wait_until(f"attempt {attempt} learns noise",
-                       lambda n=attempt: running_phase(client, job_id, "noise", n))  # fmt: skip
+            wait_until(
+                f"attempt {attempt} learns noise",
+                lambda n=attempt: running_phase(client, job_id, "noise", n),
+            )
             service.stop_worker(signal.SIGKILL)
             service.start_worker()
         job = client.wait(job_id, timeout=120)
         assert job["status"] == "failed" and job["attempts"] == 2
         assert "lost on each of its 2 attempts" in job["error"]
         assert [s for s, _ in events(client, job_id)] == [
-            "queued", "running", "queued", "running", "failed"]  # fmt: skip
+            "queued",
+            "running",
+            "queued",
+            "running",
+            "failed",
+        ]
         assert versions(client, reg["model"]["id"]) == [1]
 
 
@@ -187,8 +197,7 @@ def test_while_postgresql_restarts_the_api_answers_503_and_recovers_by_itself(
                 assert response.json()["code"] == "database_unavailable"
                 assert response.headers["retry-after"] == "5"
             database.start()
-            wait_until("the API recovers",
-                       lambda: client.http.get("/healthz").status_code == 200)  # fmt: skip
+            wait_until("the API recovers", lambda: client.http.get("/healthz").status_code == 200)
             job = client.wait(submit(client, reg)["job"]["id"], timeout=300)
             assert job["status"] == "succeeded", job["error"]
 
@@ -200,9 +209,10 @@ def test_an_api_killed_mid_upload_leaves_no_partial_checkpoint(service_env, tmp_
         before = sorted(p for p in store.rglob("*") if p.is_file())
         body = safetensors_bytes()
         boundary = "nepenthe-boundary"
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                f"filename=\"m.safetensors\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                ).encode()  # fmt: skip
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+            f'filename="m.safetensors"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        ).encode()
         total = len(head) + 10 * len(body)  # announced, never all sent
         with socket.create_connection(("127.0.0.1", service.port)) as conn:
             conn.sendall(

@@ -47,9 +47,12 @@ def register(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:
 
 def submit(client: NepentheClient, reg: dict[str, Any], **body: Any) -> dict[str, Any]:
     request, _ = client.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=reg["version"]["id"],
-        dataset_id=reg["dataset"]["id"], caller_reference="DSR-I2I", **body,
-    )  # fmt: skip
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=reg["version"]["id"],
+        dataset_id=reg["dataset"]["id"],
+        caller_reference="DSR-I2I",
+        **body,
+    )
     return request
 
 
@@ -70,8 +73,12 @@ def test_a_masked_autoencoder_forgets_two_digit_classes(client, tmp_path):
     assert job["status"] == "succeeded", job["error"] or job["metrics"]["acceptance"]
     m = job["metrics"]
     assert m["task"] == "image_to_image"
-    assert m["forget"] == {"kind": "classes", "classes": [3, 8], "class_names": ["3", "8"],
-                           "train_samples": 288}  # fmt: skip
+    assert m["forget"] == {
+        "kind": "classes",
+        "classes": [3, 8],
+        "class_names": ["3", "8"],
+        "train_samples": 288,
+    }
     assert m["method_details"]["forget_images"] == 240  # 120 per class, MAGE's sample size
     assert m["weights"]["frozen_unchanged"] is True and m["weights"]["encoder_tensors_changed"] > 0
     assert m["acceptance"]["passed"] is True and m["acceptance"]["failures"] == []
@@ -97,8 +104,14 @@ def test_a_masked_autoencoder_forgets_two_digit_classes(client, tmp_path):
     grid = fetch_grid(client, job, tmp_path)
     assert grid.format == "PNG" and grid.width > grid.height
     actions = [e["action"] for e in client.audit(request_id=request["id"])]
-    assert actions == ["deletion_request.created", "job.queued", "job.running", "job.succeeded",
-                       "model_version.downloaded", "job_artifact.downloaded"]  # fmt: skip
+    assert actions == [
+        "deletion_request.created",
+        "job.queued",
+        "job.running",
+        "job.succeeded",
+        "model_version.downloaded",
+        "job_artifact.downloaded",
+    ]
     done = next(e for e in client.audit(request_id=request["id"]) if e["action"] == "job.succeeded")
     assert done["details"]["forget_psnr_after"] == m["after"]["forget"]["psnr"]
     assert done["details"]["artifacts"]["completions.png"] == job["artifacts"][0]["sha256"]
@@ -123,17 +136,30 @@ def test_samples_with_a_proxy_retain_set_and_a_rejected_result(client, tmp_path)
     forget_ids = [train.ids[i] for i in sorted(picked)]
     proxy = proxy_dataset(client, tmp_path, exclude=forget_ids)
     assert proxy["train_count"] + proxy["test_count"] == 300
-    samples = submit(client, reg, forget_samples=forget_ids,
-                     retain_dataset_id=proxy["name"], params=SMALL_MODEL_PARAMS,
-                     acceptance={"min_forget_psnr_drop": None})  # fmt: skip
-    strict = submit(client, reg, forget_classes=[3], params={"epochs": 1},
-                    acceptance={"min_forget_psnr_drop": 60.0})  # fmt: skip
+    samples = submit(
+        client,
+        reg,
+        forget_samples=forget_ids,
+        retain_dataset_id=proxy["name"],
+        params=SMALL_MODEL_PARAMS,
+        acceptance={"min_forget_psnr_drop": None},
+    )
+    strict = submit(
+        client,
+        reg,
+        forget_classes=[3],
+        params={"epochs": 1},
+        acceptance={"min_forget_psnr_drop": 60.0},
+    )
 
     job = client.wait(samples["job"]["id"], timeout=600)
     assert job["status"] == "succeeded", job["error"] or job["metrics"]["acceptance"]
     m = job["metrics"]
-    assert m["retain"] == {"source": "proxy dataset", "dataset_id": proxy["id"],
-                           "available_samples": proxy["train_count"]}  # fmt: skip
+    assert m["retain"] == {
+        "source": "proxy dataset",
+        "dataset_id": proxy["id"],
+        "available_samples": proxy["train_count"],
+    }
     assert m["forget"] == {"kind": "samples", "train_samples": 30}
     assert m["before"]["forget"]["samples"] == 30  # the forgotten images themselves
     assert m["after"]["forget"]["psnr"] < m["before"]["forget"]["psnr"]

@@ -45,9 +45,13 @@ def register(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:
 
     safetensors.torch.save_file(trained_state(), str(path))
     model = client.register_model(
-        name="digits-cnn", task="classification", architecture=ARCH, input_shape=[1, 8, 8],
-        normalization={"mean": [0.5], "std": [0.5]}, class_names=CLASS_NAMES,
-    )  # fmt: skip
+        name="digits-cnn",
+        task="classification",
+        architecture=ARCH,
+        input_shape=[1, 8, 8],
+        normalization={"mean": [0.5], "std": [0.5]},
+        class_names=CLASS_NAMES,
+    )
     version = client.upload_version(model["id"], path)
     dataset = client.register_dataset("digits", "sklearn_digits")
     return {"model": model, "version": version, "dataset": dataset}
@@ -55,10 +59,13 @@ def register(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:
 
 def submit(client: NepentheClient, reg: dict[str, Any], **params: Any) -> dict[str, Any]:
     request, _ = client.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=reg["version"]["id"],
-        dataset_id=reg["dataset"]["id"], forget_classes=FORGET,
-        params={**SMALL_DATA_PARAMS, **params}, caller_reference="DSR-E2E",
-    )  # fmt: skip
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=reg["version"]["id"],
+        dataset_id=reg["dataset"]["id"],
+        forget_classes=FORGET,
+        params={**SMALL_DATA_PARAMS, **params},
+        caller_reference="DSR-E2E",
+    )
     return request
 
 
@@ -106,8 +113,13 @@ def test_forget_two_classes_end_to_end(client, tmp_path):
     assert out["parent_version_id"] == reg["version"]["id"]
     assert out["produced_by_request_id"] == request["id"]
     actions = [e["action"] for e in client.audit(request_id=request["id"])]
-    assert actions == ["deletion_request.created", "job.queued", "job.running",
-                       "job.succeeded", "model_version.downloaded"]  # fmt: skip
+    assert actions == [
+        "deletion_request.created",
+        "job.queued",
+        "job.running",
+        "job.succeeded",
+        "model_version.downloaded",
+    ]
     statuses = [e["to_status"] for e in client.job_events(job["id"])]
     assert statuses == ["queued", "running", "succeeded"]
 
@@ -162,9 +174,11 @@ def test_a_job_whose_data_vanished_fails_with_its_reason(client, service_env, tm
     store = Path(service_env["NEPENTHE_STORE_DIR"])
     (store / dataset["location"].removeprefix("store:")).unlink()
     request, _ = client.submit_deletion(
-        model_version_id=reg["version"]["id"], dataset_id=dataset["id"], forget_classes=[1],
+        model_version_id=reg["version"]["id"],
+        dataset_id=dataset["id"],
+        forget_classes=[1],
         params=SMALL_DATA_PARAMS,
-    )  # fmt: skip
+    )
     job = client.wait(request["job"]["id"], timeout=120)
     assert job["status"] == "failed"
     assert "not a readable .npz archive" in job["error"]
@@ -180,8 +194,11 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
     from tests.conftest import new_key, reset_caches
     from tests.helpers import model_body, safetensors_bytes
 
-    lost = "redis://127.0.0.1:1/0" if service_env["NEPENTHE_BROKER_URL"].startswith("redis") \
-        else "filesystem://"  # fmt: skip
+    lost = (
+        "redis://127.0.0.1:1/0"
+        if service_env["NEPENTHE_BROKER_URL"].startswith("redis")
+        else "filesystem://"
+    )
     monkeypatch.setenv("NEPENTHE_BROKER_URL", lost)
     monkeypatch.setenv("NEPENTHE_BROKER_DIR", str(tmp_path / "nobody-reads-this"))
     reset_caches()
@@ -191,9 +208,15 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
         files = {"file": ("m.safetensors", safetensors_bytes())}
         version = api.post(f"/v1/models/{model['id']}/versions", files=files).json()
         api.post("/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"})
-        response = api.post("/v1/deletion-requests", json={
-            "model_version_id": version["id"], "dataset_id": "digits", "forget_classes": [3],
-            "params": SMALL_DATA_PARAMS})  # fmt: skip
+        response = api.post(
+            "/v1/deletion-requests",
+            json={
+                "model_version_id": version["id"],
+                "dataset_id": "digits",
+                "forget_classes": [3],
+                "params": SMALL_DATA_PARAMS,
+            },
+        )
         assert response.status_code == 202
     job_id = response.json()["job"]["id"]
     reset_caches()

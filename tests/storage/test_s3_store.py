@@ -164,8 +164,12 @@ def test_bad_configuration_is_reported(s3_env):
 def test_production_refuses_s3_without_a_bucket(tmp_path):
     key_file = tmp_path / "signing-key.pem"
     key_file.touch()
-    production = {"env": Environment.production, "secret_key": "s" * 40,
-                  "signing_key_file": key_file, "store_backend": "s3"}  # fmt: skip
+    production = {
+        "env": Environment.production,
+        "secret_key": "s" * 40,
+        "signing_key_file": key_file,
+        "store_backend": "s3",
+    }
     assert Settings(_env_file=None, **production).production_problems() == [
         "NEPENTHE_STORE_BACKEND is s3 but NEPENTHE_S3_BUCKET is not set"
     ]

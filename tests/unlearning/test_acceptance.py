@@ -40,8 +40,12 @@ def test_the_reference_gap_is_checked_only_when_there_is_a_reference():
 
 
 def test_null_switches_a_check_off_and_an_unmeasurable_figure_fails():
-    off = Thresholds(max_forget_accuracy=None, max_retain_drop=None, max_mia_gap=None,
-                     max_forget_member_excess=None)  # fmt: skip
+    off = Thresholds(
+        max_forget_accuracy=None,
+        max_retain_drop=None,
+        max_mia_gap=None,
+        max_forget_member_excess=None,
+    )
     assert checks(off, figures(), figures(forget=1.0, retain=0.0, member=1.0), None) == []
     assert checks(DEFAULTS["classes"], figures(), figures(forget=None), None) == [  # type: ignore[arg-type]
         "max_forget_accuracy"

@@ -13,15 +13,34 @@ from unlearning import archives
 
 @pytest.mark.parametrize(
     "name",
-    ["../x", "a/../../x", "a/..", "/etc/passwd", "\\\\server\\share\\x", "..\\x", "a\\..\\..\\x",
-     "C:/x", "c:x"],
-)  # fmt: skip
+    [
+        "../x",
+        "a/../../x",
+        "a/..",
+        "/etc/passwd",
+        "\\\\server\\share\\x",
+        "..\\x",
+        "a\\..\\..\\x",
+        "C:/x",
+        "c:x",
+    ],
+)
 def test_escaping_names(name: str) -> None:
     assert archives.escapes(name)
 
 
-@pytest.mark.parametrize("name", ["images.npy", "archive/data/0", "a/b/c", "..x", "x..", "a/.../b",
-                                  "archive/.data/serialization_id"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "images.npy",
+        "archive/data/0",
+        "a/b/c",
+        "..x",
+        "x..",
+        "a/.../b",
+        "archive/.data/serialization_id",
+    ],
+)
 def test_names_that_stay_inside(name: str) -> None:
     assert not archives.escapes(name)
 

@@ -25,9 +25,14 @@ def test_digits_split_is_stable_and_disjoint():
 def test_npz_with_ids_split_and_class_names(tmp_path):
     path = tmp_path / "d.npz"
     images = np.random.default_rng(0).integers(0, 255, (6, 5, 5, 3), dtype=np.uint8)
-    np.savez(path, images=images, labels=np.array([0, 1, 2, 0, 1, 2]),
-             ids=np.array([f"s{i}" for i in range(6)]), split=np.array([0, 0, 0, 0, 1, 1]),
-             class_names=np.array(["cat", "dog", "eel"]))  # fmt: skip
+    np.savez(
+        path,
+        images=images,
+        labels=np.array([0, 1, 2, 0, 1, 2]),
+        ids=np.array([f"s{i}" for i in range(6)]),
+        split=np.array([0, 0, 0, 0, 1, 1]),
+        class_names=np.array(["cat", "dog", "eel"]),
+    )
     train = data.open_split("npz", str(path), "train")
     test = data.open_split("npz", str(path), "test")
     assert train.ids == ["s0", "s1", "s2", "s3"]
@@ -103,9 +108,12 @@ def test_bad_architectures_are_explained(name, args, shape, message):
 
 @pytest.mark.parametrize(
     ("name", "args", "shape"),
-    [("tiny_cnn", {"in_channels": 1}, (1, 8, 8)), ("small_resnet", {}, (3, 32, 32)),
-     ("mlp", {"in_features": 64}, (1, 8, 8))],
-)  # fmt: skip
+    [
+        ("tiny_cnn", {"in_channels": 1}, (1, 8, 8)),
+        ("small_resnet", {}, (3, 32, 32)),
+        ("mlp", {"in_features": 64}, (1, 8, 8)),
+    ],
+)
 def test_builtin_networks_fit_small_images(name, args, shape):
     model = architectures.build_classifier(name, 10, args)
     assert model(torch.zeros(2, *shape)).shape == (2, 10)

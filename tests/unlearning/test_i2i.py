@@ -51,8 +51,9 @@ def test_hidden_pixels_never_reach_the_completion(name):
 
 def test_the_unet_encoder_returns_every_input_block_and_the_middle():
     model = architectures.build("unet_inpainter", (1, 16, 16), {"base": 4, "levels": 2})
-    shapes = [tuple(f.shape) for f in model.encode(torch.zeros(2, 1, 16, 16),
-                                                   torch.zeros(2, 1, 16, 16))]  # fmt: skip
+    shapes = [
+        tuple(f.shape) for f in model.encode(torch.zeros(2, 1, 16, 16), torch.zeros(2, 1, 16, 16))
+    ]
     assert shapes == [(2, 4, 16, 16), (2, 8, 8, 8), (2, 16, 4, 4)]
 
 
@@ -163,9 +164,19 @@ class _Recorder(architectures.I2IModel):
 def _digits_task(model: architectures.I2IModel, classes: list[int], **kw: object) -> I2ITask:
     train = data.open_split("sklearn_digits", None, "train")
     forget = np.isin(train.targets, classes)
-    return I2ITask(model, train, np.flatnonzero(forget), train, np.flatnonzero(~forget),
-                   classes, data.InputSpec((1, 8, 8), (0.5,), (0.5,)),
-                   masks.Transform("center_square", 0.5), ["encoder."], CPU, **kw)  # type: ignore[arg-type]  # fmt: skip
+    return I2ITask(
+        model,
+        train,
+        np.flatnonzero(forget),
+        train,
+        np.flatnonzero(~forget),
+        classes,
+        data.InputSpec((1, 8, 8), (0.5,), (0.5,)),
+        masks.Transform("center_square", 0.5),
+        ["encoder."],
+        CPU,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 def test_the_same_mask_goes_to_student_teacher_and_noise_and_only_the_encoder_moves():
@@ -221,11 +232,21 @@ def test_the_method_reads_only_its_sample_of_forget_images_and_is_seeded():
 
 def test_recipes_follow_the_methods_doc():
     mage, palette = defaults_for("vqgan"), defaults_for("diffusion")
-    assert (mage["alpha"], mage["optimizer"], mage["weight_decay"], mage["epochs"],
-            mage["warmup_epochs"], mage["grad_clip"], mage["lr"]) == (
-        0.2, "adamw", 0.05, 6, 5.0, 3.0, 5e-5)  # fmt: skip
+    assert (
+        mage["alpha"],
+        mage["optimizer"],
+        mage["weight_decay"],
+        mage["epochs"],
+        mage["warmup_epochs"],
+        mage["grad_clip"],
+        mage["lr"],
+    ) == (0.2, "adamw", 0.05, 6, 5.0, 3.0, 5e-5)
     assert (palette["alpha"], palette["optimizer"], palette["epochs"], palette["schedule"]) == (
-        0.1, "adam", 3, "constant")  # fmt: skip
+        0.1,
+        "adam",
+        3,
+        "constant",
+    )
     shorter = I2IConfig(epochs=3).resolved("vqgan")
     assert shorter.warmup_epochs == pytest.approx(2.5)  # MAGE's 5-of-6 share of warm-up
     c = I2IConfig().resolved("vqgan")
@@ -233,8 +254,14 @@ def test_recipes_follow_the_methods_doc():
     assert learning_rate(c, 50, 10) == pytest.approx(5e-5)  # end of warm-up
     assert learning_rate(c, 55, 10) == pytest.approx(2.5e-5)  # half way down the cosine
     assert learning_rate(c, 60, 10) == pytest.approx(0.0, abs=1e-12)
-    for bad in ({"lr": 0}, {"batch_size": 1}, {"noise_type": "pink"}, {"recipe": "sd"},
-                {"alpha": -1.0}, {"retain_ratio": math.inf}):  # fmt: skip
+    for bad in (
+        {"lr": 0},
+        {"batch_size": 1},
+        {"noise_type": "pink"},
+        {"recipe": "sd"},
+        {"alpha": -1.0},
+        {"retain_ratio": math.inf},
+    ):
         with pytest.raises(ValueError):  # noqa: PT011 - each names its own field
             I2IConfig(**bad)  # type: ignore[arg-type]
 
@@ -248,10 +275,13 @@ def test_the_acceptance_gate_reads_psnr_drops():
     assert acceptance.i2i_failures(t, before, good) == []
     failed = acceptance.i2i_failures(t, before, bad)
     assert [(f["check"], f["measured"]) for f in failed] == [
-        ("max_retain_psnr_drop", 2.0), ("min_forget_psnr_drop", 1.0)]  # fmt: skip
+        ("max_retain_psnr_drop", 2.0),
+        ("min_forget_psnr_drop", 1.0),
+    ]
     unmeasured = {"retain": {"psnr": None}, "forget": {"psnr": 17.0}}
     assert [f["check"] for f in acceptance.i2i_failures(t, before, unmeasured)] == [
-        "max_retain_psnr_drop"]  # fmt: skip
+        "max_retain_psnr_drop"
+    ]
 
 
 def test_encoder_unlearning_forgets_real_digit_classes_and_keeps_the_rest():
@@ -264,8 +294,18 @@ def test_encoder_unlearning_forgets_real_digit_classes_and_keeps_the_rest():
     forget = np.isin(train.targets, [3, 8])
     sets = v.eval_sets(train, test, np.flatnonzero(forget), [3, 8])
     before, done = v.measure(original, sets, SPEC, TRANSFORM, CPU)
-    task = I2ITask(model, train, np.flatnonzero(forget), train, np.flatnonzero(~forget), [3, 8],
-                   SPEC, TRANSFORM, ["encoder."], CPU)  # fmt: skip
+    task = I2ITask(
+        model,
+        train,
+        np.flatnonzero(forget),
+        train,
+        np.flatnonzero(~forget),
+        [3, 8],
+        SPEC,
+        TRANSFORM,
+        ["encoder."],
+        CPU,
+    )
     run_i2i(task, I2IConfig(**SMALL_MODEL_PARAMS))
     after, after_done = v.measure(model, sets, SPEC, TRANSFORM, CPU, originals=done)
     retain_drop = before["retain"]["psnr"] - after["retain"]["psnr"]  # type: ignore[index]

@@ -34,10 +34,15 @@ def splits() -> tuple[data.ImageSource, data.ImageSource]:
 def class_task(train: data.ImageSource, model: torch.nn.Module | None = None) -> UnlearningTask:
     is_forget = np.isin(train.targets, FORGET)
     return UnlearningTask(
-        model or trained_model(), train, np.flatnonzero(is_forget), np.flatnonzero(~is_forget),
-        FORGET, 10, SPEC,
+        model or trained_model(),
+        train,
+        np.flatnonzero(is_forget),
+        np.flatnonzero(~is_forget),
+        FORGET,
+        10,
+        SPEC,
         fresh_model=lambda: architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1}),
-    )  # fmt: skip
+    )
 
 
 def sample_task(train: data.ImageSource, count: int = 40) -> UnlearningTask:
@@ -47,8 +52,9 @@ def sample_task(train: data.ImageSource, count: int = 40) -> UnlearningTask:
 
 
 def measure(task: UnlearningTask, test: data.ImageSource) -> dict:
-    sets = verify.eval_sets(task.source, test, task.forget_idx, task.retain_idx,
-                            task.forget_classes, NAMES)  # fmt: skip
+    sets = verify.eval_sets(
+        task.source, test, task.forget_idx, task.retain_idx, task.forget_classes, NAMES
+    )
     return verify.measure(task.model, sets, SPEC, CPU)
 
 
@@ -132,10 +138,13 @@ def test_salun_moves_forgotten_samples_toward_held_out_membership(splits):
 
 def test_methods_refuse_out_of_range_parameters():
     for config, bad in (
-        (FinetuneConfig, {"lr": float("nan")}), (NegGradPlusConfig, {"beta": 1.5}),
-        (SalunConfig, {"mask_ratio": 0.0}), (RetrainConfig, {"epochs": 0}),
-        (SalunConfig, {"retain_per_class": 0}), (RandomLabelConfig, {"batch_size": 0}),
-    ):  # fmt: skip
+        (FinetuneConfig, {"lr": float("nan")}),
+        (NegGradPlusConfig, {"beta": 1.5}),
+        (SalunConfig, {"mask_ratio": 0.0}),
+        (RetrainConfig, {"epochs": 0}),
+        (SalunConfig, {"retain_per_class": 0}),
+        (RandomLabelConfig, {"batch_size": 0}),
+    ):
         with pytest.raises(ValueError, match="must be"):
             config(**bad)
 

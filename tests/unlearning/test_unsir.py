@@ -74,8 +74,13 @@ def test_never_reads_a_forget_class_image(splits):
     train, _ = splits
     source = RecordingSource(train)
     subset = retain_subset(train)
-    unsir(trained_model(), FORGET, RetainSubset(source, subset.indices), SPEC,
-          UnsirConfig(**SMALL_DATA_PARAMS))  # fmt: skip
+    unsir(
+        trained_model(),
+        FORGET,
+        RetainSubset(source, subset.indices),
+        SPEC,
+        UnsirConfig(**SMALL_DATA_PARAMS),
+    )
     assert source.read, "the retain subset should have been read"
     assert not np.isin(train.targets[source.read], FORGET).any()
 
@@ -156,8 +161,14 @@ def test_reports_progress_for_every_phase(splits):
     train, _ = splits
     seen: dict[str, float] = {}
     config = UnsirConfig(**{**SMALL_DATA_PARAMS, "noise_steps": 4, "noise_repeats": 2})
-    result = unsir(trained_model(), FORGET, retain_subset(train, 50), SPEC, config,
-                   progress=lambda phase, f: seen.__setitem__(phase, f))  # fmt: skip
+    result = unsir(
+        trained_model(),
+        FORGET,
+        retain_subset(train, 50),
+        SPEC,
+        config,
+        progress=lambda phase, f: seen.__setitem__(phase, f),
+    )
     assert seen == {"noise": 1.0, "impair": 1.0, "repair": 1.0}
     assert set(result.phase_seconds) == {"noise", "impair", "repair"}
     assert result.samples_processed["repair"] == 3 * 50 * 8

@@ -33,8 +33,9 @@ def splits() -> tuple[data.ArrayImages, data.ArrayImages]:
 def fit(indices: np.ndarray, epochs: int, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = architectures.build_classifier("tiny_cnn", 10, {"in_channels": 1})
-    train_classifier(model, splits()[0], indices, SPEC, epochs=epochs, lr=3e-3, batch_size=32,
-                     seed=seed)  # fmt: skip
+    train_classifier(
+        model, splits()[0], indices, SPEC, epochs=epochs, lr=3e-3, batch_size=32, seed=seed
+    )
     return model
 
 
@@ -47,8 +48,9 @@ def never_saw_3() -> torch.nn.Module:
 def class_sets(forget: list[int]) -> verify.EvalSets:
     train, test = splits()
     is_forget = np.isin(train.targets, forget)
-    return verify.eval_sets(train, test, np.flatnonzero(is_forget), np.flatnonzero(~is_forget),
-                            forget, NAMES)  # fmt: skip
+    return verify.eval_sets(
+        train, test, np.flatnonzero(is_forget), np.flatnonzero(~is_forget), forget, NAMES
+    )
 
 
 def outputs(probs: list[list[float]], labels: list[int]) -> verify.Outputs:
@@ -137,8 +139,12 @@ def test_a_memorised_sample_is_called_a_member_and_an_unseen_one_is_not():
 def test_prediction_distribution_of_a_constant_and_of_a_uniform_predictor():
     constant = outputs([[0.1, 0.8, 0.1]] * 6, [0, 1, 2, 0, 1, 2])
     dist = verify.prediction_distribution(constant, ["a", "b", "c"])
-    assert dist == {"counts": {"a": 0, "b": 6, "c": 0}, "largest_class": "b",
-                    "largest_share": 1.0, "normalised_entropy": 0.0}  # fmt: skip
+    assert dist == {
+        "counts": {"a": 0, "b": 6, "c": 0},
+        "largest_class": "b",
+        "largest_share": 1.0,
+        "normalised_entropy": 0.0,
+    }
     spread = outputs(np.eye(3).repeat(2, axis=0).tolist(), [0] * 6)
     dist = verify.prediction_distribution(spread, ["a", "b", "c"])
     assert dist["largest_share"] == pytest.approx(1 / 3)
@@ -178,8 +184,9 @@ def test_relearn_time_is_zero_for_the_original_and_positive_for_a_model_that_nev
 
 def test_relearn_stops_at_its_cap_and_says_so():
     sets = class_sets([3])
-    capped = verify.relearn_time(never_saw_3(), sets, SPEC, 1.01, CPU,
-                                 verify.RelearnConfig(max_epochs=2))  # fmt: skip
+    capped = verify.relearn_time(
+        never_saw_3(), sets, SPEC, 1.01, CPU, verify.RelearnConfig(max_epochs=2)
+    )
     assert capped["reached"] is False and capped["epochs"] is None and capped["steps"] == 4
 
 
@@ -190,8 +197,10 @@ def test_gaps_to_the_reference_are_differences_and_avg_gap_their_mean_size():
     gap = verify.gaps(a, b)
     assert gap["forget_accuracy"] == pytest.approx(a["forget_accuracy"] - 0.0)
     assert gap["retain_accuracy"] == pytest.approx(a["retain_accuracy"] - b["retain_accuracy"])
-    parts = [gap[k] for k in ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy",
-                              "mia_efficacy")]  # fmt: skip
+    parts = [
+        gap[k]
+        for k in ("forget_train_accuracy", "retain_train_accuracy", "test_accuracy", "mia_efficacy")
+    ]
     assert gap["avg_gap"] == pytest.approx(sum(abs(p) for p in parts) / 4)
     assert verify.gaps(b, b)["avg_gap"] == 0.0
 
@@ -205,8 +214,9 @@ def test_classes_an_earlier_deletion_removed_are_in_neither_test_set():
     targets = np.asarray(train.targets)
     forget_idx = np.flatnonzero(targets == 5)
     retain_idx = np.flatnonzero(~np.isin(targets, [3, 5]))
-    sets = eval_sets(train, test, forget_idx, retain_idx, [5], [str(i) for i in range(10)],
-                     excluded_classes=[3])  # fmt: skip
+    sets = eval_sets(
+        train, test, forget_idx, retain_idx, [5], [str(i) for i in range(10)], excluded_classes=[3]
+    )
     test_targets = np.asarray(test.targets)
     assert sets.forget_test is not None
     assert set(test_targets[sets.forget_test]) == {5}

@@ -122,8 +122,12 @@ def create_hook(api: Any, url: str) -> dict[str, Any]:
 
 
 def submit(api: Any, registered: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    body = {"model_version_id": registered["version"]["id"],
-            "dataset_id": registered["dataset"]["id"], "forget_classes": [3], **extra}  # fmt: skip
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [3],
+        **extra,
+    }
     response = api.post("/v1/deletion-requests", json=body)
     assert response.status_code == 202, response.text
     return dict(response.json())
@@ -151,8 +155,11 @@ def test_create_list_and_disable(api):
     assert created["secret"] not in api.get("/v1/webhooks").text
     one = api.get(f"/v1/webhooks/{created['id']}")
     assert one.json() == {k: v for k, v in created.items() if k != "secret"}
-    assert api.post("/v1/webhooks", json={"url": "https://b.example.com"}).headers[
-        "Location"].startswith("/v1/webhooks/")  # fmt: skip
+    assert (
+        api.post("/v1/webhooks", json={"url": "https://b.example.com"})
+        .headers["Location"]
+        .startswith("/v1/webhooks/")
+    )
 
     assert api.delete(f"/v1/webhooks/{created['id']}").status_code == 204
     assert api.delete(f"/v1/webhooks/{created['id']}").status_code == 204  # idempotent
@@ -172,10 +179,13 @@ def test_create_list_and_disable(api):
 def test_webhooks_need_the_admin_scope(api):
     hook = create_hook(api, "https://hooks.example.com/a")
     submitter = {"Authorization": f"Bearer {new_key('acme', 'submit')}"}
-    for method, path in [("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
-                         ("DELETE", f"/v1/webhooks/{hook['id']}"),
-                         ("GET", f"/v1/webhooks/{hook['id']}"),
-                         ("GET", f"/v1/webhooks/{hook['id']}/deliveries")]:  # fmt: skip
+    for method, path in [
+        ("POST", "/v1/webhooks"),
+        ("GET", "/v1/webhooks"),
+        ("DELETE", f"/v1/webhooks/{hook['id']}"),
+        ("GET", f"/v1/webhooks/{hook['id']}"),
+        ("GET", f"/v1/webhooks/{hook['id']}/deliveries"),
+    ]:
         body = {"url": "https://x.example.com"} if method == "POST" else None
         response = api.request(method, path, json=body, headers=submitter)
         assert response.status_code == 403, (method, path)
@@ -189,10 +199,12 @@ def test_another_organisations_webhook_is_not_found(api):
     hook = create_hook(api, "https://hooks.example.com/a")
     other = {"Authorization": f"Bearer {new_key('other')}"}
     assert api.get("/v1/webhooks", headers=other).json() == []
-    for method, path in [("DELETE", f"/v1/webhooks/{hook['id']}"),
-                         ("GET", f"/v1/webhooks/{hook['id']}"),
-                         ("GET", f"/v1/webhooks/{hook['id']}/deliveries"),
-                         ("GET", "/v1/webhooks/no-such-webhook/deliveries")]:  # fmt: skip
+    for method, path in [
+        ("DELETE", f"/v1/webhooks/{hook['id']}"),
+        ("GET", f"/v1/webhooks/{hook['id']}"),
+        ("GET", f"/v1/webhooks/{hook['id']}/deliveries"),
+        ("GET", "/v1/webhooks/no-such-webhook/deliveries"),
+    ]:
         response = api.request(method, path, headers=other)
         assert response.status_code == 404, (method, path)
         assert response.json()["code"] == "webhook_not_found"
@@ -202,10 +214,19 @@ def test_another_organisations_webhook_is_not_found(api):
 @both_backends
 @pytest.mark.parametrize(
     "url",
-    ["ftp://hooks.example.com/x", "javascript:alert(1)", "hooks.example.com/x", "http://",
-     "https:///path-only", "http://exa mple.com/", "http://example.com:99999/", "",
-     "https://example.com/" + "a" * 2000, "http://example.com/\nInjected: 1"],
-)  # fmt: skip
+    [
+        "ftp://hooks.example.com/x",
+        "javascript:alert(1)",
+        "hooks.example.com/x",
+        "http://",
+        "https:///path-only",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+        "",
+        "https://example.com/" + "a" * 2000,
+        "http://example.com/\nInjected: 1",
+    ],
+)
 def test_a_bad_url_is_refused(api, url):
     response = api.post("/v1/webhooks", json={"url": url})
     assert response.status_code == 422, url
@@ -215,9 +236,15 @@ def test_a_bad_url_is_refused(api, url):
 
 @pytest.mark.parametrize(
     "url",
-    ["http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/hook",
-     "http://192.168.0.7/hook", "http://169.254.169.254/latest/meta-data", "http://[::1]/hook"],
-)  # fmt: skip
+    [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.7/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::1]/hook",
+    ],
+)
 def test_internal_addresses_are_refused_unless_allowed(api, monkeypatch, url):
     from tests.conftest import reset_caches
 
@@ -253,17 +280,23 @@ def test_a_state_change_writes_one_delivery_per_live_webhook(api, registered):
 
     rows = api.get(f"/v1/webhooks/{live['id']}/deliveries").json()
     assert [d["event_type"] for d in rows] == [
-        "deletion_request.canceled", "deletion_request.queued"]  # newest first  # fmt: skip
+        "deletion_request.canceled",
+        "deletion_request.queued",
+    ]  # newest first
     queued = rows[1]
     assert queued["status"] == "pending" and queued["attempts"] == 0
     assert queued["request_id"] == request["id"]
     assert queued["payload"]["id"] == queued["id"]
     assert queued["payload"]["type"] == "deletion_request.queued"
     assert queued["payload"]["data"] == {
-        "request_id": request["id"], "job_id": job_id, "status": "queued",
-        "previous_status": None, "reason": "deletion request accepted",
-        "caller_reference": "DSR-7", "upstream_request_id": "up-7",
-    }  # fmt: skip
+        "request_id": request["id"],
+        "job_id": job_id,
+        "status": "queued",
+        "previous_status": None,
+        "reason": "deletion request accepted",
+        "caller_reference": "DSR-7",
+        "upstream_request_id": "up-7",
+    }
     assert rows[0]["payload"]["data"]["previous_status"] == "queued"
     pending = api.get(f"/v1/webhooks/{live['id']}/deliveries", params={"status": "delivered"})
     assert pending.json() == []
@@ -407,11 +440,23 @@ def _epoch(stamp: str) -> float:
 
 # --- end to end: API and worker processes, a real job ---------------------------------------
 
-TINY_PARAMS = {"noise_batch": 8, "noise_steps": 2, "noise_repeats": 2, "retain_per_class": 20,
-               "impair_batch_size": 32, "repair_epochs": 1, "repair_batch_size": 32,
-               "max_extra_repair_epochs": 0, "seed": 0}  # fmt: skip
-NO_ACCEPTANCE_CHECKS = {"max_forget_accuracy": None, "max_retain_drop": None,
-                        "max_mia_gap": None, "max_forget_member_excess": None}  # fmt: skip
+TINY_PARAMS = {
+    "noise_batch": 8,
+    "noise_steps": 2,
+    "noise_repeats": 2,
+    "retain_per_class": 20,
+    "impair_batch_size": 32,
+    "repair_epochs": 1,
+    "repair_batch_size": 32,
+    "max_extra_repair_epochs": 0,
+    "seed": 0,
+}
+NO_ACCEPTANCE_CHECKS = {
+    "max_forget_accuracy": None,
+    "max_retain_drop": None,
+    "max_mia_gap": None,
+    "max_forget_member_excess": None,
+}
 
 
 @pytest.mark.e2e
@@ -438,17 +483,25 @@ def _end_to_end(client: NepentheClient, tmp_path: Path, receiver: Receiver) -> N
     path = tmp_path / "original.safetensors"
     path.write_bytes(untrained_safetensors())
     model = client.register_model(
-        name="digits-cnn", task="classification", architecture=ARCH, input_shape=[1, 8, 8],
-        normalization={"mean": [0.5], "std": [0.5]}, class_names=CLASS_NAMES,
-    )  # fmt: skip
+        name="digits-cnn",
+        task="classification",
+        architecture=ARCH,
+        input_shape=[1, 8, 8],
+        normalization={"mean": [0.5], "std": [0.5]},
+        class_names=CLASS_NAMES,
+    )
     version = client.upload_version(model["id"], path)
     dataset = client.register_dataset("digits", "sklearn_digits")
     request, _ = client.submit_deletion(
-        idempotency_key=str(uuid.uuid4()), model_version_id=version["id"],
-        dataset_id=dataset["id"], forget_classes=[3, 8], params=TINY_PARAMS,
-        acceptance=NO_ACCEPTANCE_CHECKS, caller_reference="DSR-HOOK",
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=version["id"],
+        dataset_id=dataset["id"],
+        forget_classes=[3, 8],
+        params=TINY_PARAMS,
+        acceptance=NO_ACCEPTANCE_CHECKS,
+        caller_reference="DSR-HOOK",
         upstream_request_id="upstream-42",
-    )  # fmt: skip
+    )
     job = client.wait(request["job"]["id"], timeout=120, poll_s=0.2)
     assert job["status"] == "succeeded", job["error"]
 

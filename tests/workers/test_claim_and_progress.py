@@ -75,11 +75,13 @@ def test_artifacts_of_a_job_that_ended_elsewhere_leave_nothing_in_the_store(api,
     ctx = pipeline.load_context(job_id)
     finish(job_id, JobStatus.canceled, reason="canceled meanwhile")
     metrics = {
-        "task": "image_to_image", "phase_seconds": {"i2i": 1.0},
+        "task": "image_to_image",
+        "phase_seconds": {"i2i": 1.0},
         "before": {"retain": {"psnr": 20.0}, "forget": {"psnr": 20.0}},
         "after": {"retain": {"psnr": 19.0}, "forget": {"psnr": 19.9}},
-        "weights": {"frozen_unchanged": True}, "acceptance": {"passed": False},
-    }  # fmt: skip
+        "weights": {"frozen_unchanged": True},
+        "acceptance": {"passed": False},
+    }
     failures = [{"check": "min_forget_psnr_drop", "measured": 0.1, "threshold": 1.5}]
     grid = b"\x89PNG not really, but bytes no other job stores"
     outcome = pipeline.Outcome(metrics, None, failures, {"completions.png": ("image/png", grid)})

@@ -37,9 +37,10 @@ def silence(job_id: str, seconds: float) -> None:
 
     with session_scope() as session:
         session.execute(
-            update(Job).where(Job.id == job_id)
+            update(Job)
+            .where(Job.id == job_id)
             .values(heartbeat_at=utcnow() - timedelta(seconds=seconds))
-        )  # fmt: skip
+        )
 
 
 def statuses(api, job_id: str) -> list[str]:
@@ -262,8 +263,9 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_file(
     from tests.helpers import trained_state
 
     metrics = {"phase_seconds": {"noise": 1.0}, "before": {}, "after": {}}
-    outcome = pipeline.Outcome(metrics, dict(trained_state()), [],
-                               {"grid.png": ("image/png", b"png bytes")})  # fmt: skip
+    outcome = pipeline.Outcome(
+        metrics, dict(trained_state()), [], {"grid.png": ("image/png", b"png bytes")}
+    )
     with pytest.raises(OSError, match="No space left"):
         pipeline.store_outcome(ctx, outcome)
     assert sorted(p.name for p in store.rglob("*") if p.is_file()) == before

@@ -24,13 +24,20 @@ def test_the_retain_set_leaves_out_what_ancestors_forgot(api, registered):
     first = submit(api, registered, key="R1", forget_classes=[3]).json()
     files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
     model_id = registered["model"]["id"]
-    child = api.post(f"/v1/models/{model_id}/versions", files=files,
-                     data={"parent_version_id": registered["version"]["id"]}).json()  # fmt: skip
-    grandchild = api.post(f"/v1/models/{model_id}/versions", files=files,
-                          data={"parent_version_id": child["id"]}).json()  # fmt: skip
+    child = api.post(
+        f"/v1/models/{model_id}/versions",
+        files=files,
+        data={"parent_version_id": registered["version"]["id"]},
+    ).json()
+    grandchild = api.post(
+        f"/v1/models/{model_id}/versions", files=files, data={"parent_version_id": child["id"]}
+    ).json()
     with session_scope() as session:  # as if the first request's job had produced the child
-        session.execute(update(ModelVersion).where(ModelVersion.id == child["id"])
-                        .values(produced_by_request_id=first["id"]))  # fmt: skip
+        session.execute(
+            update(ModelVersion)
+            .where(ModelVersion.id == child["id"])
+            .values(produced_by_request_id=first["id"])
+        )
     second = submit(api, {**registered, "version": grandchild}, key="R2", forget_classes=[5])
     ctx = load_context(second.json()["job"]["id"])
     assert (ctx.forget_classes, ctx.earlier_forget_classes) == ([5], [3])

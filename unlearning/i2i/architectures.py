@@ -157,8 +157,9 @@ class MaskedAutoencoder(I2IModel):
             raise ArchitectureError("dim and decoder_dim must be multiples of heads")
         grid = (h // patch_size, w // patch_size)
         self.encoder = _ViTEncoder(in_channels, grid, patch_size, dim, depth, heads, mlp_ratio)
-        self.decoder = _ViTDecoder(in_channels, grid, patch_size, dim, decoder_dim,
-                                   decoder_depth, heads, mlp_ratio)  # fmt: skip
+        self.decoder = _ViTDecoder(
+            in_channels, grid, patch_size, dim, decoder_dim, decoder_depth, heads, mlp_ratio
+        )
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
         return [self.encoder(x, mask)]
@@ -176,9 +177,13 @@ class _ResBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-            _norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
-        )  # fmt: skip
+            _norm(c_in),
+            nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            _norm(c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,8 +201,9 @@ class _UNetEncoder(nn.Module):
         self.downs = nn.ModuleList(
             nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(levels)
         )
-        self.middle = nn.Sequential(_ResBlock(widths[-1], widths[-1]),
-                                    _ResBlock(widths[-1], widths[-1]))  # fmt: skip
+        self.middle = nn.Sequential(
+            _ResBlock(widths[-1], widths[-1]), _ResBlock(widths[-1], widths[-1])
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
         h = self.stem(torch.cat([x * (1 - mask), mask], dim=1))
@@ -308,8 +314,9 @@ def check_input_shape(model: I2IModel, input_shape: tuple[int, int, int] | list[
     shape = (2, *input_shape)
     try:
         with torch.no_grad():
-            out = model.eval()(torch.empty(shape, device="meta"),
-                               torch.empty((2, 1, *shape[2:]), device="meta"))  # fmt: skip
+            out = model.eval()(
+                torch.empty(shape, device="meta"), torch.empty((2, 1, *shape[2:]), device="meta")
+            )
     except Exception as exc:  # any failure of the forward pass is a shape problem
         raise ArchitectureError(f"input shape {list(input_shape)} does not fit: {exc}") from exc
     if tuple(out.shape) != shape:

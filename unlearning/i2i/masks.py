@@ -107,8 +107,9 @@ def train_mask(t: Transform, n: int, h: int, w: int, gen: torch.Generator) -> to
     return torch.where(shaped.view(-1, 1, 1, 1), shaped_masks, cell_masks)
 
 
-def noise_input(pixels: torch.Tensor, count: int, kind: str, spec: InputSpec,
-                gen: torch.Generator) -> torch.Tensor:  # fmt: skip
+def noise_input(
+    pixels: torch.Tensor, count: int, kind: str, spec: InputSpec, gen: torch.Generator
+) -> torch.Tensor:
     """Model input for ``count`` noise images, the targets the forget set is pulled toward.
 
     ``pixels`` is the batch as the model sees it (its size and channels), un-normalised to

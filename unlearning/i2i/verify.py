@@ -207,17 +207,26 @@ def _mean(t: torch.Tensor) -> float | None:
 def group_report(done: Completions, reference: Completions) -> dict[str, float | int | None]:
     """The figures of one group; ``reference`` holds the original model's completions."""
     if not len(done.truth):
-        return {"samples": 0, "mse": None, "psnr": None, "ssim": None, "fd_random": None,
-                "encoder_cosine": None}  # fmt: skip
+        return {
+            "samples": 0,
+            "mse": None,
+            "psnr": None,
+            "ssim": None,
+            "fd_random": None,
+            "encoder_cosine": None,
+        }
     mse = region_mse(done.completed, done.truth, done.mask)
     with torch.no_grad():
         fd = frechet_distance(_FEATURES(done.completed), _FEATURES(done.truth))
     cosine = F.cosine_similarity(done.embedding, reference.embedding, dim=1)
     return {
-        "samples": len(done.truth), "mse": _mean(mse), "psnr": _mean(psnr(mse)),
+        "samples": len(done.truth),
+        "mse": _mean(mse),
+        "psnr": _mean(psnr(mse)),
         "ssim": _mean(region_ssim(done.completed, done.truth, done.mask)),
-        "fd_random": fd, "encoder_cosine": _mean(cosine),
-    }  # fmt: skip
+        "fd_random": fd,
+        "encoder_cosine": _mean(cosine),
+    }
 
 
 def measure(
@@ -280,8 +289,12 @@ def completion_grid(
     for g, n in zip(groups, counts, strict=True):
         draw.text((x0, 2), f"{g} ({n} of {len(before[g].truth)})", fill="black", font=font)
         for i in range(n):
-            images = (before[g].truth[i], _shown_input(before[g].truth[i], before[g].mask[i]),
-                      before[g].completed[i], after[g].completed[i])  # fmt: skip
+            images = (
+                before[g].truth[i],
+                _shown_input(before[g].truth[i], before[g].mask[i]),
+                before[g].completed[i],
+                after[g].completed[i],
+            )
             for r, img in enumerate(images):
                 canvas.paste(_tile(img, scale), (x0 + i * (tw + gap), head_h + r * (th + gap)))
         x0 += n * (tw + gap) + 3 * gap
@@ -302,5 +315,9 @@ def frozen_report(
     frozen = [k for k in mine if not any(k.startswith(p) for p in encoder)]
     changed = [k for k in frozen if not torch.equal(mine[k].cpu(), theirs[k].cpu())]
     moved = [k for k in mine if k not in frozen and not torch.equal(mine[k].cpu(), theirs[k].cpu())]
-    return {"frozen_tensors": len(frozen), "frozen_changed": changed[:20],
-            "frozen_unchanged": not changed, "encoder_tensors_changed": len(moved)}  # fmt: skip
+    return {
+        "frozen_tensors": len(frozen),
+        "frozen_changed": changed[:20],
+        "frozen_unchanged": not changed,
+        "encoder_tensors_changed": len(moved),
+    }

@@ -46,42 +46,67 @@ class Method:
 BOTH = frozenset({"classes", "samples"})
 _ALL = (
     Method(
-        "unsir", UnsirConfig, run_unsir, frozenset({"classes"}),
+        "unsir",
+        UnsirConfig,
+        run_unsir,
+        frozenset({"classes"}),
         "error-maximising noise, one impair and one repair epoch; never reads forget data",
         (("noise", 3.0), ("impair", 3.0), ("repair", 1.5)),
-        heal=extra_repair, heal_limit_param="max_extra_repair_epochs",
+        heal=extra_repair,
+        heal_limit_param="max_extra_repair_epochs",
     ),
     Method(
-        "salun", SalunConfig, salun, BOTH,
+        "salun",
+        SalunConfig,
+        salun,
+        BOTH,
         "random labels on the forget set, updating only the most forget-salient weights",
         (("saliency", 0.5), ("relabel", 8.0)),
     ),
     Method(
-        "retrain", RetrainConfig, retrain, BOTH,
+        "retrain",
+        RetrainConfig,
+        retrain,
+        BOTH,
         "train from scratch on the retain data: the gold standard, and the slowest",
         (("retrain", 10.0),),
     ),
     Method(
-        "finetune", FinetuneConfig, finetune, BOTH,
-        "keep training on the retain data only", (("finetune", 8.0),),
+        "finetune",
+        FinetuneConfig,
+        finetune,
+        BOTH,
+        "keep training on the retain data only",
+        (("finetune", 8.0),),
     ),
     Method(
-        "neggrad_plus", NegGradPlusConfig, neggrad_plus, BOTH,
+        "neggrad_plus",
+        NegGradPlusConfig,
+        neggrad_plus,
+        BOTH,
         "gradient ascent on the forget data, descent on the retain data",
         (("neggrad_plus", 8.0),),
     ),
     Method(
-        "random_label", RandomLabelConfig, random_label, BOTH,
+        "random_label",
+        RandomLabelConfig,
+        random_label,
+        BOTH,
         "train on the forget data relabelled at random, plus the retain data",
         (("random_label", 8.0),),
     ),
     Method(
-        "i2i", I2IConfig, run_i2i, BOTH,
+        "i2i",
+        I2IConfig,
+        run_i2i,
+        BOTH,
         "image-to-image encoder unlearning: the encoder keeps retain embeddings and maps "
         "forget images to the original encoder's embedding of noise; the decoder is frozen",
-        (("i2i", 8.0),), tasks=frozenset({"image_to_image"}), resolve_for=resolve_for,
+        (("i2i", 8.0),),
+        tasks=frozenset({"image_to_image"}),
+        resolve_for=resolve_for,
     ),
-)  # fmt: skip
+)
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
 # (model task, what the request forgets) -> the method used when the request names none.
 DEFAULT_METHOD = {

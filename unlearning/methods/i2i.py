@@ -29,11 +29,25 @@ from unlearning.progress import Progress, no_progress
 
 # Section 2.7 of the methods doc: MAGE's main_unlearn.py and Palette's unlearning config.
 RECIPES: dict[str, dict[str, object]] = {
-    "mage": {"alpha": 0.2, "optimizer": "adamw", "weight_decay": 0.05, "epochs": 6,
-             "warmup_epochs": 5.0, "schedule": "warmup_cosine", "grad_clip": 3.0},
-    "palette": {"alpha": 0.1, "optimizer": "adam", "weight_decay": 0.0, "epochs": 3,
-                "warmup_epochs": 0.0, "schedule": "constant", "grad_clip": 0.0},
-}  # fmt: skip
+    "mage": {
+        "alpha": 0.2,
+        "optimizer": "adamw",
+        "weight_decay": 0.05,
+        "epochs": 6,
+        "warmup_epochs": 5.0,
+        "schedule": "warmup_cosine",
+        "grad_clip": 3.0,
+    },
+    "palette": {
+        "alpha": 0.1,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "epochs": 3,
+        "warmup_epochs": 0.0,
+        "schedule": "constant",
+        "grad_clip": 0.0,
+    },
+}
 FAMILY_RECIPE = {"vqgan": "mage", "diffusion": "palette"}
 
 
@@ -74,9 +88,12 @@ class I2IConfig:
         check_bounds(
             self,
             {"batch_size": (2, 65_536), "images_per_class": (1, 1_000_000), "seed": SEED},
-            {"lr": (0.0, 10.0, False), "retain_alpha": (0.0, 1000.0, True),
-             "retain_ratio": (0.0, 100.0, False)},
-        )  # fmt: skip
+            {
+                "lr": (0.0, 10.0, False),
+                "retain_alpha": (0.0, 1000.0, True),
+                "retain_ratio": (0.0, 100.0, False),
+            },
+        )
         if self.epochs is not None:
             check_bounds(self, {"epochs": (1, 1_000)}, {})
         for name, high in (("alpha", 1000.0), ("weight_decay", 1.0), ("grad_clip", 1e6)):
@@ -165,8 +182,10 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], c: I2IConfig) -> to
     # MAGE puts no weight decay on biases and other 1-D parameters (norms, embeddings' scales).
     decay = [p for _, p in params if p.ndim > 1]
     no_decay = [p for _, p in params if p.ndim <= 1]
-    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": c.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "weight_decay": c.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     if c.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=c.lr, betas=(0.9, 0.95))
     return torch.optim.Adam(groups, lr=c.lr)
@@ -196,8 +215,10 @@ def _autocast(c: I2IConfig, device: torch.device) -> AbstractContextManager[obje
 
 def feature_loss(student: Features, target: Features) -> torch.Tensor:
     """Mean squared error summed over feature levels (Palette sums over its U-Net levels)."""
-    return sum((F.mse_loss(s.float(), t.float()) for s, t in zip(student, target, strict=True)),
-               torch.zeros(()))  # fmt: skip
+    return sum(
+        (F.mse_loss(s.float(), t.float()) for s, t in zip(student, target, strict=True)),
+        torch.zeros(()),
+    )
 
 
 def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
@@ -255,7 +276,9 @@ def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
             "trainable_parameters": sum(p.numel() for _, p in params),
             "frozen_parameters": sum(p.numel() for p in model.parameters())
             - sum(p.numel() for _, p in params),
-            "forget_images": len(forget), "retain_images": len(retain),
-            "steps": total, "final_loss": losses,
+            "forget_images": len(forget),
+            "retain_images": len(retain),
+            "steps": total,
+            "final_loss": losses,
         },
-    )  # fmt: skip
+    )

@@ -57,10 +57,19 @@ def retrain(task: UnlearningTask, config: RetrainConfig) -> MethodResult:
     torch.manual_seed(config.seed)
     fresh = task.fresh_model()
     seen = train_classifier(
-        fresh, task.source, task.retain_idx, task.spec, epochs=config.epochs, lr=config.lr,
-        batch_size=config.batch_size, weight_decay=config.weight_decay, seed=config.seed,
-        device=task.device, progress=task.progress, phase="retrain",
-    )  # fmt: skip
+        fresh,
+        task.source,
+        task.retain_idx,
+        task.spec,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        device=task.device,
+        progress=task.progress,
+        phase="retrain",
+    )
     task.model.load_state_dict(fresh.state_dict())
     task.model.to(task.device)
     return MethodResult({"retrain": time.perf_counter() - start}, {"retrain": seen})
@@ -158,8 +167,9 @@ def neggrad_plus(task: UnlearningTask, config: NegGradPlusConfig) -> MethodResul
             )
             for _ in itertools.count()
         )
-        on_step = epoch_progress(task.progress, "neggrad_plus", epoch, config.epochs,
-                                 len(task.retain_idx))  # fmt: skip
+        on_step = epoch_progress(
+            task.progress, "neggrad_plus", epoch, config.epochs, len(task.retain_idx)
+        )
         done = 0
         for (xr, yr), (xf, yf) in zip(retain, forget, strict=False):
             opt.zero_grad(set_to_none=True)

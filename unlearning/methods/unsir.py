@@ -72,17 +72,24 @@ class UnsirConfig:
         check_bounds(
             self,
             {
-                "noise_batch": (1, 65_536), "noise_steps": (1, 10_000_000),
-                "noise_repeats": (1, 10_000), "retain_per_class": (1, 10_000_000),
-                "impair_epochs": (1, 1_000), "impair_batch_size": BATCH,
-                "repair_epochs": EPOCHS, "repair_batch_size": BATCH,
-                "max_extra_repair_epochs": (0, 100), "seed": SEED,
+                "noise_batch": (1, 65_536),
+                "noise_steps": (1, 10_000_000),
+                "noise_repeats": (1, 10_000),
+                "retain_per_class": (1, 10_000_000),
+                "impair_epochs": (1, 1_000),
+                "impair_batch_size": BATCH,
+                "repair_epochs": EPOCHS,
+                "repair_batch_size": BATCH,
+                "max_extra_repair_epochs": (0, 100),
+                "seed": SEED,
             },
             {
-                "noise_lr": (0.0, 100.0, False), "noise_l2": (0.0, 1e6, True),
-                "impair_lr": LR, "repair_lr": LR,
+                "noise_lr": (0.0, 100.0, False),
+                "noise_l2": (0.0, 1e6, True),
+                "impair_lr": LR,
+                "repair_lr": LR,
             },
-        )  # fmt: skip
+        )
         if self.noise_batch * self.noise_repeats > MAX_NOISE_IMAGES_PER_CLASS:
             raise ValueError(
                 f"noise_batch x noise_repeats must be at most {MAX_NOISE_IMAGES_PER_CLASS}"
@@ -201,10 +208,17 @@ def _impair(
     opt = torch.optim.Adam(model.parameters(), lr=config.impair_lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     return _train_epochs(
-        model, opt, config.impair_epochs, config.impair_batch_size, gen,
+        model,
+        opt,
+        config.impair_epochs,
+        config.impair_batch_size,
+        gen,
         lambda g, bs: _mixed_batches(noise_x, noise_y, retain, spec, bs, g),
-        len(noise_x) + len(retain.indices), device, "impair", progress,
-    )  # fmt: skip
+        len(noise_x) + len(retain.indices),
+        device,
+        "impair",
+        progress,
+    )
 
 
 def noise_dataset(
@@ -235,10 +249,17 @@ def _repair(
     empty_x = torch.empty((0, *spec.shape))
     empty_y = torch.empty(0, dtype=torch.long)
     return _train_epochs(
-        model, opt, config.repair_epochs, config.repair_batch_size, gen,
+        model,
+        opt,
+        config.repair_epochs,
+        config.repair_batch_size,
+        gen,
         lambda g, bs: _mixed_batches(empty_x, empty_y, retain, spec, bs, g),
-        len(retain.indices), device, "repair", progress,
-    )  # fmt: skip
+        len(retain.indices),
+        device,
+        "repair",
+        progress,
+    )
 
 
 def _train_epochs(
@@ -296,9 +317,14 @@ def retain_subset(task: UnlearningTask, config: UnsirConfig) -> RetainSubset:
 def run_unsir(task: UnlearningTask, config: UnsirConfig) -> MethodResult:
     retain = retain_subset(task, config)
     result = unsir(
-        task.model, task.forget_classes or [], retain, task.spec, config,
-        device=task.device, progress=task.progress,
-    )  # fmt: skip
+        task.model,
+        task.forget_classes or [],
+        retain,
+        task.spec,
+        config,
+        device=task.device,
+        progress=task.progress,
+    )
     result.details["retain_subset_size"] = len(retain.indices)
     result.details["noise_final_loss"] = {str(c): v for c, v in result.noise_loss.items()}
     return result
