@@ -9,16 +9,9 @@ from typing import Any
 
 import torch
 
-# The request parameter that sets the batch of each training phase a method reports.
-_BATCH_PARAM = {
-    "noise": "noise_batch",
-    "impair": "impair_batch_size",
-    "repair": "repair_batch_size",
-    "extra_repair": "repair_batch_size",
-    "neggrad_plus": "forget_batch_size",
-}
-# Phases whose batch no request parameter sets (measurement at a fixed batch size).
-_FIXED_BATCH = frozenset({"load", "evaluate_before", "evaluate", "relearn", "save"})
+from unlearning.jobs import MEASUREMENT_PHASES
+from unlearning.methods import METHODS
+
 _MORE_MEMORY = "run it on a worker with more memory (a larger GPU, or NEPENTHE_DEVICE=cpu)"
 
 
@@ -38,14 +31,14 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def memory_advice(phase: str | None, params: Mapping[str, Any]) -> str:
+def memory_advice(phase: str | None, method: str | None, params: Mapping[str, Any]) -> str:
     """Which parameter to lower, among those the request's method accepts (``params`` are the
     request's resolved parameters: every one the method has)."""
-    if phase in _FIXED_BATCH:
+    if phase in MEASUREMENT_PHASES:
         return f"this phase runs at a fixed batch size that no parameter sets: {_MORE_MEMORY}"
     if phase == "reference":
         return f"submit it again with a smaller reference.params.batch_size, or {_MORE_MEMORY}"
-    wanted = _BATCH_PARAM.get(phase or "", "batch_size")
+    wanted = METHODS[method].batch_param(phase) if method in METHODS else "batch_size"
     names = [wanted] if wanted in params else sorted(p for p in params if "batch" in p)
     if not names:
         return _MORE_MEMORY
@@ -61,7 +54,7 @@ def describe_failure(
     if is_out_of_memory(exc):
         where = f"during {phase or 'the job'}{f' ({method})' if method else ''}"
         return "out of memory", f"the worker ran out of memory {where}: " + memory_advice(
-            phase, params
+            phase, method, params
         )
     if is_disk_full(exc):
         assert isinstance(exc, OSError)

@@ -1,21 +1,21 @@
-"""Celery tasks: thin wrappers that claim a job, run the pipeline and record the outcome."""
+"""Celery tasks: claim a job, load what it needs, run its recipe, record the outcome."""
 
 from __future__ import annotations
 
 import logging
-import socket
-import uuid
 
+import torch
 from celery import Task
 from celery.signals import worker_shutting_down
 
 from app.config import get_settings
 from app.db import session_scope
-from app.jobs import states
+from app.jobs import outcome
+from app.jobs import service as jobs
 from app.observability import log_context
-from app.orm import Job, JobStatus, utcnow
-from app.queue import RUN_JOB_TASK, enqueue_after_commit
-from workers import i2i_pipeline, pipeline
+from app.orm import JobStatus
+from app.queue import RUN_JOB_TASK
+from unlearning import jobs as recipes
 from workers.celery_app import app
 from workers.failures import describe_failure
 from workers.lease import SHUTTING_DOWN, HandBack, Heartbeat, JobLost
@@ -25,61 +25,28 @@ log = logging.getLogger(__name__)
 
 
 def claim(job_id: str) -> str | None:
-    """queued -> running, as a conditional update; returns the claim's new lease (None: a
-    duplicate delivery, or a job no longer queued, found nothing to claim)."""
-    lease = uuid.uuid4().hex
+    """The job's new lease, or None when there is nothing to claim (see ``jobs.claim``)."""
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            log.warning("job %s does not exist; message dropped", job_id)
-            return None
-        claimed = states.transition(
-            session,
-            job,
-            JobStatus.running,
-            reason="claimed by a worker",
-            values={
-                "attempts": Job.attempts + 1,
-                "worker": socket.gethostname(),
-                "progress": 0.0,
-                "lease_id": lease,
-                "heartbeat_at": utcnow(),
-            },
-        )
-    return lease if claimed else None
+        return jobs.claim(session, job_id)
 
 
 def finish(
     job_id: str, to: JobStatus, reason: str, error: str | None = None, lease: str | None = None
 ) -> bool:
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        return states.transition(
-            session, job, to, reason=reason, values={"error": error}, lease=lease
-        )
+        return jobs.finish(session, job_id, to, reason, error=error, lease=lease)
 
 
 def hand_back(job_id: str, lease: str) -> bool:
-    """running -> queued at shutdown, sent again after commit. The attempt is not counted: the
-    job did not fail, its worker stopped. A job the client asked to cancel is canceled instead."""
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        assert job is not None
-        if job.cancel_requested_at is not None:
-            reason = "canceled by the client as its worker stopped"
-            return states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
-        moved = states.transition(
-            session,
-            job,
-            JobStatus.queued,
-            lease=lease,
-            reason="handed back: its worker was asked to stop",
-            values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0, "worker": None},
-        )
-        if moved:
-            enqueue_after_commit(session, job_id)
-    return moved
+        return jobs.hand_back(session, job_id, lease)
+
+
+def pick_device() -> torch.device:
+    wanted = get_settings().device
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(wanted)
 
 
 @worker_shutting_down.connect
@@ -102,18 +69,17 @@ def _claim_and_run(job_id: str) -> str:
     log.info("job %s claimed", job_id)
     settings = get_settings()
     with Heartbeat(job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s) as beat:
-        return _run_claimed(
-            job_id, lease, ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
-        )
+        report = ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
+        return _run_claimed(job_id, lease, report)
 
 
 def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
     ctx = None
     try:
-        ctx = pipeline.load_context(job_id, lease)
-        runner = i2i_pipeline.run if ctx.task == "image_to_image" else pipeline.run
-        outcome = runner(ctx, report)
-        if not pipeline.store_outcome(ctx, outcome):
+        ctx = outcome.load_context(job_id, lease)
+        report("load", 0.0)  # fetching the weights from a remote store is part of loading
+        result = recipes.run(ctx.job, ctx.weights_path(), pick_device(), report)
+        if not outcome.store_outcome(ctx, result):
             log.warning("job %s ended elsewhere before its result was stored", job_id)
             return "superseded"
     except JobCanceled as exc:
@@ -128,10 +94,10 @@ def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
         return "lost"
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        method, params = (ctx.method, ctx.params) if ctx else (None, {})
+        method, params = (ctx.job.method, ctx.job.params) if ctx else (None, {})
         reason, error = describe_failure(exc, report.phase, method, params)
         finish(job_id, JobStatus.failed, reason=reason, error=error, lease=lease)
         return "failed"
-    status = "rejected" if outcome.failures else "succeeded"
+    status = "rejected" if result.failures else "succeeded"
     log.info("job %s %s", job_id, status)
     return status

@@ -5,12 +5,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse, Response
 
-from app.audit import service as audit
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, SessionDep, SubmitDep
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import service
 from app.jobs.schemas import ArtifactRead, JobEventRead, JobRead
-from app.orm import DeletionRequest, ModelVersion
 from app.storage import served_file
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -77,22 +75,9 @@ def download_artifact(
     job_id: str, name: ArtifactName, session: SessionDep, actor: DownloadDep
 ) -> Response:
     """The file, with its SHA-256 as ETag and X-Checksum-SHA256; the download is audited."""
-    job = service.get(session, actor.org_id, job_id)
-    found = service.artifact(session, job, name)
-    request = session.get(DeletionRequest, job.request_id)
-    version = session.get(ModelVersion, request.model_version_id) if request else None
-    audit.record(
-        session,
-        actor,
-        "job_artifact.downloaded",
-        model_id=version.model_id if version else None,
-        request_id=job.request_id,
-        job_id=job.id,
-        caller_reference=request.caller_reference if request else None,
-        details={"name": found.name, "sha256": found.sha256},
-    )
+    found = service.download_artifact(session, actor, job_id, name)
     path = served_file(found.storage_key, f"artifact {name!r}")
     headers = {"ETag": f'"{found.sha256}"', "X-Checksum-SHA256": found.sha256}
     return FileResponse(
-        path, media_type=found.media_type, headers=headers, filename=f"{job.id}-{found.name}"
+        path, media_type=found.media_type, headers=headers, filename=f"{job_id}-{found.name}"
     )

@@ -2,49 +2,63 @@
 
 from __future__ import annotations
 
+import logging
+import socket
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 
-from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
+from app.audit import service as audit
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
-from app.jobs import states
+from app.jobs import repository, states
 from app.jobs.schemas import ArtifactRead, JobRead
 from app.models.service import version_read
-from app.orm import DeletionRequest, Job, JobArtifact, JobEvent, JobStatus, ModelVersion, utcnow
+from app.orm import DeletionRequest, Job, JobArtifact, JobStatus, ModelVersion, utcnow
+from app.queue import enqueue_after_commit
+
+log = logging.getLogger(__name__)
 
 
 def get(session: Session, org_id: str, job_id: str) -> Job:
     """The organisation's job; another organisation's is not found."""
-    job = session.scalars(
-        select(Job)
-        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
-        .where(Job.id == job_id, DeletionRequest.org_id == org_id)
-    ).first()
+    job = repository.find_for_org(session, org_id, job_id)
     if job is None:
         raise JobNotFound(f"no job {job_id!r}")
     return job
 
 
-def for_request(session: Session, request_id: str) -> Job:
-    job = session.scalars(select(Job).where(Job.request_id == request_id)).one()
-    return job
-
-
-def artifacts(session: Session, job_id: str) -> list[JobArtifact]:
-    query = select(JobArtifact).where(JobArtifact.job_id == job_id).order_by(JobArtifact.id)
-    return list(session.scalars(query))
+for_request = repository.for_request
+artifacts = repository.artifacts
+events = repository.events
 
 
 def artifact(session: Session, job: Job, name: str) -> JobArtifact:
-    found = session.scalars(
-        select(JobArtifact).where(JobArtifact.job_id == job.id, JobArtifact.name == name)
-    ).first()
+    found = repository.find_artifact(session, job.id, name)
     if found is None:
         raise ArtifactNotFound(f"job {job.id} has no artifact {name!r}")
+    return found
+
+
+def download_artifact(session: Session, actor: Actor, job_id: str, name: str) -> JobArtifact:
+    """The artifact to send, its download audited (the audit scope shows who saw which grid)."""
+    job = get(session, actor.org_id, job_id)
+    found = artifact(session, job, name)
+    request = session.get(DeletionRequest, job.request_id)
+    version = session.get(ModelVersion, request.model_version_id) if request else None
+    audit.record(
+        session,
+        actor,
+        "job_artifact.downloaded",
+        model_id=version.model_id if version else None,
+        request_id=job.request_id,
+        job_id=job.id,
+        caller_reference=request.caller_reference if request else None,
+        details={"name": found.name, "sha256": found.sha256},
+    )
     return found
 
 
@@ -84,12 +98,6 @@ def job_read(job: Job, output: ModelVersion | None, files: list[JobArtifact]) ->
     )
 
 
-def events(session: Session, job_id: str) -> list[JobEvent]:
-    return list(
-        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
-    )
-
-
 def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running job's worker to stop at its next check."""
     job = get(session, actor.org_id, job_id)
@@ -111,14 +119,9 @@ def cancel(session: Session, actor: Actor, job_id: str) -> Job:
 def _ask_to_cancel(session: Session, job: Job, actor: Actor) -> bool:
     """Mark the running job for cancel; False (``job`` refreshed) when it is no longer running
     (handed back or re-queued a moment ago: then it is canceled as a queued job) or was asked."""
-    asked = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == JobStatus.running)
-        .where(Job.cancel_requested_at.is_(None))
-        .values(cancel_requested_at=utcnow(), updated_at=utcnow())
-    )
+    asked = repository.mark_cancel_requested(session, job.id)
     session.refresh(job)
-    if asked.rowcount != 1:  # type: ignore[attr-defined]
+    if not asked:
         return False
     states.record_cancel_requested(session, job, actor)
     return True
@@ -128,36 +131,21 @@ def take_unsent(session: Session, grace_s: float) -> list[str]:
     """Ids of queued jobs whose send failed (the broker was down at submit) ``grace_s`` ago or
     more, marked as just taken so that several sweepers send each job once."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
-    return _take(session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff))
+    return repository.take_queued(session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff))
 
 
 def count_sent_queued(session: Session) -> int:
     """Queued jobs whose message reached the broker: as many messages should be waiting there."""
-    query = select(func.count()).where(Job.status == JobStatus.queued, Job.sent_at.is_not(None))
-    return int(session.scalar(query) or 0)
+    return repository.count_sent_queued(session)
 
 
 def take_stale_sent(session: Session, resend_after_s: float, limit: int) -> list[str]:
     """Ids of at most ``limit`` queued jobs last sent ``resend_after_s`` ago or more, oldest
     first (their message may have been lost with the broker), marked as not sent."""
+    if limit <= 0:
+        return []
     cutoff = utcnow() - timedelta(seconds=resend_after_s)
-    oldest = (
-        select(Job.id)
-        .where(Job.status == JobStatus.queued, Job.sent_at <= cutoff)
-        .order_by(Job.sent_at)
-        .limit(limit)
-    )
-    return _take(session, Job.id.in_(oldest.scalar_subquery())) if limit > 0 else []
-
-
-def _take(session: Session, condition: ColumnElement[bool]) -> list[str]:
-    taken = session.scalars(
-        update(Job)
-        .where(Job.status == JobStatus.queued, condition)
-        .values(updated_at=utcnow(), sent_at=None)
-        .returning(Job.id)
-    )
-    return list(taken)
+    return repository.take_queued(session, repository.oldest_sent_queued(cutoff, limit))
 
 
 @dataclass(frozen=True)
@@ -171,13 +159,9 @@ def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) ->
     back to the queue, canceled when the client asked for it, or failed once they have had
     ``max_attempts`` claims. The caller sends the re-queued ones after commit."""
     cutoff = utcnow() - timedelta(seconds=lease_timeout_s)
-    # A claim by a worker older than leases writes no heartbeat: its last update stands in.
-    last_sign = func.coalesce(Job.heartbeat_at, Job.updated_at)
-    lost = session.scalars(
-        select(Job).where(Job.status == JobStatus.running, last_sign <= cutoff)
-    ).all()
+    last_sign = repository.last_sign_of_life()
     recovered = []
-    for job in lost:
+    for job in repository.silent_running(session, cutoff):
         silent = f"no heartbeat from worker {job.worker} for over {lease_timeout_s:g} s"
         # Moved only if still silent: a beat written since the SELECT keeps the job its worker's.
         move = partial(
@@ -210,26 +194,71 @@ def recover_lost(session: Session, lease_timeout_s: float, max_attempts: int) ->
 def heartbeat(session: Session, job_id: str, lease: str) -> bool:
     """The running worker is alive; False when the job no longer holds its lease (re-queued
     after the worker was presumed lost, or ended elsewhere): the worker must stop."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_id == lease)
-        .values(heartbeat_at=utcnow())
-    )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return repository.beat(session, job_id, lease)
 
 
 def report_progress(
     session: Session, job_id: str, phase: str, progress: float, lease: str | None = None
 ) -> tuple[bool, bool]:
     """Write progress of a running job: (cancel requested by the client, lease still held)."""
-    condition = [Job.id == job_id, Job.status == JobStatus.running]
-    if lease is not None:
-        condition.append(Job.lease_id == lease)
-    now = utcnow()
-    written = session.execute(
-        update(Job)
-        .where(*condition)
-        .values(phase=phase, progress=round(progress, 4), updated_at=now, heartbeat_at=now)
+    written = repository.write_progress(session, job_id, phase, progress, lease)
+    return repository.cancel_requested(session, job_id), written
+
+
+def claim(session: Session, job_id: str) -> str | None:
+    """queued -> running, as a conditional update; returns the claim's new lease (None: a
+    duplicate delivery, or a job no longer queued, found nothing to claim)."""
+    lease = uuid.uuid4().hex
+    job = session.get(Job, job_id)
+    if job is None:
+        log.warning("job %s does not exist; message dropped", job_id)
+        return None
+    claimed = states.transition(
+        session,
+        job,
+        JobStatus.running,
+        reason="claimed by a worker",
+        values={
+            "attempts": Job.attempts + 1,
+            "worker": socket.gethostname(),
+            "progress": 0.0,
+            "lease_id": lease,
+            "heartbeat_at": utcnow(),
+        },
     )
-    requested = session.scalar(select(Job.cancel_requested_at).where(Job.id == job_id))
-    return requested is not None, bool(written.rowcount == 1)  # type: ignore[attr-defined]
+    return lease if claimed else None
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    to: JobStatus,
+    reason: str,
+    error: str | None = None,
+    lease: str | None = None,
+) -> bool:
+    """A running job ends without a result (canceled or failed)."""
+    job = session.get(Job, job_id)
+    assert job is not None
+    return states.transition(session, job, to, reason=reason, values={"error": error}, lease=lease)
+
+
+def hand_back(session: Session, job_id: str, lease: str) -> bool:
+    """running -> queued at shutdown, sent again after commit. The attempt is not counted: the
+    job did not fail, its worker stopped. A job the client asked to cancel is canceled instead."""
+    job = session.get(Job, job_id)
+    assert job is not None
+    if job.cancel_requested_at is not None:
+        reason = "canceled by the client as its worker stopped"
+        return states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
+    moved = states.transition(
+        session,
+        job,
+        JobStatus.queued,
+        lease=lease,
+        reason="handed back: its worker was asked to stop",
+        values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0, "worker": None},
+    )
+    if moved:
+        enqueue_after_commit(session, job_id)
+    return moved

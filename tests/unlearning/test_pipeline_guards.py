@@ -9,7 +9,7 @@ import torch
 
 from app.signing import json_value
 from tests.helpers import trained_model
-from workers.pipeline import UnlearningDiverged, refuse_diverged
+from unlearning.jobs.common import UnlearningDiverged, refuse_diverged
 
 
 def test_diverged_weights_are_refused():

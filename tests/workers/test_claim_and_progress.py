@@ -68,11 +68,12 @@ def test_a_cancel_request_stops_the_running_job_at_its_next_report(api, register
 def test_artifacts_of_a_job_that_ended_elsewhere_leave_nothing_in_the_store(api, registered, store):
     """A rejected result whose job was canceled meanwhile records nothing, and its grid (images
     of the forget classes) does not stay behind in the store."""
-    from workers import pipeline
+    from app.jobs import outcome as job_outcome
+    from unlearning.jobs import Outcome
 
     job_id = queued_job(api, registered)
     claim(job_id)
-    ctx = pipeline.load_context(job_id)
+    ctx = job_outcome.load_context(job_id)
     finish(job_id, JobStatus.canceled, reason="canceled meanwhile")
     metrics = {
         "task": "image_to_image",
@@ -84,8 +85,8 @@ def test_artifacts_of_a_job_that_ended_elsewhere_leave_nothing_in_the_store(api,
     }
     failures = [{"check": "min_forget_psnr_drop", "measured": 0.1, "threshold": 1.5}]
     grid = b"\x89PNG not really, but bytes no other job stores"
-    outcome = pipeline.Outcome(metrics, None, failures, {"completions.png": ("image/png", grid)})
-    assert pipeline.store_outcome(ctx, outcome) is False
+    outcome = Outcome(metrics, None, failures, {"completions.png": ("image/png", grid)})
+    assert job_outcome.store_outcome(ctx, outcome) is False
     assert list(store.rglob("*.png")) == []
     job = api.get(f"/v1/jobs/{job_id}").json()
     assert job["status"] == "canceled" and job["artifacts"] == []

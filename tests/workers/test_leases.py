@@ -11,11 +11,12 @@ import torch
 from sqlalchemy import update
 
 from app.db import session_scope
+from app.jobs import outcome as job_outcome
 from app.orm import Job, JobStatus, utcnow
 from tests.api.conftest import BACKENDS
 from tests.api.test_bad_input import submit
+from unlearning.jobs import Outcome
 from workers import lease as lease_module
-from workers import pipeline
 from workers.failures import describe_failure
 from workers.lease import HandBack, Heartbeat, JobLost
 from workers.progress import ProgressReporter
@@ -248,7 +249,7 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_file(
 
     job_id = queued_job(api, registered)
     lease = claim(job_id)
-    ctx = pipeline.load_context(job_id, lease)
+    ctx = job_outcome.load_context(job_id, lease)
     before = sorted(p.name for p in store.rglob("*") if p.is_file())
     real_put = storage.LocalArtifactStore.put_bytes
     calls = []
@@ -263,10 +264,8 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_file(
     from tests.helpers import trained_state
 
     metrics = {"phase_seconds": {"noise": 1.0}, "before": {}, "after": {}}
-    outcome = pipeline.Outcome(
-        metrics, dict(trained_state()), [], {"grid.png": ("image/png", b"png bytes")}
-    )
+    outcome = Outcome(metrics, dict(trained_state()), [], {"grid.png": ("image/png", b"png bytes")})
     with pytest.raises(OSError, match="No space left"):
-        pipeline.store_outcome(ctx, outcome)
+        job_outcome.store_outcome(ctx, outcome)
     assert sorted(p.name for p in store.rglob("*") if p.is_file()) == before
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # the task fails it

@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import update
 
 from app.db import session_scope
+from app.jobs.outcome import load_context
 from app.orm import ModelVersion
 from tests.api.conftest import BACKENDS
 from tests.api.test_bad_input import submit
 from tests.helpers import safetensors_bytes
 from unlearning import data
-from workers.pipeline import forget_split, load_context
+from unlearning.jobs import forget_split
 
 pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
 
@@ -39,18 +40,18 @@ def test_the_retain_set_leaves_out_what_ancestors_forgot(api, registered):
             .values(produced_by_request_id=first["id"])
         )
     second = submit(api, {**registered, "version": grandchild}, key="R2", forget_classes=[5])
-    ctx = load_context(second.json()["job"]["id"])
-    assert (ctx.forget_classes, ctx.earlier_forget_classes) == ([5], [3])
+    job = load_context(second.json()["job"]["id"]).job
+    assert (job.forget_classes, job.earlier_forget_classes) == ([5], [3])
 
     train = data.open_split("sklearn_digits", None, "train")
-    forget_idx, retain_idx = forget_split(train, ctx)
+    forget_idx, retain_idx = forget_split(train, job)
     assert set(np.asarray(train.targets)[forget_idx]) == {5}
     assert set(np.asarray(train.targets)[retain_idx]) == set(range(10)) - {3, 5}
     # Samples an earlier request forgot are left out the same way.
     gone = [train.ids[i] for i in retain_idx[:7]]
-    ctx = dataclasses.replace(ctx, earlier_forget_samples=gone)
-    _, fewer = forget_split(train, ctx)
+    job = dataclasses.replace(job, earlier_forget_samples=gone)
+    _, fewer = forget_split(train, job)
     assert len(fewer) == len(retain_idx) - 7
     assert not set(gone) & {train.ids[i] for i in fewer}
     # The first request's own job, on the original version, has nothing earlier to leave out.
-    assert load_context(first["job"]["id"]).earlier_forget_classes == []
+    assert load_context(first["job"]["id"]).job.earlier_forget_classes == []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from unlearning.methods.common import MethodResult, UnlearningTask
@@ -41,6 +41,12 @@ class Method:
     # Fills the defaults that depend on the network's family (image-to-image recipes) into a
     # config built from the request's own parameters.
     resolve_for: Callable[[Any, str], Any] | None = None
+    # The parameter that sets the batch of each phase whose batch is not ``batch_size``: the one
+    # to lower when the phase runs out of memory.
+    batch_params: Mapping[str, str] = field(default_factory=dict)
+
+    def batch_param(self, phase: str | None) -> str:
+        return self.batch_params.get(phase or "", "batch_size")
 
 
 BOTH = frozenset({"classes", "samples"})
@@ -54,6 +60,12 @@ _ALL = (
         (("noise", 3.0), ("impair", 3.0), ("repair", 1.5)),
         heal=extra_repair,
         heal_limit_param="max_extra_repair_epochs",
+        batch_params={
+            "noise": "noise_batch",
+            "impair": "impair_batch_size",
+            "repair": "repair_batch_size",
+            "extra_repair": "repair_batch_size",
+        },
     ),
     Method(
         "salun",
@@ -86,6 +98,7 @@ _ALL = (
         BOTH,
         "gradient ascent on the forget data, descent on the retain data",
         (("neggrad_plus", 8.0),),
+        batch_params={"neggrad_plus": "forget_batch_size"},
     ),
     Method(
         "random_label",

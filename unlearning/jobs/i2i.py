@@ -1,121 +1,120 @@
 """One image-to-image unlearning job: measure completions, train the encoder, measure again,
-apply the acceptance gate and draw the before/after grid. Nothing is stored here: the classifier
-pipeline's ``store_outcome`` records the result."""
+apply the acceptance gate and draw the before/after grid. Nothing is stored here."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from app.storage import get_store
 from unlearning import acceptance, checkpoints, data, verify
 from unlearning.i2i import architectures, masks
 from unlearning.i2i import verify as i2i_verify
-from unlearning.methods import METHODS, I2ITask
-from workers.pipeline import (
+from unlearning.jobs.common import (
     EVAL_SEED,
     Cost,
-    JobContext,
+    JobProgress,
+    JobSpec,
     Outcome,
     environment,
     forget_split,
     forget_summary,
-    pick_device,
     refuse_diverged,
 )
-from workers.progress import ProgressReporter
+from unlearning.methods import METHODS, I2ITask
 
 GRID_NAME = "completions.png"
 
 
-def job_plan(ctx: JobContext) -> list[tuple[str, float]]:
+def job_plan(job: JobSpec) -> list[tuple[str, float]]:
     return [
         ("load", 0.5),
         ("evaluate_before", 1.0),
-        *METHODS[ctx.method].phases,
+        *METHODS[job.method].phases,
         ("evaluate", 1.0),
         ("save", 0.3),
     ]
 
 
-def load_model(ctx: JobContext) -> architectures.I2IModel:
-    model = architectures.build(ctx.architecture, ctx.spec.shape, ctx.architecture_args)
-    checkpoints.load_into(model, checkpoints.load_file(get_store().local_path(ctx.storage_key)))
+def load_model(job: JobSpec, weights: Path) -> architectures.I2IModel:
+    model = architectures.build(job.architecture, job.input_spec.shape, job.architecture_args)
+    checkpoints.load_into(model, checkpoints.load_file(weights))
     return model
 
 
 def retain_data(
-    ctx: JobContext, train: data.ImageSource, retain_idx: np.ndarray
+    job: JobSpec, train: data.ImageSource, retain_idx: np.ndarray
 ) -> tuple[data.ImageSource, np.ndarray]:
     """The training data outside the forget set, or the request's proxy retain set (its
     training split, all of it)."""
-    if ctx.retain_dataset_kind is None:
+    if job.retain_dataset_kind is None:
         return train, retain_idx
     proxy = data.open_split(
-        ctx.retain_dataset_kind, ctx.retain_dataset_location, "train", size=ctx.spec.shape[1:]
+        job.retain_dataset_kind, job.retain_dataset_location, "train", size=job.input_spec.shape[1:]
     )
     return proxy, np.arange(len(proxy))
 
 
-def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
-    device, cost = pick_device(), Cost()
-    report.set_plan(job_plan(ctx))
+def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) -> Outcome:
+    cost = Cost()
+    report.set_plan(job_plan(job))
     report("load", 0.0)
-    transform = masks.Transform(**(ctx.transform or {}))
+    transform = masks.Transform(**(job.transform or {}))
     with cost.phase("load"):
-        model = load_model(ctx)
+        model = load_model(job, weights)
         original = copy.deepcopy(model).to(device)
         train, test = data.open_splits(
-            ctx.dataset_kind, ctx.dataset_location, size=ctx.spec.shape[1:]
+            job.dataset_kind, job.dataset_location, size=job.input_spec.shape[1:]
         )
-        forget_idx, retain_idx = forget_split(train, ctx)
-        retain_source, retain_idx = retain_data(ctx, train, retain_idx)
-        sets = i2i_verify.eval_sets(train, test, forget_idx, ctx.forget_classes, seed=EVAL_SEED)
+        forget_idx, retain_idx = forget_split(train, job)
+        retain_source, retain_idx = retain_data(job, train, retain_idx)
+        sets = i2i_verify.eval_sets(train, test, forget_idx, job.forget_classes, seed=EVAL_SEED)
 
     report("evaluate_before", 0.0)
     with cost.phase("evaluate_before"):
-        before, before_done = i2i_verify.measure(original, sets, ctx.spec, transform, device)
+        before, before_done = i2i_verify.measure(original, sets, job.input_spec, transform, device)
     task = I2ITask(
         model,
         train,
         forget_idx,
         retain_source,
         retain_idx,
-        ctx.forget_classes,
-        ctx.spec,
+        job.forget_classes,
+        job.input_spec,
         transform,
-        ctx.encoder or [architectures.ENCODER_PREFIX],
+        job.encoder or [architectures.ENCODER_PREFIX],
         device,
         progress=report,
     )
-    method = METHODS[ctx.method]
-    result = method.run(task, method.config_type(**ctx.params))
+    method = METHODS[job.method]
+    result = method.run(task, method.config_type(**job.params))
     cost.add(result.phase_seconds, result.samples_processed)
     refuse_diverged(model)
     report("evaluate", 0.0)
     with cost.phase("evaluate"):
         after, after_done = i2i_verify.measure(
-            model, sets, ctx.spec, transform, device, originals=before_done
+            model, sets, job.input_spec, transform, device, originals=before_done
         )
     cost.forward += 2 * i2i_verify.forward_samples(before)
-    shown = _may_show_forget(ctx)
-    failed = acceptance.i2i_failures(acceptance.I2IThresholds(**ctx.acceptance), before, after)
+    shown = _may_show_forget(job)
+    failed = acceptance.i2i_failures(acceptance.I2IThresholds(**job.acceptance), before, after)
     metrics: dict[str, Any] = {
         "task": "image_to_image",
-        "method": ctx.method,
-        "params": ctx.params,
-        "forget": forget_summary(ctx, forget_idx, ctx.dataset_class_names),
+        "method": job.method,
+        "params": job.params,
+        "forget": forget_summary(job, forget_idx, job.dataset_class_names),
         "retain": {
-            "source": "proxy dataset" if ctx.retain_dataset_kind else "training data",
-            "dataset_id": ctx.retain_dataset_id,
+            "source": "proxy dataset" if job.retain_dataset_kind else "training data",
+            "dataset_id": job.retain_dataset_id,
             "available_samples": len(retain_idx),
         },
-        "acceptance": {"thresholds": ctx.acceptance, "passed": not failed, "failures": failed},
+        "acceptance": {"thresholds": job.acceptance, "passed": not failed, "failures": failed},
         "before": before,
         "after": after,
-        "change": _change(before, after),
+        "change": change(before, after),
         "weights": i2i_verify.weights_unchanged(model, original, task.encoder),
         "weight_distance": {"to_original": verify.weight_distance(model, original)},
         "method_details": result.details,
@@ -134,20 +133,20 @@ def run(ctx: JobContext, report: ProgressReporter) -> Outcome:
     )
 
 
-def _may_show_forget(ctx: JobContext) -> bool:
+def _may_show_forget(job: JobSpec) -> bool:
     """A sample request's forget images are the very data to be erased: keeping pictures of them
     (and of the original model reconstructing them) would defeat the request. Class requests
     show held-out images of the classes, never the training images named for deletion."""
-    return ctx.forget_classes is not None
+    return job.forget_classes is not None
 
 
-def _change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """After minus before, per group, for the headline figures."""
-    change: dict[str, Any] = {}
+    delta: dict[str, Any] = {}
     for group in ("retain", "forget"):
         b, a = before[group], after[group]
-        change[group] = {
+        delta[group] = {
             k: (None if b[k] is None or a[k] is None else a[k] - b[k])
             for k in ("psnr", "ssim", "mse", "fd_random", "encoder_cosine")
         }
-    return change
+    return delta

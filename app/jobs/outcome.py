@@ -1,0 +1,330 @@
+"""The database side of a job run: what a job needs, loaded in one short transaction, and its
+outcome recorded in another (versions, artifacts, certificate, supersession), waiting out a short
+database outage and removing what it stored when nothing came to refer to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from app.datasets.service import resolve_location
+from app.db import session_scope
+from app.deletions import evidence
+from app.jobs import repository, states
+from app.models import lineage
+from app.models import service as models
+from app.orm import (
+    Dataset,
+    DeletionRequest,
+    Job,
+    JobArtifact,
+    JobStatus,
+    Model,
+    ModelVersion,
+    utcnow,
+)
+from app.signing import json_value
+from app.storage import StoredObject, get_store
+from unlearning import acceptance, checkpoints, data
+from unlearning.jobs import JobSpec, Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """One claimed job: the ids its outcome is recorded under, and the spec its recipe runs."""
+
+    job_id: str
+    request_id: str
+    model_id: str
+    version_id: str
+    storage_key: str
+    job: JobSpec
+    # The worker's claim: the outcome is recorded only while the job still holds it.
+    lease: str | None = None
+
+    def weights_path(self) -> Path:
+        """The input checkpoint as a local file (fetched from the store when it is remote)."""
+        return get_store().local_path(self.storage_key)
+
+
+def load_context(job_id: str, lease: str | None = None) -> JobContext:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        request = session.get(DeletionRequest, job.request_id)
+        assert request is not None
+        version = session.get(ModelVersion, request.model_version_id)
+        assert version is not None
+        model = session.get(Model, version.model_id)
+        dataset = session.get(Dataset, request.dataset_id)
+        assert model is not None and dataset is not None
+        proxy = (
+            session.get(Dataset, request.retain_dataset_id) if request.retain_dataset_id else None
+        )
+        c, h, w = model.input_shape
+        earlier_classes, earlier_samples = earlier_forgets(session, version, dataset.id)
+        spec = JobSpec(
+            method=request.method,
+            params=dict(request.params),
+            forget_classes=request.forget_classes,
+            forget_samples=request.forget_samples,
+            acceptance=request.acceptance or _default_acceptance(request),
+            reference=request.reference,
+            measure_relearn_time=request.measure_relearn_time,
+            architecture=model.architecture,
+            architecture_args=dict(model.architecture_args),
+            class_names=list(model.class_names),
+            input_spec=data.InputSpec(
+                (c, h, w), tuple(model.normalization["mean"]), tuple(model.normalization["std"])
+            ),
+            dataset_kind=dataset.kind,
+            dataset_location=resolve_location(dataset.location),
+            task=model.task,
+            encoder=model.encoder,
+            transform=model.transform,
+            dataset_class_names=list(dataset.class_names),
+            retain_dataset_id=proxy.id if proxy else None,
+            retain_dataset_kind=proxy.kind if proxy else None,
+            retain_dataset_location=resolve_location(proxy.location) if proxy else None,
+            earlier_forget_classes=earlier_classes,
+            earlier_forget_samples=earlier_samples,
+        )
+        return JobContext(
+            job_id=job.id,
+            request_id=request.id,
+            model_id=model.id,
+            version_id=version.id,
+            storage_key=version.storage_key,
+            job=spec,
+            lease=lease,
+        )
+
+
+def _default_acceptance(request: DeletionRequest) -> dict[str, Any]:
+    """Thresholds for requests recorded before thresholds existed: the defaults of their kind."""
+    kind = "classes" if request.forget_classes is not None else "samples"
+    return dataclasses.asdict(acceptance.DEFAULTS[kind])
+
+
+def earlier_forgets(
+    session: Session, version: ModelVersion, dataset_id: str
+) -> tuple[list[int], list[str]]:
+    """Classes and samples of ``dataset_id`` that the requests which produced ``version`` and its
+    ancestors forgot."""
+    classes: set[int] = set()
+    samples: set[str] = set()
+    for v in [version, *lineage.ancestors(session, version)]:
+        earlier = (
+            session.get(DeletionRequest, v.produced_by_request_id)
+            if v.produced_by_request_id
+            else None
+        )
+        if earlier is not None and earlier.dataset_id == dataset_id:
+            classes.update(earlier.forget_classes or ())
+            samples.update(earlier.forget_samples or ())
+    return sorted(classes), sorted(samples)
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures an audit event repeats at its top level."""
+    if metrics.get("task") == "image_to_image":
+        before, after = metrics["before"], metrics["after"]
+        return {
+            "retain_psnr_before": before["retain"]["psnr"],
+            "retain_psnr_after": after["retain"]["psnr"],
+            "forget_psnr_before": before["forget"]["psnr"],
+            "forget_psnr_after": after["forget"]["psnr"],
+            "frozen_unchanged": metrics["weights"]["frozen_unchanged"],
+            "acceptance": metrics["acceptance"],
+        }
+    before, after = metrics["before"], metrics["after"]
+    return {
+        "forget_accuracy_before": before["forget_accuracy"],
+        "forget_accuracy_after": after["forget_accuracy"],
+        "retain_accuracy_before": before["retain_accuracy"],
+        "retain_accuracy_after": after["retain_accuracy"],
+        "entropy_mia_forget_before": before["mia"]["entropy"]["forget_member_rate"],
+        "entropy_mia_forget_after": after["mia"]["entropy"]["forget_member_rate"],
+        "acceptance": metrics["acceptance"],
+    }
+
+
+def _suffix(media_type: str) -> str:
+    return {"image/png": ".png"}.get(media_type, ".bin")
+
+
+def _figure(value: float | None) -> str:
+    return "nothing: it could not be measured" if value is None else f"{value:.4f}"
+
+
+def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
+    """Accepted: write the checkpoint (atomically), then record version and success in one
+    transaction. Rejected: record the measured figures and publish nothing."""
+    metrics = outcome.metrics
+    written: list[str] = []  # objects this job created, removed again unless it is recorded
+    moved = False
+    try:
+        stored = None
+        if outcome.state is not None:
+            start = time.perf_counter()
+            stored = _put(checkpoints.canonical_bytes(outcome.state), ".safetensors", written)
+            metrics["phase_seconds"]["save"] = time.perf_counter() - start
+        files = {
+            name: (media, _put(content, _suffix(media), written))
+            for name, (media, content) in outcome.artifacts.items()
+        }
+        metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
+        record = partial(_record_outcome, ctx, outcome, json_value(metrics), stored, files)
+        moved = _waiting_out_the_database(record, ctx.job_id)
+    finally:
+        if not moved:  # failed (a full disk), or the job ended elsewhere: publish nothing
+            _discard_unreferenced(written)
+    return moved
+
+
+def _put(content: bytes, suffix: str, written: list[str]) -> StoredObject:
+    stored = get_store().put_bytes(content, suffix)
+    if stored.created:
+        written.append(stored.key)
+    return stored
+
+
+def _waiting_out_the_database(record: Callable[[], bool], job_id: str, tries: int = 4) -> bool:
+    """``record()``, tried again while the database is briefly down (a restart): the work is
+    done and a lost connection should not throw it away."""
+    for attempt in range(1, tries):
+        try:
+            return record()
+        except (OperationalError, InterfaceError):
+            log.warning(
+                "job %s: the database is unreachable; recording again in %d s",
+                job_id,
+                2**attempt,
+                exc_info=True,
+            )
+            time.sleep(2**attempt)
+    return record()  # the last try: its error is the job's
+
+
+def _discard_unreferenced(keys: list[str]) -> None:
+    """Remove files that no version and no job refer to: the checkpoint and grid of a job that
+    failed while saving or ended elsewhere (the grid shows images of the forget classes, and
+    nothing of it should outlive the job). Only files this job created are passed in, so a file
+    another job or version stored with the same bytes is kept."""
+    if not keys:
+        return
+    try:
+        with session_scope() as session:
+            kept = repository.referenced_keys(session, keys)
+        for key in set(keys) - kept:
+            get_store().delete(key)
+    except Exception:  # the failure being handled matters more: leave an unreferenced file
+        log.warning("could not remove the unreferenced files %s", keys, exc_info=True)
+
+
+def conclude(
+    session: Session, job: Job, output: ModelVersion, metrics: dict[str, Any], at: datetime
+) -> list[str]:
+    """A succeeded request's evidence: the signed certificate, and the versions that still hold
+    the forgotten data marked superseded. Returns the ids of the versions marked."""
+    request = session.get(DeletionRequest, job.request_id)
+    source = session.get(ModelVersion, output.parent_version_id)
+    assert request is not None and source is not None
+    session.flush()  # the output version's id and the job's attempts, as the certificate names
+    evidence.issue_certificate(request, job, source, output, metrics, at)
+    return [v.id for v in lineage.supersede(session, source, output, request.id, at)]
+
+
+def _record_outcome(
+    ctx: JobContext,
+    outcome: Outcome,
+    metrics: dict[str, Any],
+    stored: StoredObject | None,
+    files: dict[str, tuple[str, StoredObject]],
+) -> bool:
+    """Version (when accepted), artifacts and the job's last transition, in one transaction."""
+    with session_scope() as session:
+        job = session.get(Job, ctx.job_id)
+        # Locked: two requests on one source that finish together must not both miss the
+        # other's supersession mark (SQLite's write lock already serialises them).
+        model = session.get(Model, ctx.model_id, with_for_update=True)
+        assert job is not None and model is not None
+        for name, (media, obj) in files.items():
+            session.add(
+                JobArtifact(
+                    job_id=job.id,
+                    name=name,
+                    media_type=media,
+                    storage_key=obj.key,
+                    sha256=obj.sha256,
+                    size_bytes=obj.size,
+                )
+            )
+        details = {
+            **headline(metrics),
+            "metrics": metrics,
+            "artifacts": {n: obj.sha256 for n, (_, obj) in files.items()},
+        }
+        if stored is None:
+            checks = ", ".join(
+                f"{f['check']} (measured {_figure(f['measured'])}, threshold {f['threshold']})"
+                for f in outcome.failures
+            )
+            moved = states.transition(
+                session,
+                job,
+                JobStatus.rejected,
+                lease=ctx.lease,
+                reason=f"the result missed the acceptance thresholds: {checks}",
+                values={"metrics": metrics, "progress": 1.0, "phase": "save"},
+                details=details,
+            )
+        else:
+            version = models.add_version(
+                session,
+                model,
+                stored.key,
+                stored.sha256,
+                stored.size,
+                "safetensors",
+                parent_version_id=ctx.version_id,
+                produced_by_request_id=ctx.request_id,
+            )
+            now = utcnow()
+            superseded = conclude(session, job, version, metrics, now)
+            details["superseded_version_ids"] = superseded
+            moved = states.transition(
+                session,
+                job,
+                JobStatus.succeeded,
+                reason="unlearning finished",
+                lease=ctx.lease,
+                values={
+                    "metrics": metrics,
+                    "output_version_id": version.id,
+                    "progress": 1.0,
+                    "phase": "save",
+                    "finished_at": now,
+                },
+                details={
+                    "output_version_id": version.id,
+                    "output_sha256": stored.sha256,
+                    **details,
+                },
+            )
+        if not moved:
+            # Someone else ended the job meanwhile: roll back, so no version is published.
+            session.rollback()
+        return moved

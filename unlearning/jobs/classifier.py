@@ -1,0 +1,225 @@
+"""One classifier unlearning job: measure, unlearn, gate, heal, measure relearn time.
+
+Handed the job's spec, the stored weights' path, a device and a progress callable; it reads the
+dataset itself and stores nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearning import acceptance, architectures, checkpoints, data, verify
+from unlearning.jobs.common import (
+    EVAL_SEED,
+    Cost,
+    JobProgress,
+    JobSpec,
+    Outcome,
+    environment,
+    forget_split,
+    forget_summary,
+    refuse_diverged,
+)
+from unlearning.methods import METHODS, UnlearningTask
+from unlearning.methods.reference import RetrainConfig
+
+
+def job_plan(job: JobSpec) -> list[tuple[str, float]]:
+    plan = [("load", 0.5), ("evaluate_before", 1.0)]
+    if job.reference:
+        plan.append(("reference", 10.0))
+    plan += list(METHODS[job.method].phases)
+    plan += [("evaluate", 1.0), ("extra_repair", 0.5)]
+    if job.measure_relearn_time:
+        plan.append(("relearn", 3.0))
+    return [*plan, ("save", 0.3)]
+
+
+def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) -> Outcome:
+    """Measure, unlearn, measure again, apply the acceptance gate; nothing is stored here."""
+    cost = Cost()
+    report.set_plan(job_plan(job))
+    report("load", 0.0)
+    with cost.phase("load"):
+        model = fresh_model(job)
+        checkpoints.load_into(model, checkpoints.load_file(weights))
+        original = copy.deepcopy(model).to(device)
+        train, test = data.open_splits(
+            job.dataset_kind, job.dataset_location, size=job.input_spec.shape[1:]
+        )
+        forget_idx, retain_idx = forget_split(train, job)
+        sets = verify.eval_sets(
+            train,
+            test,
+            forget_idx,
+            retain_idx,
+            job.forget_classes,
+            job.class_names,
+            seed=EVAL_SEED,
+            excluded_classes=job.earlier_forget_classes,
+        )
+    task = UnlearningTask(
+        model,
+        train,
+        forget_idx,
+        retain_idx,
+        job.forget_classes,
+        len(job.class_names),
+        job.input_spec,
+        device,
+        report,
+        fresh_model=lambda: fresh_model(job),
+    )
+
+    report("evaluate_before", 0.0)
+    before = _measure(original, sets, job, device, cost, "evaluate_before")
+    reference_model, reference = _reference(job, task, sets, cost, report)
+
+    method = METHODS[job.method]
+    config = method.config_type(**job.params)
+    result = method.run(task, config)
+    cost.add(result.phase_seconds, result.samples_processed)
+    refuse_diverged(model)
+    report("evaluate", 0.0)
+    after = _measure(model, sets, job, device, cost, "evaluate")
+
+    thresholds = acceptance.Thresholds(**job.acceptance)
+    failed = acceptance.failures(thresholds, before, after, reference)
+    extra = 0
+    limit = int(job.params.get(method.heal_limit_param, 0)) if method.heal_limit_param else 0
+    # Only more repair can help a retain shortfall; forgetting is not bought back this way.
+    healing = replace(task, progress=lambda _phase, f: report("extra_repair", (extra + f) / limit))
+    while method.heal and extra < limit and failed and only_retain_short(failed):
+        with cost.phase("extra_repair"):
+            cost.trained["extra_repair"] = cost.trained.get("extra_repair", 0) + method.heal(
+                healing, config, extra
+            )
+        extra += 1
+        refuse_diverged(model)
+        after = _measure(model, sets, job, device, cost, "evaluate")
+        failed = acceptance.failures(thresholds, before, after, reference)
+
+    metrics: dict[str, Any] = {
+        "method": job.method,
+        "params": job.params,
+        "forget": forget_summary(job, forget_idx, job.class_names),
+        "acceptance": {
+            "thresholds": job.acceptance,
+            "passed": not failed,
+            "failures": failed,
+            "extra_repair_epochs": extra,
+        },
+        "before": before,
+        "after": after,
+        "reference": reference,
+        "gap_to_reference": verify.gaps(after, reference) if reference else None,
+        "original_gap_to_reference": verify.gaps(before, reference) if reference else None,
+        "weight_distance": {
+            "to_original": verify.weight_distance(model, original),
+            "to_reference": (
+                verify.weight_distance(model, reference_model) if reference_model else None
+            ),
+        },
+        "relearn_time": None,
+        "method_details": result.details,
+        "environment": environment(device),
+    }
+    if job.measure_relearn_time:
+        report("relearn", 0.0)
+        with cost.phase("relearn"):
+            metrics["relearn_time"] = _relearn(
+                model, original, reference_model, before, sets, job, device, report
+            )
+    metrics["phase_seconds"] = cost.seconds
+    metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
+    report("save", 0.0)
+    return Outcome(metrics, None if failed else model.state_dict(), failed)
+
+
+def only_retain_short(failed: list[dict[str, Any]]) -> bool:
+    return all(f["check"] == "max_retain_drop" for f in failed)
+
+
+def fresh_model(job: JobSpec) -> torch.nn.Module:
+    """A freshly initialised network of the job's architecture."""
+    return architectures.build_classifier(
+        job.architecture, len(job.class_names), job.architecture_args
+    )
+
+
+def _measure(
+    model: torch.nn.Module,
+    sets: verify.EvalSets,
+    job: JobSpec,
+    device: torch.device,
+    cost: Cost,
+    phase: str,
+) -> dict[str, Any]:
+    with cost.phase(phase):
+        report = verify.measure(model, sets, job.input_spec, device)
+    cost.forward += verify.forward_samples(report)
+    return report
+
+
+def _reference(
+    job: JobSpec,
+    task: UnlearningTask,
+    sets: verify.EvalSets,
+    cost: Cost,
+    report: JobProgress,
+) -> tuple[torch.nn.Module | None, dict[str, Any] | None]:
+    """The retrained reference model and its measurements, when the request asked for one."""
+    if not job.reference:
+        return None, None
+    config = RetrainConfig(**job.reference["params"])
+    reference_model = fresh_model(job).to(task.device)
+    ref_task = replace(
+        task, model=reference_model, progress=lambda _phase, f: report("reference", f)
+    )
+    result = METHODS["retrain"].run(ref_task, config)
+    cost.add(result.phase_seconds, result.samples_processed, prefix="reference_")
+    measured = _measure(reference_model, sets, job, task.device, cost, "reference_evaluate")
+    return reference_model, {**measured, "method": "retrain", "params": job.reference["params"]}
+
+
+def _relearn(
+    model: torch.nn.Module,
+    original: torch.nn.Module,
+    reference: torch.nn.Module | None,
+    before: dict[str, Any],
+    sets: verify.EvalSets,
+    job: JobSpec,
+    device: torch.device,
+    report: JobProgress,
+) -> dict[str, Any]:
+    """Relearn time of the unlearned model, beside the original's and the reference's."""
+    config = verify.RelearnConfig(seed=int(job.params.get("seed", 0)))
+    target = config.tau * (before["forget_accuracy"] or 0.0)
+    models = {"unlearned": model, "original": original}
+    if reference is not None:
+        models["reference"] = reference
+    measured: dict[str, Any] = {
+        "protocol": {
+            "optimizer": "adam",
+            "lr": config.lr,
+            "batch_size": config.batch_size,
+            "samples_per_class": config.per_class,
+            "tau": config.tau,
+            "max_epochs": config.max_epochs,
+            "target_accuracy": target,
+        },
+    }
+    for k, (name, subject) in enumerate(models.items()):
+        # Progress (and so a cancel check) every epoch, spread over the models measured.
+        def tick(_phase: str, f: float, k: int = k) -> None:
+            report("relearn", (k + f) / len(models))
+
+        measured[name] = verify.relearn_time(
+            subject, sets, job.input_spec, target, device, config, tick
+        )
+    return measured
