@@ -84,6 +84,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     config = method.config_type(**job.params)
     result = method.run(task, config)
     cost.add(result.phase_seconds, result.samples_processed)
+    cost.forward += result.forward_samples
     refuse_diverged(model)
     report("evaluate", 0.0)
     after = _measure(model, sets, job, device, cost, "evaluate")

@@ -19,6 +19,7 @@ from unlearning.methods.reference import (
     retrain,
 )
 from unlearning.methods.salun import SalunConfig, salun
+from unlearning.methods.ssd import SsdConfig, run_ssd
 from unlearning.methods.unsir import UnsirConfig, extra_repair, run_unsir
 
 
@@ -74,6 +75,15 @@ _ALL = (
         BOTH,
         "random labels on the forget set, updating only the most forget-salient weights",
         (("saliency", 0.5), ("relabel", 8.0)),
+    ),
+    Method(
+        "ssd",
+        SsdConfig,
+        run_ssd,
+        BOTH,
+        "selective synaptic dampening: no training, weights far more important to the forget "
+        "set than to the training data are scaled down; BatchNorm statistics re-estimated",
+        (("importance", 1.0), ("batchnorm", 0.3)),
     ),
     Method(
         "retrain",

@@ -43,6 +43,8 @@ class MethodResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     # Samples that went through a forward and backward pass, per phase.
     samples_processed: dict[str, int] = field(default_factory=dict)
+    # Samples that went through a forward pass only (no gradient), all phases together.
+    forward_samples: int = 0
     details: dict[str, object] = field(default_factory=dict)
 
 
