@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import safetensors.torch
 import torch
 
@@ -93,6 +94,32 @@ def test_a_class_job_forgets_and_reports_its_phases_in_plan_order(tmp_path):
     reported = [p for p in progress.plan if p in progress.phases]
     assert progress.phases == reported  # every phase once, in the plan's order
     assert progress.phases[0] == "load" and progress.phases[-1] == "save"
+    cost = metrics["cost"]
+    trained = sum(n for k, n in metrics["samples_processed"].items() if k != "forward_only")
+    assert cost["sample_passes"]["method"] == trained  # UNSIR makes no forward-only passes
+    assert cost["sample_passes"]["evaluation"] == pytest.approx(
+        metrics["samples_processed"]["forward_only"] / 3
+    )
+    assert cost["epoch_equivalents"]["method"] == pytest.approx(
+        trained / cost["train_split_samples"]
+    )
+    assert cost["retrain"] is None  # nothing says how the original was trained
+
+
+def test_forward_only_work_counts_a_third_and_a_retrain_sets_the_scale(tmp_path):
+    params = {"importance_images": 300, "forget_images": 100, "bn_images": 600}
+    retrain = {"epochs": 2, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0, "seed": 0}
+    job = _class_job(
+        method="ssd", params=params, reference={"method": "retrain", "params": retrain}
+    )
+    metrics = run(job, _weights(tmp_path, trained_state()), CPU, Recorder()).metrics
+
+    cost = metrics["cost"]
+    assert cost["sample_passes"]["method"] == pytest.approx(300 + 100 + 600 / 3)
+    retain = cost["train_split_samples"] - metrics["forget"]["train_samples"]
+    assert cost["sample_passes"]["reference"] == 2 * retain
+    assert cost["retrain"]["sample_passes"] == 2 * retain
+    assert cost["retrain"]["method_share"] == pytest.approx(600 / (2 * retain))
 
 
 def test_a_result_the_gate_refuses_hands_back_no_weights(tmp_path):

@@ -20,6 +20,7 @@ from unlearning.jobs.common import (
     JobProgress,
     JobSpec,
     Outcome,
+    cost_summary,
     environment,
     forget_split,
     forget_summary,
@@ -85,6 +86,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     result = method.run(task, config)
     cost.add(result.phase_seconds, result.samples_processed)
     cost.forward += result.forward_samples
+    cost.method_forward += result.forward_samples
     refuse_diverged(model)
     report("evaluate", 0.0)
     after = _measure(model, sets, job, device, cost, "evaluate")
@@ -138,8 +140,16 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             )
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
+    metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))
     report("save", 0.0)
     return Outcome(metrics, None if failed else model.state_dict(), failed)
+
+
+def retrain_epochs(job: JobSpec) -> float | None:
+    """How long a retrain would train: the request's reference, if it has one."""
+    if job.reference:
+        return float(job.reference["params"]["epochs"])
+    return None
 
 
 def only_retain_short(failed: list[dict[str, Any]]) -> bool:

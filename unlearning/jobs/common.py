@@ -81,7 +81,8 @@ class Cost:
 
     seconds: dict[str, float] = field(default_factory=dict)
     trained: dict[str, int] = field(default_factory=dict)
-    forward: int = 0
+    forward: int = 0  # all forward-only samples: the method's and the measurements'
+    method_forward: int = 0  # the method's share of ``forward``
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -96,6 +97,40 @@ class Cost:
             self.seconds[prefix + k] = self.seconds.get(prefix + k, 0.0) + v
         for k, n in trained.items():
             self.trained[prefix + k] = self.trained.get(prefix + k, 0) + n
+
+
+# A forward pass costs about a third of a forward and backward pass.
+FORWARD_SHARE = 1 / 3
+REFERENCE_PREFIX = "reference_"
+
+
+def cost_summary(
+    cost: Cost, train_size: int, retain_size: int, retrain_epochs: float | None
+) -> dict[str, Any]:
+    """What the job spent, in sample passes (forward+backward equivalents), in epochs of the
+    training split, and against a retrain of ``retrain_epochs`` over the retain data (None:
+    nothing says how the model was trained, so no ratio)."""
+    method_trained = sum(n for k, n in cost.trained.items() if not k.startswith(REFERENCE_PREFIX))
+    reference = sum(n for k, n in cost.trained.items() if k.startswith(REFERENCE_PREFIX))
+    passes = {
+        "method": method_trained + FORWARD_SHARE * cost.method_forward,
+        "evaluation": FORWARD_SHARE * (cost.forward - cost.method_forward),
+        "reference": float(reference),
+    }
+    retrain = None
+    if retrain_epochs is not None:
+        retrain_passes = retrain_epochs * retain_size
+        retrain = {
+            "epochs": retrain_epochs,
+            "sample_passes": retrain_passes,
+            "method_share": passes["method"] / retrain_passes if retrain_passes else None,
+        }
+    return {
+        "sample_passes": passes,
+        "train_split_samples": train_size,
+        "epoch_equivalents": {k: v / train_size if train_size else None for k, v in passes.items()},
+        "retrain": retrain,
+    }
 
 
 @dataclass

@@ -19,6 +19,7 @@ from unlearning.jobs.common import (
     JobProgress,
     JobSpec,
     Outcome,
+    cost_summary,
     environment,
     forget_split,
     forget_summary,
@@ -122,6 +123,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         "artifacts": {GRID_NAME: {"groups": ["retain", "forget"] if shown else ["retain"]}},
         "phase_seconds": cost.seconds,
         "samples_processed": {**cost.trained, "forward_only": cost.forward},
+        "cost": cost_summary(cost, len(train), len(retain_idx), None),
     }
     report("save", 0.0)
     grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)
