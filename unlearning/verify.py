@@ -283,6 +283,31 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
     }
 
 
+def forget_member_gap(
+    model: nn.Module,
+    sets: EvalSets,
+    spec: InputSpec,
+    device: torch.device,
+    cap: int = 1_000,
+) -> tuple[float | None, int]:
+    """The entropy attack's member rate on the forget samples minus its rate on held-out data
+    (about 0 when they look like data the model never saw; negative when they look less like
+    members than unseen data does), from at most ``cap`` samples of each group; and the samples
+    passed forward."""
+    rng = np.random.default_rng(0)
+    forget_idx = _cap(sets.forget_train, cap, rng)
+    retain_idx = _cap(sets.retain_train, cap, rng)
+    test_idx = _cap(sets.retain_test, cap, rng)
+    forget = model_outputs(model, sets.train, forget_idx, spec, device)
+    retain = model_outputs(model, sets.train, retain_idx, spec, device)
+    test = model_outputs(model, sets.test, test_idx, spec, device)
+    mia = entropy_mia(retain, test, forget)
+    seen = len(forget) + len(retain) + len(test)
+    if mia["forget_member_rate"] is None or mia["test_member_rate"] is None:
+        return None, seen
+    return mia["forget_member_rate"] - mia["test_member_rate"], seen
+
+
 def _join(a: Outputs, b: Outputs | None) -> Outputs:
     if b is None or not len(b):
         return a

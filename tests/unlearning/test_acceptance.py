@@ -34,9 +34,21 @@ def test_each_threshold_fails_with_what_was_measured():
 
 
 def test_the_reference_gap_is_checked_only_when_there_is_a_reference():
-    after, reference = figures(member=0.30), figures(member=0.10)
+    after, reference = figures(member=0.30, held_out=0.35), figures(member=0.10)
     assert checks(DEFAULTS["samples"], figures(), after, None) == []
     assert checks(DEFAULTS["samples"], figures(), after, reference) == ["max_mia_gap"]
+
+
+def test_forgetting_past_unseen_data_fails_a_sample_deletion():
+    """The gate is two-sided for samples: forgotten images that look far less like members
+    than held-out images do are as telling as images that still look like members."""
+    over = figures(member=0.18, held_out=0.77)
+    assert failures(DEFAULTS["samples"], figures(), over, None) == [
+        {"check": "max_forget_member_shortfall", "measured": pytest.approx(0.59), "threshold": 0.1}
+    ]
+    assert checks(DEFAULTS["samples"], figures(), figures(member=0.70, held_out=0.77), None) == []
+    # A class a retrained model never saw lands well below held-out data of the other classes.
+    assert checks(DEFAULTS["classes"], figures(forget=0.9), over, None) == []
 
 
 def test_null_switches_a_check_off_and_an_unmeasurable_figure_fails():

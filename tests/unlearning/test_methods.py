@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -134,6 +135,31 @@ def test_salun_moves_forgotten_samples_toward_held_out_membership(splits):
     METHODS["salun"].run(task, SalunConfig())
     after = measure(task, test)
     assert_forgotten_toward_held_out(before, after)
+
+
+def test_salun_stops_once_the_forgotten_samples_look_unseen(splits):
+    """Each epoch ends with the membership check the job hands over; the first gap within
+    ``stop_margin`` ends the relabelling, and the check's forward passes are counted."""
+    train, _ = splits
+    gaps = iter([0.30, 0.12, 0.04, 0.0])
+    checked: list[int] = []
+
+    def member_gap(model: torch.nn.Module) -> tuple[float | None, int]:
+        checked.append(1)
+        return next(gaps), 50
+
+    task = dataclasses.replace(sample_task(train), member_gap=member_gap)
+    result = METHODS["salun"].run(task, SalunConfig(epochs=6))
+    assert result.details["epochs_run"] == 3
+    assert result.details["member_gap_by_epoch"] == [0.30, 0.12, 0.04]
+    assert result.forward_samples == 3 * 50
+    assert result.samples_processed["relabel"] == 3 * len(train)
+
+    # stop_margin null runs every epoch, as the paper does, and never asks.
+    task = dataclasses.replace(sample_task(train), member_gap=member_gap)
+    checked.clear()
+    result = METHODS["salun"].run(task, SalunConfig(epochs=2, stop_margin=None))
+    assert result.details["epochs_run"] == 2 and checked == []
 
 
 def test_methods_refuse_out_of_range_parameters():

@@ -7,6 +7,7 @@ dataset itself and stores nothing.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         device,
         report,
         fresh_model=lambda: fresh_model(job),
+        member_gap=_member_gap(sets, job, device) if job.forget_samples is not None else None,
     )
 
     report("evaluate_before", 0.0)
@@ -150,6 +152,15 @@ def retrain_epochs(job: JobSpec) -> float | None:
     if job.reference:
         return float(job.reference["params"]["epochs"])
     return None
+
+
+def _member_gap(
+    sets: verify.EvalSets, job: JobSpec, device: torch.device
+) -> Callable[[torch.nn.Module], tuple[float | None, int]]:
+    def gap(model: torch.nn.Module) -> tuple[float | None, int]:
+        return verify.forget_member_gap(model, sets, job.input_spec, device)
+
+    return gap
 
 
 def only_retain_short(failed: list[dict[str, Any]]) -> bool:

@@ -36,6 +36,10 @@ class UnlearningTask:
     progress: Progress = no_progress
     # Builds a freshly initialised model of the same architecture (retraining needs it).
     fresh_model: Callable[[], nn.Module] | None = None
+    # The forget samples' membership against held-out data, measured on the model now:
+    # (member-rate gap, samples passed forward). Methods that read the forget set stop once it
+    # looks like unseen data, since forgetting past that is itself a sign of the deletion.
+    member_gap: Callable[[nn.Module], tuple[float | None, int]] | None = None
 
 
 @dataclass

@@ -42,10 +42,15 @@ class SalunConfig(SgdConfig):
     lr: float = 0.013
     mask_ratio: float = 0.5
     retain_per_class: int | None = None
+    # Stop after the first epoch at whose end the forget samples' member rate is at most this
+    # far above the held-out rate (null: run every epoch, as the paper does).
+    stop_margin: float | None = 0.05
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_bounds(self, {}, {"mask_ratio": (0.0, 1.0, False)})
+        if self.stop_margin is not None and not 0.0 <= self.stop_margin <= 1.0:
+            raise ValueError("stop_margin must be between 0 and 1, or null")
         if self.retain_per_class is not None and not 1 <= self.retain_per_class <= 10_000_000:
             raise ValueError("retain_per_class must be between 1 and 10000000, or null")
 
@@ -71,7 +76,7 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
     opt = config.optimizer(model)
     # SalUn draws the labels once, uniformly over all classes (the true one included).
     forget_labels = rng.integers(0, task.num_classes, len(task.forget_idx))
-    seen = 0
+    seen = epochs_run = 0
     for epoch in range(config.epochs):
         retain = _retain_sample(task, config, rng)
         idx = np.concatenate([task.forget_idx, retain])
@@ -79,9 +84,27 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
         batches = labelled_batches(task.source, idx, labels, task.spec, config.batch_size, gen)
         on_step = epoch_progress(task.progress, "relabel", epoch, config.epochs, len(idx))
         seen += descend(model, opt, batches, task.device, on_step, grad_mask=mask)
+        epochs_run += 1
+        if _looks_held_out(task, config, model, result):
+            break
+    result.details["epochs_run"] = epochs_run
     result.phase_seconds["relabel"] = time.perf_counter() - start
     result.samples_processed["relabel"] = seen
     return result
+
+
+def _looks_held_out(
+    task: UnlearningTask, config: SalunConfig, model: nn.Module, result: MethodResult
+) -> bool:
+    """Whether the forget samples now look like unseen data (recorded epoch by epoch)."""
+    if config.stop_margin is None or task.member_gap is None:
+        return False
+    gap, seen = task.member_gap(model)
+    result.forward_samples += seen
+    gaps = result.details.setdefault("member_gap_by_epoch", [])
+    assert isinstance(gaps, list)
+    gaps.append(gap)
+    return gap is not None and gap <= config.stop_margin
 
 
 def saliency_mask(
