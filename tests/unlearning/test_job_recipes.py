@@ -104,6 +104,8 @@ def test_a_class_job_forgets_and_reports_its_phases_in_plan_order(tmp_path):
         trained / cost["train_split_samples"]
     )
     assert cost["retrain"] is None  # nothing says how the original was trained
+    # The estimate made before it ran bounds what it spent (extra repair counted at its most).
+    assert cost["estimated_method_passes"] >= trained
 
 
 def test_forward_only_work_counts_a_third_and_a_retrain_sets_the_scale(tmp_path):
@@ -155,6 +157,7 @@ def test_an_image_to_image_job_moves_only_the_encoder_and_draws_its_grid(tmp_pat
     metrics = outcome.metrics
     assert metrics["weights"]["frozen_unchanged"] is True
     assert metrics["change"]["forget"]["psnr"] < metrics["change"]["retain"]["psnr"]
+    assert metrics["cost"]["estimated_method_passes"] == metrics["samples_processed"]["i2i"]
     media, grid = outcome.artifacts["completions.png"]
     assert media == "image/png" and grid.startswith(b"\x89PNG")
     assert (outcome.state is None) == bool(outcome.failures)

@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from unlearning import acceptance, architectures, checkpoints, data, verify
@@ -27,7 +28,7 @@ from unlearning.jobs.common import (
     forget_summary,
     refuse_diverged,
 )
-from unlearning.methods import METHODS, UnlearningTask
+from unlearning.methods import METHODS, UnlearningTask, costs
 from unlearning.methods.reference import RetrainConfig
 
 
@@ -143,8 +144,24 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))
+    metrics["cost"]["estimated_method_passes"] = method.estimate(
+        config, sizes(train, job, forget_idx, retain_idx)
+    )
     report("save", 0.0)
     return Outcome(metrics, None if failed else model.state_dict(), failed)
+
+
+def sizes(
+    train: data.ImageSource, job: JobSpec, forget_idx: np.ndarray, retain_idx: np.ndarray
+) -> costs.Sizes:
+    """The counts a method's cost estimate reads."""
+    by_class = np.bincount(np.asarray(train.targets)[retain_idx], minlength=len(job.class_names))
+    return costs.Sizes(
+        train=len(train),
+        forget=len(forget_idx),
+        retain_by_class=tuple(int(n) for n in by_class if n),
+        forget_classes=len(job.forget_classes or ()),
+    )
 
 
 def retrain_epochs(job: JobSpec) -> float | None:

@@ -25,7 +25,7 @@ from unlearning.jobs.common import (
     forget_summary,
     refuse_diverged,
 )
-from unlearning.methods import METHODS, I2ITask
+from unlearning.methods import METHODS, I2ITask, costs
 
 GRID_NAME = "completions.png"
 
@@ -91,7 +91,8 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         progress=report,
     )
     method = METHODS[job.method]
-    result = method.run(task, method.config_type(**job.params))
+    config = method.config_type(**job.params)
+    result = method.run(task, config)
     cost.add(result.phase_seconds, result.samples_processed)
     refuse_diverged(model)
     report("evaluate", 0.0)
@@ -125,6 +126,14 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         "samples_processed": {**cost.trained, "forward_only": cost.forward},
         "cost": cost_summary(cost, len(train), len(retain_idx), None),
     }
+    by_class = np.bincount(np.asarray(retain_source.targets)[retain_idx])
+    sizes = costs.Sizes(
+        len(train),
+        len(forget_idx),
+        tuple(int(n) for n in by_class if n),
+        len(job.forget_classes or ()),
+    )
+    metrics["cost"]["estimated_method_passes"] = method.estimate(config, sizes)
     report("save", 0.0)
     grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)
     return Outcome(

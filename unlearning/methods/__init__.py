@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from unlearning.methods import costs
 from unlearning.methods.common import MethodResult, UnlearningTask
 from unlearning.methods.i2i import I2IConfig, I2ITask, resolve_for, run_i2i
 from unlearning.methods.reference import (
@@ -34,6 +35,8 @@ class Method:
     summary: str
     # The progress phases it reports, in order, with their rough share of its time.
     phases: tuple[tuple[str, float], ...]
+    # The sample passes it will spend at most, from its config and the data's sizes.
+    estimate: Callable[[Any, costs.Sizes], float]
     # One more healing step the acceptance gate may ask for; returns the samples it processed.
     heal: Callable[[UnlearningTask, Any, int], int] | None = None
     heal_limit_param: str | None = None
@@ -59,6 +62,7 @@ _ALL = (
         frozenset({"classes"}),
         "error-maximising noise, one impair and one repair epoch; never reads forget data",
         (("noise", 3.0), ("impair", 3.0), ("repair", 1.5)),
+        estimate=costs.unsir,
         heal=extra_repair,
         heal_limit_param="max_extra_repair_epochs",
         batch_params={
@@ -75,6 +79,7 @@ _ALL = (
         BOTH,
         "random labels on the forget set, updating only the most forget-salient weights",
         (("saliency", 0.5), ("relabel", 8.0)),
+        estimate=costs.salun,
     ),
     Method(
         "ssd",
@@ -84,6 +89,7 @@ _ALL = (
         "selective synaptic dampening: no training, weights far more important to the forget "
         "set than to the training data are scaled down; BatchNorm statistics re-estimated",
         (("importance", 1.0), ("batchnorm", 0.3)),
+        estimate=costs.ssd,
     ),
     Method(
         "retrain",
@@ -92,6 +98,7 @@ _ALL = (
         BOTH,
         "train from scratch on the retain data: the gold standard, and the slowest",
         (("retrain", 10.0),),
+        estimate=costs.retain_epochs,
     ),
     Method(
         "finetune",
@@ -100,6 +107,7 @@ _ALL = (
         BOTH,
         "keep training on the retain data only",
         (("finetune", 8.0),),
+        estimate=costs.retain_epochs,
     ),
     Method(
         "neggrad_plus",
@@ -108,6 +116,7 @@ _ALL = (
         BOTH,
         "gradient ascent on the forget data, descent on the retain data",
         (("neggrad_plus", 8.0),),
+        estimate=costs.neggrad_plus,
         batch_params={"neggrad_plus": "forget_batch_size"},
     ),
     Method(
@@ -117,6 +126,7 @@ _ALL = (
         BOTH,
         "train on the forget data relabelled at random, plus the retain data",
         (("random_label", 8.0),),
+        estimate=costs.random_label,
     ),
     Method(
         "i2i",
@@ -126,6 +136,7 @@ _ALL = (
         "image-to-image encoder unlearning: the encoder keeps retain embeddings and maps "
         "forget images to the original encoder's embedding of noise; the decoder is frozen",
         (("i2i", 8.0),),
+        estimate=costs.i2i,
         tasks=frozenset({"image_to_image"}),
         resolve_for=resolve_for,
     ),
