@@ -6,7 +6,6 @@ from app.auth import service
 from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyRead, Identity
 from app.deps import ActorDep, AdminDep, ReadSessionDep, SessionDep
 from app.errors import ApiKeyNotFound, Conflict
-from app.orm import Organization
 
 router = APIRouter(prefix="/v1", tags=["keys"])
 
@@ -14,14 +13,7 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 @router.get("/whoami", summary="The calling key", response_model=Identity)
 def whoami(actor: ActorDep, session: ReadSessionDep) -> Identity:
     """The organisation and scopes of the key that signs this request."""
-    org = session.get(Organization, actor.org_id)
-    assert org is not None
-    return Identity(
-        org_id=org.id,
-        org_name=org.name,
-        key_id=actor.name.removeprefix("key:"),
-        scopes=sorted(actor.scopes),
-    )
+    return service.whoami(session, actor)
 
 
 @router.post("/keys", status_code=201, summary="Create an API key", response_model=ApiKeyCreated)
@@ -30,7 +22,6 @@ def create_key(
 ) -> ApiKeyCreated:
     """A key of the caller's organisation with the given scopes; the token is shown once."""
     key, token = service.create_key(session, actor, body.name, body.scopes)
-    session.flush()
     response.headers["Location"] = f"/v1/keys/{key.id}"
     return ApiKeyCreated(**ApiKeyRead.model_validate(key).model_dump(), token=token)
 

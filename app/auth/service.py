@@ -8,12 +8,13 @@ import hmac
 import re
 import secrets
 
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.actors import Actor, Scope
 from app.audit import service as audit
+from app.auth import repository as repo
+from app.auth.schemas import Identity
 from app.config import get_settings
 from app.errors import ApiKeyNotFound, Conflict, NameTaken
 from app.orm import ApiKey, Organization, utcnow
@@ -27,13 +28,11 @@ def secret_hash(secret: str) -> str:
 
 
 def create_org(session: Session, name: str, actor_name: str) -> Organization:
-    if session.scalar(select(Organization.id).where(Organization.name == name)):
+    if repo.org_name_exists(session, name):
         raise NameTaken(f"an organisation named {name!r} already exists")
     org = Organization(name=name)
-    session.add(org)
     try:
-        with session.begin_nested():
-            session.flush()
+        repo.insert_org(session, org)
     except IntegrityError as exc:
         raise NameTaken(f"an organisation named {name!r} already exists") from exc
     audit.start_chain(session, org.id)
@@ -42,9 +41,19 @@ def create_org(session: Session, name: str, actor_name: str) -> Organization:
 
 
 def find_org(session: Session, ref: str) -> Organization | None:
-    return (
-        session.get(Organization, ref)
-        or session.scalars(select(Organization).where(Organization.name == ref)).first()
+    """The organisation by id, else by name (for the operator's CLI)."""
+    return repo.find_org(session, ref)
+
+
+def whoami(session: Session, actor: Actor) -> Identity:
+    """The organisation and scopes of the calling key."""
+    org = repo.get_org(session, actor.org_id)
+    assert org is not None  # a key's organisation is never deleted
+    return Identity(
+        org_id=org.id,
+        org_name=org.name,
+        key_id=actor.name.removeprefix("key:"),
+        scopes=sorted(actor.scopes),
     )
 
 
@@ -61,7 +70,7 @@ def create_key(
         secret_hash=secret_hash(secret),
         created_by=actor.name,
     )
-    session.add(key)
+    repo.insert_key(session, key)
     audit.record(
         session,
         actor,
@@ -76,7 +85,7 @@ def authenticate(session: Session, token: str) -> ApiKey | None:
     match = TOKEN.fullmatch(token)
     if match is None:
         return None
-    key = session.get(ApiKey, match.group(1))
+    key = repo.get_key(session, match.group(1))
     # Hash and compare even when the id is unknown, so timing does not tell which ids exist.
     expected = key.secret_hash if key is not None else "0" * 64
     if not hmac.compare_digest(secret_hash(match.group(2)), expected):
@@ -85,12 +94,11 @@ def authenticate(session: Session, token: str) -> ApiKey | None:
 
 
 def list_keys(session: Session, org_id: str) -> list[ApiKey]:
-    query = select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at, ApiKey.id)
-    return list(session.scalars(query))
+    return repo.list_keys(session, org_id)
 
 
 def revoke_key(session: Session, actor: Actor, key_id: str) -> ApiKey:
-    key = session.get(ApiKey, key_id)
+    key = repo.get_key(session, key_id)
     if key is None or key.org_id != actor.org_id:
         raise ApiKeyNotFound(f"no API key {key_id!r}")
     if key.revoked_at is not None:
