@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import event, select
+from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
+from app.audit import repository
 from app.orm import AuditChainHead, AuditEvent, utcnow
 from app.signing import json_value, sha256_hex
 
@@ -75,19 +76,14 @@ def _append(session: Session) -> None:
         by_org.setdefault(row.org_id, []).append(row)
     # Organisations in a fixed order: two transactions never wait on each other's heads.
     for org_id in sorted(by_org):
-        head = session.scalars(
-            select(AuditChainHead)
-            .where(AuditChainHead.org_id == org_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)  # the locked row, not a cached copy
-        ).one()
+        head = repository.lock_head(session, org_id)  # the locked row, not a cached copy
         for row in by_org[org_id]:
             # Stamped when appended, never before the previous event (a clock stepping back):
             # time only grows along the chain, so a time bound is a seq bound (search).
             row.at = max(utcnow(), head.updated_at)
             row.seq, row.prev_hash = head.seq + 1, head.hash
             row.hash = event_hash(row)
-            session.add(row)
+            repository.insert_event(session, row)
             head.seq, head.hash, head.updated_at = row.seq, row.hash, row.at
 
 
@@ -217,10 +213,7 @@ def in_batches(
     events fit no memory budget as one list, and the walk stops early at a break)."""
     after = 0
     while True:
-        query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after)
-        if up_to is not None:
-            query = query.where(AuditEvent.seq <= up_to)
-        batch = list(session.scalars(query.order_by(AuditEvent.seq).limit(size)))
+        batch = repository.events_after(session, org_id, after, up_to, size)
         yield from batch
         if len(batch) < size:
             return

@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
 from app.audit import chain
+from app.audit import repository as repo
 from app.keys import get_signer
 from app.orm import AuditChainHead, AuditEvent, utcnow
 
@@ -48,7 +48,7 @@ def record(
 
 def start_chain(session: Session, org_id: str) -> None:
     """The empty chain of a new organisation (its head row is what appends lock)."""
-    session.add(AuditChainHead(org_id=org_id, seq=0, hash=chain.GENESIS_HASH))
+    repo.insert_head(session, AuditChainHead(org_id=org_id, seq=0, hash=chain.GENESIS_HASH))
 
 
 def search(
@@ -66,47 +66,28 @@ def search(
     limit: int,
 ) -> list[AuditEvent]:
     """The organisation's events in chain order, after the cursor ``after_seq``."""
-    query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after_seq)
-    filters = {
-        AuditEvent.model_id: model_id,
-        AuditEvent.request_id: request_id,
-        AuditEvent.caller_reference: caller_reference,
-        AuditEvent.action: action,
-        AuditEvent.actor: actor,
+    equal = {
+        "model_id": model_id,
+        "request_id": request_id,
+        "caller_reference": caller_reference,
+        "action": action,
+        "actor": actor,
     }
-    for column, wanted in filters.items():
-        if wanted:
-            query = query.where(column == wanted)
     # Time never decreases along a chain (chain._append), so each time bound is also a seq
     # bound, found on the (org_id, at) index: the walk in seq order then starts and stops at
     # the window instead of filtering its way there from the first event.
+    start: tuple[datetime, int] | None = None
     if since:
-        first = _first_seq_at_or_after(session, org_id, since)
+        first = repo.first_seq_at_or_after(session, org_id, since)
         if first is None:
             return []
-        query = query.where(AuditEvent.at >= since, AuditEvent.seq >= first)
-    if until:
-        past = _first_seq_at_or_after(session, org_id, until)
-        query = query.where(AuditEvent.at < until)
-        if past is not None:
-            query = query.where(AuditEvent.seq < past)
-    return list(session.scalars(query.order_by(AuditEvent.seq).limit(limit)))
-
-
-def _first_seq_at_or_after(session: Session, org_id: str, moment: datetime) -> int | None:
-    return session.scalar(
-        select(AuditEvent.seq)
-        .where(AuditEvent.org_id == org_id, AuditEvent.at >= moment)
-        .order_by(AuditEvent.at, AuditEvent.id)
-        .limit(1)
-    )
+        start = (since, first)
+    end = (until, repo.first_seq_at_or_after(session, org_id, until)) if until else None
+    return repo.search_events(session, org_id, equal, start, end, after_seq, limit)
 
 
 def events_of_request(session: Session, org_id: str, request_id: str) -> list[AuditEvent]:
-    query = select(AuditEvent).where(
-        AuditEvent.org_id == org_id, AuditEvent.request_id == request_id
-    )
-    return list(session.scalars(query.order_by(AuditEvent.seq)))
+    return repo.events_of_request(session, org_id, request_id)
 
 
 def verify(
@@ -116,21 +97,19 @@ def verify(
     report = chain.ChainReport(org_id=org_id)
     # The head first, then the events up to it: events appended during a long walk are not
     # mistaken for a truncation (a deleted last event still is: the head names it).
-    head = session.get(AuditChainHead, org_id)
+    head = repo.get_head(session, org_id)
     chain.walk(chain.in_batches(session, org_id, up_to=head.seq if head else None), report)
     chain.check_head(report, head)
     if anchor is not None:
         seq, expected = anchor
-        found = session.scalar(
-            select(AuditEvent.hash).where(AuditEvent.org_id == org_id, AuditEvent.seq == seq)
-        )
+        found = repo.hash_at(session, org_id, seq)
         chain.check_anchor(report, seq, expected, found)
     return report
 
 
 def signed_head(session: Session, org_id: str) -> dict[str, Any]:
     """The chain head, signed: kept elsewhere, it makes a later truncation detectable."""
-    head = session.get(AuditChainHead, org_id)
+    head = repo.get_head(session, org_id)
     seq, digest = (head.seq, head.hash) if head else (0, chain.GENESIS_HASH)
     return get_signer().sign(
         {

@@ -25,13 +25,12 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.utils import floatToGoString
-from sqlalchemy import ColumnElement, Float, case, cast, extract, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import session_scope
-from app.orm import Job, JobStatus
+from app.observability import repository
+from app.orm import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +115,8 @@ class JobCollector:
         up = GaugeMetricFamily("nepenthe_database_up", "1 when the scrape could read the database")
         try:
             with session_scope(read_only=True) as session:
-                counts = status_counts(session)
-                durations = duration_histograms(session)
+                counts = repository.status_counts(session)
+                durations = repository.duration_histograms(session, TERMINAL, JOB_DURATION_BUCKETS)
         except (SQLAlchemyError, OSError) as exc:  # the scrape still answers, with up = 0
             log.warning("metrics: the database could not be read: %r", exc)
             up.add_metric([], 0)
@@ -156,43 +155,3 @@ def _job_families(
         histogram.add_metric([status.value], [*buckets, ("+Inf", count)], sum_value=total)
     yield outcomes
     yield histogram
-
-
-def status_counts(session: Session) -> dict[str, int]:
-    """Jobs by status; the status column is indexed, so this stays cheap."""
-    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
-    return {str(status): int(count) for status, count in rows}
-
-
-def duration_histograms(session: Session) -> dict[str, tuple[list[int], int, float]]:
-    """Per terminal status: the cumulative bucket counts, the count and the sum of the run times
-    of jobs that ran (a job canceled while queued never started and has none).
-
-    One GROUP BY query with a SUM(CASE) per bucket: the database counts, no row is fetched.
-    """
-    seconds = _run_seconds(session.get_bind().dialect.name).label("seconds")
-    ran = (
-        select(Job.status, seconds)
-        .where(Job.status.in_(TERMINAL), Job.started_at.is_not(None), Job.finished_at.is_not(None))
-        .subquery()
-    )
-    query = select(
-        ran.c.status,
-        func.count(),
-        func.coalesce(func.sum(ran.c.seconds), 0.0),
-        *(func.sum(case((ran.c.seconds <= bound, 1), else_=0)) for bound in JOB_DURATION_BUCKETS),
-    ).group_by(ran.c.status)
-    result: dict[str, tuple[list[int], int, float]] = {}
-    for status, count, total, *cumulative in session.execute(query):
-        result[status] = ([int(n) for n in cumulative], int(count), float(total))
-    return result
-
-
-def _run_seconds(dialect: str) -> ColumnElement[float]:
-    """``finished_at - started_at`` in seconds: SQLite keeps naive UTC text, PostgreSQL
-    timestamptz (whose difference is an interval)."""
-    if dialect == "sqlite":
-        return cast(
-            (func.julianday(Job.finished_at) - func.julianday(Job.started_at)) * 86400.0, Float
-        )
-    return cast(extract("epoch", Job.finished_at - Job.started_at), Float)
