@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -107,3 +107,17 @@ def session_scope(read_only: bool = False) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+Named = TypeVar("Named", bound=Base)
+
+
+def find_named(session: Session, table: type[Named], org_id: str, ref: str) -> Named | None:
+    """The organisation's row of ``table`` (a table with ``org_id`` and ``name``) by id, else by
+    name: an id always wins, so a name cannot shadow another row. Another organisation's row is
+    not found."""
+    by_id = session.get(table, ref)
+    if by_id is not None and getattr(by_id, "org_id") == org_id:  # noqa: B009 - any table
+        return by_id
+    columns = (getattr(table, "org_id") == org_id, getattr(table, "name") == ref)  # noqa: B009
+    return session.scalars(select(table).where(*columns)).first()

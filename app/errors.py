@@ -1,7 +1,8 @@
 """Domain errors and their RFC 9457 ``application/problem+json`` rendering.
 
 Services raise ``ServiceError`` subclasses; only the handlers here know about HTTP. Each error has a
-stable ``code`` that clients can branch on; the ``detail`` text is for people.
+stable ``code`` that clients can branch on; the ``detail`` text is for people. Every subclass is
+defined here, the one catalogue: a code has exactly one status (tests/api/test_errors.py).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class CertificateNotIssued(NotFound):
 
 
 class VersionSuperseded(ServiceError):
+    """Downloading a version that still holds data a deletion request removed (an admin may
+    override): the version is gone for ordinary use."""
+
     status, code, title = 410, "version_superseded", "Version superseded"
 
 
@@ -120,6 +124,17 @@ class VersionConflict(Conflict):
 
 class JobNotCancelable(Conflict):
     code = "job_not_cancelable"
+
+
+class InputSuperseded(Conflict):
+    """A deletion request against a superseded version: submit against the version the
+    superseding request produced (``superseded_by_request_id`` names that request)."""
+
+    code, title = "input_superseded", "Input version superseded"
+
+
+class ExtensionRefused(Conflict):
+    code = "extension_refused"
 
 
 class Unprocessable(ServiceError):
@@ -202,6 +217,14 @@ class InvalidTimeBound(Unprocessable):
     code = "invalid_time_bound"
 
 
+class EmptyUpload(Unprocessable):
+    code = "empty_upload"
+
+
+class WebhookUrlRefused(Unprocessable):
+    code = "webhook_url_refused"
+
+
 class IdempotencyKeyReused(Unprocessable):
     code = "idempotency_key_reused"
     title = "Idempotency key reused with another body"
@@ -217,6 +240,11 @@ class StoreUnavailable(ServiceError):
 
     status, code, title = 503, "store_unavailable", "Checkpoint store unavailable"
     headers = {"Retry-After": "30"}
+
+
+class StoreConfigurationError(StoreUnavailable):
+    """The configured store cannot be used (missing bucket, credentials, endpoint): the same
+    answer to clients (503 store_unavailable), a distinct type for the operator's checks."""
 
 
 class PayloadTooLarge(ServiceError):

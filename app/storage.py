@@ -30,7 +30,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from app.config import Settings, get_settings
-from app.errors import CheckpointMissing, StoreUnavailable
+from app.errors import CheckpointMissing, StoreConfigurationError
 
 log = logging.getLogger(__name__)
 CHUNK = 1024 * 1024
@@ -61,11 +61,6 @@ class ArtifactStore(Protocol):
         """A readable local file holding the object; a path that does not exist when the
         store has no such object (callers report it missing, as for a lost local file)."""
         ...
-
-
-class StoreConfigurationError(StoreUnavailable):
-    """The configured store cannot be used (missing bucket, credentials, endpoint); the API
-    answers 503 store_unavailable."""
 
 
 class ChecksumMismatch(RuntimeError):

@@ -10,13 +10,9 @@ from pathlib import Path
 from fastapi import UploadFile
 
 from app.config import get_settings
-from app.errors import PayloadTooLarge, Unprocessable
+from app.errors import EmptyUpload, PayloadTooLarge
 
 CHUNK = 1024 * 1024
-
-
-class EmptyUpload(Unprocessable):
-    code = "empty_upload"
 
 
 @contextmanager

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
 from app.audit import service as audit
 from app.config import get_settings
+from app.datasets import repository as repo
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
 from app.storage import ArtifactStore, get_store
@@ -36,8 +36,7 @@ def _insert(
     test: data.ImageSource,
     actor: Actor,
 ) -> Dataset:
-    taken = select(func.count()).where(Dataset.org_id == actor.org_id, Dataset.name == name)
-    if session.scalar(taken):
+    if repo.name_exists(session, actor.org_id, name):
         raise NameTaken(f"a dataset named {name!r} already exists")
     dataset = Dataset(
         org_id=actor.org_id,
@@ -49,9 +48,8 @@ def _insert(
         train_count=len(train),
         test_count=len(test),
     )
-    session.add(dataset)
     try:
-        session.flush()
+        repo.insert_dataset(session, dataset)
     except IntegrityError as exc:
         raise NameTaken(f"a dataset named {name!r} already exists") from exc
     audit.record(
@@ -121,15 +119,11 @@ def resolve_location(location: str | None) -> str | None:
 def get(session: Session, org_id: str, ref: str) -> Dataset:
     """The organisation's dataset by id, else by name (an id always wins, so a name cannot
     shadow another dataset); another organisation's dataset is not found."""
-    dataset = session.get(Dataset, ref)
-    if dataset is None or dataset.org_id != org_id:
-        query = select(Dataset).where(Dataset.org_id == org_id, Dataset.name == ref)
-        dataset = session.scalars(query).first()
+    dataset = repo.find_dataset(session, org_id, ref)
     if dataset is None:
         raise DatasetNotFound(f"no dataset {ref!r}")
     return dataset
 
 
 def list_all(session: Session, org_id: str) -> list[Dataset]:
-    query = select(Dataset).where(Dataset.org_id == org_id)
-    return list(session.scalars(query.order_by(Dataset.created_at, Dataset.id)))
+    return repo.list_datasets(session, org_id)

@@ -6,22 +6,18 @@ from __future__ import annotations
 import calendar
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
 from app.audit import service as audit
 from app.config import get_settings
-from app.errors import Conflict
+from app.deletions import repository as repo
+from app.errors import ExtensionRefused
 from app.orm import DeletionRequest, DueDateExtension, Job, JobStatus, utcnow
 
 # A request is carried out once its job succeeded, and withdrawn once canceled; a failed or
 # rejected job leaves the obligation open (submit again), so its clock keeps running.
 CLOSED = (JobStatus.succeeded, JobStatus.canceled)
-
-
-class ExtensionRefused(Conflict):
-    code = "extension_refused"
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -47,11 +43,6 @@ def is_open(job_status: str) -> bool:
     return JobStatus(job_status) not in CLOSED
 
 
-def extensions(session: Session, request_id: str) -> list[DueDateExtension]:
-    query = select(DueDateExtension).where(DueDateExtension.request_id == request_id)
-    return list(session.scalars(query.order_by(DueDateExtension.id)))
-
-
 def extend(
     session: Session, actor: Actor, request: DeletionRequest, job: Job, months: int, reason: str
 ) -> DueDateExtension:
@@ -59,7 +50,7 @@ def extend(
     data subject must be told within the first period), and beyond the allowed total."""
     if not is_open(job.status):
         raise ExtensionRefused(f"the request is closed (its job {job.status}); nothing to extend")
-    granted = extensions(session, request.id)
+    granted = repo.list_extensions(session, request.id)
     # The deadline the request was given when received (settings may have changed since).
     original = granted[0].previous_due_at if granted else request.due_at
     base_months = _months_between(request.created_at, original)
@@ -83,7 +74,7 @@ def extend(
         due_at=add_months(request.created_at, base_months + used + months),
         actor=actor.name,
     )
-    session.add(extension)
+    repo.insert_extension(session, extension)
     request.due_at = extension.due_at
     audit.record(
         session,

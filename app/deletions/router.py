@@ -19,9 +19,9 @@ from app.errors import (
     DatasetNotFound,
     DeletionRequestNotFound,
     IdempotencyKeyReused,
+    InputSuperseded,
     InvalidTimeBound,
     ModelVersionNotFound,
-    ReceiptNotIssued,
 )
 from app.orm import JobStatus, utcnow
 from app.validation import utc_bound
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
     responses={
         404: ModelVersionNotFound.openapi(),
         422: IdempotencyKeyReused.openapi(),
-        409: service.InputSuperseded.openapi(),
+        409: InputSuperseded.openapi(),
         400: {"description": "Malformed JSON (code `malformed_json`)"},
     },
     openapi_extra={"x-404-also": DatasetNotFound.code},
@@ -160,10 +160,7 @@ def get_request(request_id: str, session: ReadSessionDep, actor: ActorDep) -> De
 )
 def receipt(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
     """Signed (Ed25519) when the request was accepted; verify it with `nepenthe verify`."""
-    found = service.get(session, actor.org_id, request_id)
-    if found.receipt is None:
-        raise ReceiptNotIssued("this request was accepted before receipts were issued")
-    return found.receipt
+    return service.receipt_of(service.get(session, actor.org_id, request_id))
 
 
 @router.get(
@@ -173,12 +170,7 @@ def receipt(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[s
 )
 def certificate(request_id: str, session: ReadSessionDep, actor: ActorDep) -> dict[str, Any]:
     """Signed when the job succeeded: times, checkpoints, method, code, device, metrics."""
-    found = service.get(session, actor.org_id, request_id)
-    if found.certificate is None:
-        raise CertificateNotIssued(
-            "a certificate is issued when the request's job succeeds; it has not"
-        )
-    return found.certificate
+    return service.certificate_of(service.get(session, actor.org_id, request_id))
 
 
 @router.post(

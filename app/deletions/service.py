@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -18,6 +14,8 @@ from app.actors import Actor
 from app.audit import service as audit
 from app.datasets import service as datasets
 from app.deletions import clock, evidence, methods
+from app.deletions import repository as repo
+from app.deletions.repository import RequestFilter
 from app.deletions.schemas import (
     DeletionRequestCreate,
     DeletionRequestRead,
@@ -25,15 +23,17 @@ from app.deletions.schemas import (
     VersionContainment,
 )
 from app.errors import (
-    Conflict,
+    CertificateNotIssued,
     DeletionRequestNotFound,
     IdempotencyKeyReused,
     IncompatibleDataset,
+    InputSuperseded,
     InvalidDataset,
     InvalidForgetSet,
     InvalidRetainSet,
     ModelVersionNotFound,
     OptionUnsupportedForModel,
+    ReceiptNotIssued,
     UnknownClass,
     UnknownSample,
 )
@@ -41,6 +41,7 @@ from app.jobs import service as jobs
 from app.jobs import states
 from app.jobs.schemas import JobRead
 from app.models import lineage
+from app.models import repository as models_repo
 from app.orm import (
     Dataset,
     DeletionRequest,
@@ -56,11 +57,7 @@ from app.orm import (
 from unlearning import data
 from unlearning.i2i import architectures as i2i_architectures
 
-T = TypeVar("T")
-
-
-class InputSuperseded(Conflict):
-    code = "version_superseded"
+__all__ = ["InputSuperseded", "RequestFilter"]  # re-exported: their homes moved
 
 
 def body_digest(body: DeletionRequestCreate) -> str:
@@ -135,8 +132,7 @@ def submit(
     )
     receipt = evidence.issue_receipt(request, version)
     try:
-        with session.begin_nested():
-            session.add(request)
+        repo.insert_request(session, request)
     except IntegrityError:
         # Another request with the same key committed between our check and our insert.
         assert idempotency_key is not None
@@ -145,8 +141,7 @@ def submit(
             raise
         return existing, False
     job = Job(request_id=request.id)
-    session.add(job)
-    session.flush()
+    repo.insert_job(session, job)
     audit.record(
         session,
         actor,
@@ -181,11 +176,7 @@ def submit(
 
 
 def _replay(session: Session, org_id: str, key: str, digest: str) -> DeletionRequest | None:
-    existing = session.scalars(
-        select(DeletionRequest).where(
-            DeletionRequest.org_id == org_id, DeletionRequest.idempotency_key == key
-        )
-    ).first()
+    existing = repo.find_by_idempotency_key(session, org_id, key)
     if existing is not None and existing.body_sha256 != digest:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was already used with a different request body"
@@ -229,8 +220,8 @@ def _class_names(model: Model, dataset: Dataset, classes: list[int] | None) -> l
 def _targets(
     session: Session, org_id: str, body: DeletionRequestCreate
 ) -> tuple[ModelVersion, Model, Dataset]:
-    version = session.get(ModelVersion, body.model_version_id)
-    model = session.get(Model, version.model_id) if version is not None else None
+    version = models_repo.get_version(session, body.model_version_id)
+    model = models_repo.get_model(session, version.model_id) if version is not None else None
     if version is None or model is None or model.org_id != org_id:
         raise ModelVersionNotFound(f"no model version {body.model_version_id!r}")
     if version.superseded_at is not None:
@@ -298,24 +289,26 @@ def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
 def get(
     session: Session, org_id: str, request_id: str, for_update: bool = False
 ) -> DeletionRequest:
-    request = session.get(DeletionRequest, request_id, with_for_update=for_update)
+    request = repo.get_request(session, request_id, for_update)
     if request is None or request.org_id != org_id:
         raise DeletionRequestNotFound(f"no deletion request {request_id!r}")
     return request
 
 
-@dataclass(frozen=True)
-class RequestFilter:
-    """The auditor's filters; each one narrows the query in the database."""
+def receipt_of(request: DeletionRequest) -> dict[str, Any]:
+    """The receipt signed when the request was accepted."""
+    if request.receipt is None:
+        raise ReceiptNotIssued("this request was accepted before receipts were issued")
+    return request.receipt
 
-    model_id: str | None = None
-    caller_reference: str | None = None
-    upstream_request_id: str | None = None
-    status: JobStatus | None = None
-    received_since: datetime | None = None
-    received_until: datetime | None = None
-    open: bool | None = None
-    due_before: datetime | None = None
+
+def certificate_of(request: DeletionRequest) -> dict[str, Any]:
+    """The certificate signed when the request's job succeeded."""
+    if request.certificate is None:
+        raise CertificateNotIssued(
+            "a certificate is issued when the request's job succeeds; it has not"
+        )
+    return request.certificate
 
 
 def list_requests(
@@ -328,48 +321,8 @@ def list_requests(
 ) -> list[DeletionRequest]:
     """The organisation's requests in the order received (or by deadline), after the request
     ``after_id``."""
-    query = (
-        select(DeletionRequest)
-        .join(Job, Job.request_id == DeletionRequest.id)
-        .where(DeletionRequest.org_id == org_id)
-    )
-    if after_id is not None:
-        last = get(session, org_id, after_id)
-        query = query.where(
-            (DeletionRequest.created_at > last.created_at)
-            | ((DeletionRequest.created_at == last.created_at) & (DeletionRequest.id > last.id))
-        )
-    query = _filtered(query, where)
-    if soonest_due_first:
-        order = (DeletionRequest.due_at, DeletionRequest.id)
-    else:
-        order = (DeletionRequest.created_at, DeletionRequest.id)
-    return list(session.scalars(query.order_by(*order).limit(limit)))
-
-
-def _filtered(query: Select[Any], where: RequestFilter) -> Select[Any]:
-    if where.model_id:
-        query = query.join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id).where(
-            ModelVersion.model_id == where.model_id
-        )
-    equal = {
-        DeletionRequest.caller_reference: where.caller_reference,
-        DeletionRequest.upstream_request_id: where.upstream_request_id,
-        Job.status: where.status,
-    }
-    for column, wanted in equal.items():
-        if wanted:
-            query = query.where(column == wanted)
-    if where.received_since:
-        query = query.where(DeletionRequest.created_at >= where.received_since)
-    if where.received_until:
-        query = query.where(DeletionRequest.created_at < where.received_until)
-    if where.open is not None:
-        closed = Job.status.in_(list(clock.CLOSED))
-        query = query.where(~closed if where.open else closed)
-    if where.due_before:
-        query = query.where(DeletionRequest.due_at < where.due_before)
-    return query
+    after = get(session, org_id, after_id) if after_id is not None else None
+    return repo.list_requests(session, org_id, where, after, clock.CLOSED, limit, soonest_due_first)
 
 
 def extend(
@@ -385,10 +338,12 @@ def containment(session: Session, request: DeletionRequest) -> list[VersionConta
     """The request's input version and everything derived from it, each marked with whether it
     still holds the data the request names (only the request's output and what derives from
     it do not)."""
-    source = session.get(ModelVersion, request.model_version_id)
+    source = models_repo.get_version(session, request.model_version_id)
     assert source is not None
     job = jobs.for_request(session, request.id)
-    output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
+    output = (
+        models_repo.get_version(session, job.output_version_id) if job.output_version_id else None
+    )
     holding = {v.id for v in lineage.still_holding(session, source, output)}
     every = [source, *lineage.descendants(session, source)]
     return [
@@ -416,20 +371,24 @@ def to_read_many(session: Session, requests: list[DeletionRequest]) -> list[Dele
     if not requests:
         return []
     ids = [r.id for r in requests]
-    job_of = {j.request_id: j for j in _rows(session, Job, Job.request_id, ids)}
+    job_of = {j.request_id: j for j in repo.rows_with(session, Job, Job.request_id, ids)}
     version_ids = {r.model_version_id for r in requests} | {
         j.output_version_id for j in job_of.values() if j.output_version_id
     }
-    versions = {v.id: v for v in _rows(session, ModelVersion, ModelVersion.id, version_ids)}
+    versions = {
+        v.id: v for v in repo.rows_with(session, ModelVersion, ModelVersion.id, version_ids)
+    }
     model_ids = {v.model_id for v in versions.values()}
-    models = {m.id: m for m in _rows(session, Model, Model.id, model_ids)}
+    models = {m.id: m for m in repo.rows_with(session, Model, Model.id, model_ids)}
     dataset_ids = {r.dataset_id for r in requests}
-    datasets = {d.id: d for d in _rows(session, Dataset, Dataset.id, dataset_ids)}
+    datasets = {d.id: d for d in repo.rows_with(session, Dataset, Dataset.id, dataset_ids)}
     extensions: dict[str, list[DueDateExtension]] = {}
-    for e in _rows(session, DueDateExtension, DueDateExtension.request_id, ids):
+    for e in repo.rows_with(session, DueDateExtension, DueDateExtension.request_id, ids):
         extensions.setdefault(e.request_id, []).append(e)
     files: dict[str, list[JobArtifact]] = {}
-    for a in _rows(session, JobArtifact, JobArtifact.job_id, [j.id for j in job_of.values()]):
+    for a in repo.rows_with(
+        session, JobArtifact, JobArtifact.job_id, [j.id for j in job_of.values()]
+    ):
         files.setdefault(a.job_id, []).append(a)
     reads = []
     for request in requests:
@@ -446,15 +405,6 @@ def to_read_many(session: Session, requests: list[DeletionRequest]) -> list[Dele
             )
         )
     return reads
-
-
-def _rows(session: Session, table: type[T], column: Any, keys: Iterable[Any]) -> list[T]:
-    """Rows whose ``column`` is one of ``keys``, in insertion order."""
-    wanted = list(set(keys))
-    if not wanted:
-        return []
-    order = table.id  # type: ignore[attr-defined]
-    return list(session.scalars(select(table).where(column.in_(wanted)).order_by(order)))
 
 
 def _read(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.models import repository as repo
 from app.orm import ModelVersion
 
 
 def descendants(session: Session, root: ModelVersion) -> list[ModelVersion]:
     """Every version derived from ``root`` (children, their children, ...), oldest first."""
-    versions = session.scalars(
-        select(ModelVersion).where(ModelVersion.model_id == root.model_id)
-    ).all()
+    versions = repo.list_versions(session, root.model_id)
     children: dict[str, list[ModelVersion]] = {}
     for v in versions:
         if v.parent_version_id is not None:
@@ -34,7 +32,7 @@ def ancestors(session: Session, version: ModelVersion) -> list[ModelVersion]:
     found: list[ModelVersion] = []
     current = version
     while current.parent_version_id is not None:
-        parent = session.get(ModelVersion, current.parent_version_id)
+        parent = repo.get_version(session, current.parent_version_id)
         if parent is None or any(v.id == parent.id for v in found):  # a broken or looping chain
             break
         found.append(parent)

@@ -1,21 +1,18 @@
-"""Queries on models and their versions."""
+"""Queries on models and their versions: what they find or write, no HTTP, no audit."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.db import find_named
 from app.orm import Model, ModelVersion
 
 
 def find_model(session: Session, org_id: str, ref: str) -> Model | None:
     """The organisation's model by id, else by name (an id always wins, so a name cannot shadow
     another model). Another organisation's model is not found."""
-    by_id = session.get(Model, ref)
-    if by_id is not None and by_id.org_id == org_id:
-        return by_id
-    query = select(Model).where(Model.org_id == org_id, Model.name == ref)
-    return session.scalars(query).first()
+    return find_named(session, Model, org_id, ref)
 
 
 def name_exists(session: Session, org_id: str, name: str) -> bool:
@@ -53,3 +50,26 @@ def list_versions(session: Session, model_id: str) -> list[ModelVersion]:
             .order_by(ModelVersion.number)
         )
     )
+
+
+def lock_model(session: Session, model_id: str) -> Model | None:
+    """The model, its row locked until the transaction ends."""
+    return session.get(Model, model_id, with_for_update=True)
+
+
+def insert_model(session: Session, model: Model) -> None:
+    """Insert now (``IntegrityError`` when a concurrent registration took the name)."""
+    session.add(model)
+    session.flush()
+
+
+def insert_version(session: Session, version: ModelVersion) -> None:
+    """Insert in a savepoint (``IntegrityError`` when a concurrent insert took the number; the
+    transaction stays usable)."""
+    with session.begin_nested():
+        session.add(version)
+
+
+def get_model(session: Session, model_id: str) -> Model | None:
+    """The model by id, whatever its organisation."""
+    return session.get(Model, model_id)

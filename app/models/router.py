@@ -5,7 +5,6 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
-from app.audit import service as audit
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import (
     InvalidArchitecture,
@@ -16,7 +15,6 @@ from app.errors import (
     PayloadTooLarge,
     VersionSuperseded,
 )
-from app.models import repository as repo
 from app.models import service
 from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVersionRead
 from app.storage import get_store, served_file
@@ -57,7 +55,7 @@ def create_model(
 @router.get("/models", summary="List models", response_model=list[ModelRead])
 def list_models(session: ReadSessionDep, actor: ActorDep) -> list[ModelRead]:
     """Every model of the caller's organisation."""
-    return [ModelRead.model_validate(m) for m in repo.list_models(session, actor.org_id)]
+    return [ModelRead.model_validate(m) for m in service.list_models(session, actor.org_id)]
 
 
 @router.get(
@@ -111,8 +109,8 @@ def list_versions(
     model_ref: str, session: ReadSessionDep, actor: ActorDep
 ) -> list[ModelVersionRead]:
     """Every version of a model, oldest first, with its lineage."""
-    model = service.get_model(session, actor.org_id, model_ref)
-    return [service.version_read(v) for v in repo.list_versions(session, model.id)]
+    versions = service.list_versions(session, actor.org_id, model_ref)
+    return [service.version_read(v) for v in versions]
 
 
 @router.get(
@@ -153,28 +151,12 @@ def download_checkpoint(
 ) -> Response:
     """Stream the safetensors file; its SHA-256 is the ETag and the X-Checksum-SHA256 header.
     A superseded version is refused (410) unless an admin gives ``override_reason``."""
-    version = service.get_version(session, actor.org_id, model_ref, number)
-    service.check_downloadable(version, actor, override_reason)
+    version = service.downloadable_version(session, actor, model_ref, number, override_reason)
     etag = f'"{version.sha256}"'
     headers = {"ETag": etag, "X-Checksum-SHA256": version.sha256}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    details = {"number": version.number, "sha256": version.sha256}
-    if override_reason is not None:
-        details |= {
-            "superseded_by_request_id": version.superseded_by_request_id,
-            "override_reason": override_reason,
-        }
-    audit.record(
-        session,
-        actor,
-        "model_version.downloaded_superseded" if override_reason else "model_version.downloaded",
-        model_id=version.model_id,
-        model_version_id=version.id,
-        request_id=version.produced_by_request_id,
-        caller_reference=service.caller_reference_of(session, version),
-        details=details,
-    )
+    service.record_download(session, actor, version, override_reason)
     path = served_file(version.storage_key, f"version {version.number}")
     filename = f"{version.model_id}-v{version.number}.safetensors"
     return FileResponse(

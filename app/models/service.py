@@ -12,6 +12,7 @@ from torch import nn
 
 from app.actors import Actor, Scope
 from app.audit import service as audit
+from app.deletions import repository as deletions_repo
 from app.errors import (
     InsufficientScope,
     InvalidArchitecture,
@@ -26,7 +27,7 @@ from app.errors import (
 )
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
-from app.orm import DeletionRequest, Model, ModelVersion, utcnow
+from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
 from app.storage import ArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
@@ -59,9 +60,8 @@ def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
         encoder=encoder,
         transform=transform,
     )
-    session.add(model)
     try:
-        session.flush()
+        repo.insert_model(session, model)
     except IntegrityError as exc:  # a concurrent registration took the name
         raise NameTaken(f"a model named {body.name!r} already exists") from exc
     audit.record(
@@ -177,7 +177,7 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
     """Record a prepared checkpoint as the model's next version."""
     # Locked like a finishing job locks it: a child of a version being superseded right now
     # either sees the mark or is seen by it.
-    model = session.get(Model, prepared.model_id, with_for_update=True)
+    model = repo.lock_model(session, prepared.model_id)
     if model is None:  # deleted between the two steps
         raise ModelNotFound(f"no model {prepared.model_id!r}")
     stored, source_format = prepared.stored, prepared.source_format
@@ -239,7 +239,7 @@ def add_version(
     produced_by_request_id: str | None,
 ) -> ModelVersion:
     """Insert the next version number; a concurrent insert of the same number is retried."""
-    parent = session.get(ModelVersion, parent_version_id) if parent_version_id else None
+    parent = repo.get_version(session, parent_version_id) if parent_version_id else None
     for _ in range(5):
         version = ModelVersion(
             model_id=model.id,
@@ -256,8 +256,7 @@ def add_version(
             version.superseded_at = utcnow()
             version.superseded_by_request_id = parent.superseded_by_request_id
         try:
-            with session.begin_nested():
-                session.add(version)
+            repo.insert_version(session, version)
             return version
         except IntegrityError:
             continue
@@ -288,8 +287,58 @@ def caller_reference_of(session: Session, version: ModelVersion) -> str | None:
     """The caller reference of the deletion request that produced ``version``, if any."""
     if version.produced_by_request_id is None:
         return None
-    request = session.get(DeletionRequest, version.produced_by_request_id)
+    request = deletions_repo.get_request(session, version.produced_by_request_id)
     return request.caller_reference if request else None
+
+
+def list_models(session: Session, org_id: str) -> list[Model]:
+    return repo.list_models(session, org_id)
+
+
+def list_versions(session: Session, org_id: str, model_ref: str) -> list[ModelVersion]:
+    """Every version of the organisation's model, oldest first."""
+    return repo.list_versions(session, get_model(session, org_id, model_ref).id)
+
+
+def downloadable_version(
+    session: Session, actor: Actor, model_ref: str, number: int, override_reason: str | None
+) -> ModelVersion:
+    """The version whose checkpoint ``actor`` may download now (see check_downloadable)."""
+    version = get_version(session, actor.org_id, model_ref, number)
+    check_downloadable(version, actor, override_reason)
+    return version
+
+
+def record_download(
+    session: Session, actor: Actor, version: ModelVersion, override_reason: str | None
+) -> None:
+    """Audit a checkpoint download (a superseded one with the admin's reason)."""
+    details: dict[str, Any] = {"number": version.number, "sha256": version.sha256}
+    if override_reason is not None:
+        details |= {
+            "superseded_by_request_id": version.superseded_by_request_id,
+            "override_reason": override_reason,
+        }
+    audit.record(
+        session,
+        actor,
+        "model_version.downloaded_superseded" if override_reason else "model_version.downloaded",
+        model_id=version.model_id,
+        model_version_id=version.id,
+        request_id=version.produced_by_request_id,
+        caller_reference=caller_reference_of(session, version),
+        details=details,
+    )
+
+
+def version_of_request(session: Session, request: DeletionRequest | None) -> ModelVersion | None:
+    """The version a deletion request starts from (None for no request, or a lost version)."""
+    return repo.get_version(session, request.model_version_id) if request is not None else None
+
+
+def output_of(session: Session, job: Job) -> ModelVersion | None:
+    """The version a job produced, if it produced one."""
+    return repo.get_version(session, job.output_version_id) if job.output_version_id else None
 
 
 def download_url(version: ModelVersion) -> str:

@@ -20,7 +20,6 @@ def create_webhook(
     requests (``deletion_request.queued``, ``.running``, ``.succeeded``, ``.rejected``,
     ``.failed``, ``.canceled``). The secret that signs them is shown in this answer only."""
     hook = service.create(session, actor, body.url)
-    session.flush()
     response.headers["Location"] = f"/v1/webhooks/{hook.id}"
     return WebhookCreated(**WebhookRead.model_validate(hook).model_dump(), secret=hook.secret)
 

@@ -11,22 +11,26 @@ import ipaddress
 import json
 import secrets
 import socket
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.actors import Actor
+from app.actors import Actor, worker_actor
 from app.audit import service as audit
 from app.audit.chain import timestamp
 from app.config import get_settings
-from app.errors import Unprocessable, WebhookNotFound
-from app.orm import DeletionRequest, Job, JobStatus, Webhook, WebhookDelivery, new_id, utcnow
+from app.errors import WebhookNotFound, WebhookUrlRefused
+from app.orm import Job, JobStatus, Webhook, WebhookDelivery, new_id, utcnow
 from app.queue import send_after_commit
+from app.webhooks import repository as repo
+from app.webhooks.repository import PENDING
 
 DELIVER_TASK = "webhooks.deliver"
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+DELIVERED, FAILED = "delivered", "failed"  # and repository.PENDING
+RETRYING = "retrying"  # an attempt's outcome, the delivery still pending
 
 
 def new_secret() -> str:
@@ -40,10 +44,6 @@ def redacted(url: str) -> str:
     netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rsplit("@", 1)[1]
     hidden = "***" if parts.query else ""
     return urlunsplit(parts._replace(netloc=netloc, query=hidden, fragment=""))
-
-
-class WebhookUrlRefused(Unprocessable):
-    code = "webhook_url_refused"
 
 
 def check_reachable_publicly(url: str) -> None:
@@ -69,7 +69,7 @@ def create(session: Session, actor: Actor, url: str) -> Webhook:
     """A new live webhook of the actor's organisation; its secret is readable only now."""
     check_reachable_publicly(url)
     hook = Webhook(id=new_id(), org_id=actor.org_id, url=url, secret=new_secret())
-    session.add(hook)
+    repo.insert_webhook(session, hook)
     audit.record(
         session, actor, "webhook.created", details={"webhook_id": hook.id, "url": redacted(url)}
     )
@@ -77,12 +77,11 @@ def create(session: Session, actor: Actor, url: str) -> Webhook:
 
 
 def list_webhooks(session: Session, org_id: str) -> list[Webhook]:
-    query = select(Webhook).where(Webhook.org_id == org_id).order_by(Webhook.created_at, Webhook.id)
-    return list(session.scalars(query))
+    return repo.list_webhooks(session, org_id)
 
 
 def get(session: Session, org_id: str, webhook_id: str) -> Webhook:
-    hook = session.get(Webhook, webhook_id)
+    hook = repo.get_webhook(session, webhook_id)
     if hook is None or hook.org_id != org_id:
         raise WebhookNotFound(f"no webhook {webhook_id!r}")
     return hook
@@ -107,11 +106,7 @@ def deliveries(
 ) -> list[WebhookDelivery]:
     """The webhook's deliveries, newest first."""
     hook = get(session, org_id, webhook_id)
-    query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == hook.id)
-    if status:
-        query = query.where(WebhookDelivery.status == status)
-    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-    return list(session.scalars(query.limit(limit)))
+    return repo.list_deliveries(session, hook.id, status, limit)
 
 
 def body_bytes(payload: dict[str, Any]) -> bytes:
@@ -126,9 +121,7 @@ def notify(
 
     Returns the new deliveries' ids (empty when the organisation has no live webhook).
     """
-    hooks = session.scalars(
-        select(Webhook.id).where(Webhook.org_id == org_id, Webhook.disabled_at.is_(None))
-    ).all()
+    hooks = repo.live_webhook_ids(session, org_id)
     queue = get_settings().webhook_queue
     now = utcnow()
     ids = []
@@ -140,7 +133,8 @@ def notify(
             "created_at": timestamp(now),
             "data": data,
         }
-        session.add(
+        repo.insert_delivery(
+            session,
             WebhookDelivery(
                 id=delivery_id,
                 webhook_id=hook_id,
@@ -151,7 +145,7 @@ def notify(
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,
-            )
+            ),
         )
         send_after_commit(session, DELIVER_TASK, delivery_id, queue)
         ids.append(delivery_id)
@@ -167,18 +161,11 @@ def notify_job_status(
     reason: str | None,
 ) -> list[str]:
     """``deletion_request.<status>`` for a job's status change (called by app.jobs.states)."""
-    live = session.scalar(
-        select(Webhook.id).where(Webhook.org_id == org_id, Webhook.disabled_at.is_(None)).limit(1)
-    )
-    if live is None:  # the common case: no query beyond this one
+    if not repo.has_live_webhook(session, org_id):  # the common case: no query beyond this one
         return []
-    request = session.execute(
-        select(DeletionRequest.caller_reference, DeletionRequest.upstream_request_id).where(
-            DeletionRequest.id == job.request_id
-        )
-    ).one()
+    request = repo.request_references(session, job.request_id)
     # Read from the database: the transition's UPDATE has not refreshed ``job`` yet.
-    output_version_id = session.scalar(select(Job.output_version_id).where(Job.id == job.id))
+    output_version_id = repo.stored_output_version_id(session, job.id)
     data: dict[str, Any] = {
         "request_id": job.request_id,
         "job_id": job.id,
@@ -192,3 +179,99 @@ def notify_job_status(
     if output_version_id is not None:
         data["output_version_id"] = output_version_id
     return notify(session, org_id, job.request_id, f"deletion_request.{status}", data)
+
+
+# Delivery attempts (the worker, workers.webhooks, opens the session and sends the POST).
+
+# A claimed delivery is not due again before this many seconds past its timeout: a duplicate
+# message cannot send it twice at once, and a worker lost mid-send does not block it for good.
+CLAIM_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    url: str
+    secret: str
+    body: bytes
+    attempt: int  # 1 for the first try
+
+
+@dataclass(frozen=True)
+class NotClaimed:
+    why: str
+    due_in_s: float | None = None  # set when the row is pending but not due yet
+
+
+def claim(session: Session, delivery_id: str) -> Claimed | NotClaimed:
+    """Take a pending, due delivery for one attempt (a conditional UPDATE: one winner)."""
+    found = repo.find_delivery(session, delivery_id)
+    if found is None:
+        return NotClaimed("no such delivery")
+    delivery, hook = found
+    if delivery.status != PENDING:
+        return NotClaimed(f"already {delivery.status}")
+    now = utcnow()
+    if hook.disabled_at is not None:
+        ended = {"status": FAILED, "last_error": "the webhook was disabled before delivery"}
+        repo.update_pending(session, delivery.id, delivery.attempts, ended)
+        return NotClaimed("webhook disabled")
+    if delivery.next_attempt_at > now:
+        return NotClaimed("not due", (delivery.next_attempt_at - now).total_seconds())
+    lease = timedelta(seconds=get_settings().webhook_timeout_s + CLAIM_MARGIN_S)
+    if not repo.take_attempt(session, delivery.id, delivery.attempts, now + lease):
+        return NotClaimed("claimed by another worker")
+    return Claimed(
+        delivery.id, hook.url, hook.secret, body_bytes(delivery.payload), delivery.attempts + 1
+    )
+
+
+def record_attempt(session: Session, claimed: Claimed, code: int | None, error: str | None) -> str:
+    """Write the attempt's outcome; schedule the next one (sent after commit), or give up after
+    the last, audited."""
+    settings = get_settings()
+    now = utcnow()
+    if error is None:
+        delivered = {
+            "status": DELIVERED,
+            "delivered_at": now,
+            "last_status_code": code,
+            "last_error": None,
+        }
+        repo.update_pending(session, claimed.id, claimed.attempt, delivered)
+        return DELIVERED
+    common = {"last_status_code": code, "last_error": error}
+    if claimed.attempt >= settings.webhook_max_attempts:
+        if repo.update_pending(session, claimed.id, claimed.attempt, {"status": FAILED, **common}):
+            _audit_failure(session, claimed, code, error)
+        return FAILED
+    delay = settings.webhook_backoff_s * 2 ** (claimed.attempt - 1)
+    due = now + timedelta(seconds=delay)
+    if repo.update_pending(
+        session, claimed.id, claimed.attempt, {"next_attempt_at": due, **common}
+    ):
+        send_after_commit(session, DELIVER_TASK, claimed.id, settings.webhook_queue, delay)
+    return RETRYING
+
+
+def _audit_failure(session: Session, claimed: Claimed, code: int | None, error: str) -> None:
+    origin = repo.delivery_origin(session, claimed.id)
+    audit.record(
+        session,
+        worker_actor(origin.org_id),
+        "webhook.delivery_failed",
+        request_id=origin.request_id,
+        details={
+            "webhook_id": origin.webhook_id,
+            "delivery_id": claimed.id,
+            "event_type": origin.event_type,
+            "attempts": claimed.attempt,
+            "last_status_code": code,
+            "last_error": error,
+        },
+    )
+
+
+def due_deliveries(session: Session) -> list[str]:
+    """Pending deliveries that are due now."""
+    return repo.due_pending_ids(session, utcnow())

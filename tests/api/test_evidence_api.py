@@ -65,7 +65,7 @@ def test_a_version_derived_from_a_superseded_one_is_superseded_too(api, register
     response = api.get(child.json()["download_url"])
     assert (response.status_code, response.json()["code"]) == (410, "version_superseded")
     again = submit(api, {**registered, "version": child.json()}, key="R2")
-    assert (again.status_code, again.json()["code"]) == (409, "version_superseded")
+    assert (again.status_code, again.json()["code"]) == (409, "input_superseded")
     held = api.get(f"/v1/deletion-requests/{request['id']}/versions").json()
     assert [(v["number"], v["contains_forgotten_data"]) for v in held] == [(1, True), (2, True)]
     upload = api.get("/v1/audit/events", params={"action": "model_version.uploaded"}).json()

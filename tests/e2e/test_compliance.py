@@ -154,7 +154,7 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
             dataset_id=reg["dataset"]["id"],
             forget_classes=[1],
         )
-    assert (stale.value.status, stale.value.code) == (409, "version_superseded")
+    assert (stale.value.status, stale.value.code) == (409, "input_superseded")
     versions = admin.request_versions(request["id"])
     held = {v["number"]: v["contains_forgotten_data"] for v in versions}
     assert held == {1: True, 2: False}
