@@ -13,12 +13,12 @@ from typing import Any
 
 from amqp.exceptions import ChannelError
 from celery import Celery
-from sqlalchemy import event, update
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from app.config import Settings, get_settings
 from app.db import session_scope
-from app.orm import Job, JobStatus, utcnow
+from app.jobs import repository as jobs_repo
 
 log = logging.getLogger(__name__)
 RUN_JOB_TASK = "unlearning.run_job"
@@ -84,12 +84,7 @@ def enqueue_after_commit(session: Session, job_id: str) -> None:
     burst of submits then exhausts the pool). A send that fails leaves a job the broker lacks;
     the sweeper finds the broker holding fewer messages than queued jobs and sends it again.
     """
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(sent_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    jobs_repo.mark_sent(session, job_id)
     session.info.setdefault(_OUTBOX, []).append(job_id)
 
 
@@ -114,11 +109,7 @@ def send_job(job_id: str) -> bool:
         return False
     try:
         with session_scope() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.queued)
-                .values(sent_at=utcnow())
-            )
+            jobs_repo.mark_sent(session, job_id, only_queued=True)
     except Exception:  # sent all the same: at worst the sweeper sends a harmless duplicate
         log.warning("job %s was sent but could not be marked sent", job_id, exc_info=True)
     return True

@@ -128,3 +128,11 @@ def referenced_keys(session: Session, keys: list[str]) -> set[str]:
             .union(select(ModelVersion.storage_key).where(ModelVersion.storage_key.in_(keys)))
         )
     )
+
+
+def mark_sent(session: Session, job_id: str, only_queued: bool = False) -> None:
+    """Record that the job's message went (or is about to go) to the broker."""
+    query = update(Job).where(Job.id == job_id)
+    if only_queued:
+        query = query.where(Job.status == JobStatus.queued)
+    session.execute(query.values(sent_at=utcnow()).execution_options(synchronize_session=False))

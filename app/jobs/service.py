@@ -13,11 +13,13 @@ from sqlalchemy.orm import Session
 
 from app.actors import Actor
 from app.audit import service as audit
+from app.deletions import repository as deletions_repo
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import repository, states
 from app.jobs.schemas import ArtifactRead, JobRead
+from app.models import service as models
 from app.models.service import version_read
-from app.orm import DeletionRequest, Job, JobArtifact, JobStatus, ModelVersion, utcnow
+from app.orm import Job, JobArtifact, JobStatus, ModelVersion, utcnow
 from app.queue import enqueue_after_commit
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,8 @@ def download_artifact(session: Session, actor: Actor, job_id: str, name: str) ->
     """The artifact to send, its download audited (the audit scope shows who saw which grid)."""
     job = get(session, actor.org_id, job_id)
     found = artifact(session, job, name)
-    request = session.get(DeletionRequest, job.request_id)
-    version = session.get(ModelVersion, request.model_version_id) if request else None
+    request = deletions_repo.get_request(session, job.request_id)
+    version = models.version_of_request(session, request)
     audit.record(
         session,
         actor,
@@ -73,8 +75,7 @@ def artifact_read(a: JobArtifact) -> ArtifactRead:
 
 
 def to_read(session: Session, job: Job) -> JobRead:
-    output = session.get(ModelVersion, job.output_version_id) if job.output_version_id else None
-    return job_read(job, output, artifacts(session, job.id))
+    return job_read(job, models.output_of(session, job), artifacts(session, job.id))
 
 
 def job_read(job: Job, output: ModelVersion | None, files: list[JobArtifact]) -> JobRead:
