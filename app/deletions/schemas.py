@@ -37,6 +37,13 @@ class AcceptanceIn(Part):
         description="largest excess of the forget set's entropy-MIA member rate over held-out "
         "data's (0.10)",
     )
+    max_forget_member_shortfall: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="largest shortfall of the forget set's entropy-MIA member rate below "
+        "held-out data's: over-forgetting is a signature too (0.10 for samples, off for classes)",
+    )
     max_retain_psnr_drop: float | None = Field(
         None,
         ge=0.0,

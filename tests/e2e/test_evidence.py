@@ -58,6 +58,7 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
         "max_retain_drop": 0.05,
         "max_mia_gap": 0.05,
         "max_forget_member_excess": 0.10,
+        "max_forget_member_shortfall": None,
     }
     assert request["reference"] == {"method": "retrain", "params": {**RECIPE, "weight_decay": 0.0}}
     job = client.wait(request["job"]["id"], timeout=600)

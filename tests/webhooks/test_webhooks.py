@@ -456,6 +456,7 @@ NO_ACCEPTANCE_CHECKS = {
     "max_retain_drop": None,
     "max_mia_gap": None,
     "max_forget_member_excess": None,
+    "max_forget_member_shortfall": None,
 }
 
 
