@@ -126,6 +126,9 @@ class Model(Base):
     # the completion task ({"kind", "size", "cell"}) their evaluation masks follow.
     encoder: Mapped[list[str] | None] = mapped_column(JSON)
     transform: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # How the registered weights were trained ({"epochs", "optimizer", "lr", "batch_size",
+    # "augmentation"}), when the owner said: the scale of a retrain in jobs' cost reports.
+    training: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

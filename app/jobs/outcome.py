@@ -100,6 +100,7 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             retain_dataset_location=resolve_location(proxy.location) if proxy else None,
             earlier_forget_classes=earlier_classes,
             earlier_forget_samples=earlier_samples,
+            training=model.training,
         )
         return JobContext(
             job_id=job.id,

@@ -43,6 +43,19 @@ class TransformIn(Part):
     cell: int = Field(4, ge=1, le=4096, description="cell side in pixels (random masks)")
 
 
+class TrainingRecord(Part):
+    """How the registered weights were trained: the scale a deletion's cost is reported
+    against (a retrain of this length over the retain data)."""
+
+    epochs: float = Field(gt=0, le=100_000, description="epochs over the training split")
+    optimizer: str | None = Field(None, max_length=50, examples=["sgd", "adam", "adamw"])
+    lr: float | None = Field(None, gt=0, le=100)
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
+    augmentation: str | None = Field(
+        None, max_length=500, description="free text, e.g. 'random crop 32 pad 4, h-flip'"
+    )
+
+
 class ModelCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["classification", "image_to_image"] = "classification"
@@ -63,6 +76,11 @@ class ModelCreate(Body):
     )
     transform: TransformIn | None = Field(
         None, description="image-to-image: the completion task (default: centre square, 0.5)"
+    )
+    training: TrainingRecord | None = Field(
+        None,
+        description="how the weights were trained (optional): jobs report their cost as a "
+        "share of a retrain of this length",
     )
 
     @field_validator("input_shape")
@@ -114,6 +132,7 @@ class ModelRead(BaseModel):
     class_names: list[str]
     encoder: list[str] | None = None
     transform: dict[str, Any] | None = None
+    training: dict[str, Any] | None = None
     created_at: datetime
 
 

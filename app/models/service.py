@@ -59,6 +59,7 @@ def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
         class_names=body.class_names,
         encoder=encoder,
         transform=transform,
+        training=body.training.model_dump() if body.training else None,
     )
     try:
         repo.insert_model(session, model)

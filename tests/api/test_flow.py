@@ -138,3 +138,20 @@ def test_openapi_lists_every_route(api):
         "/v1/jobs/{job_id}/cancel",
         "/v1/audit/events",
     } <= set(spec["paths"])
+
+
+def test_a_model_keeps_the_training_record_it_was_registered_with(api):
+    from tests.helpers import model_body
+
+    record = {"epochs": 15, "optimizer": "adam", "lr": 0.003, "batch_size": 64}
+    created = api.post("/v1/models", json={**model_body("recorded"), "training": record})
+    assert created.status_code == 201, created.text
+    stored = {**record, "augmentation": None}
+    assert created.json()["training"] == stored
+    assert api.get(f"/v1/models/{created.json()['id']}").json()["training"] == stored
+    bad = api.post("/v1/models", json={**model_body("unrecorded"), "training": {"epochs": 0}})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    listed = {m["name"]: m["training"] for m in api.get("/v1/models").json()}
+    assert listed["recorded"] == stored
+    plain = api.post("/v1/models", json=model_body("plain")).json()
+    assert plain["training"] is None  # optional

@@ -124,6 +124,18 @@ def test_forward_only_work_counts_a_third_and_a_retrain_sets_the_scale(tmp_path)
     assert cost["retrain"]["method_share"] == pytest.approx(600 / (2 * retain))
 
 
+def test_the_registered_training_record_sets_the_retrain_scale(tmp_path):
+    params = {"importance_images": 300, "forget_images": 100, "bn_images": 600}
+    job = _class_job(method="ssd", params=params, training={"epochs": 30, "optimizer": "adam"})
+    metrics = run(job, _weights(tmp_path, trained_state()), CPU, Recorder()).metrics
+    retain = metrics["cost"]["train_split_samples"] - metrics["forget"]["train_samples"]
+    assert metrics["cost"]["retrain"] == {
+        "epochs": 30.0,
+        "sample_passes": 30.0 * retain,
+        "method_share": pytest.approx(600 / (30 * retain)),
+    }
+
+
 def test_a_result_the_gate_refuses_hands_back_no_weights(tmp_path):
     # One epoch of fine-tuning at a tiny step forgets nothing: the forget check must fail.
     barely = _class_job(method="finetune", params={"epochs": 1, "lr": 1e-6, "seed": 0})

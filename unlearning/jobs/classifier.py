@@ -165,7 +165,10 @@ def sizes(
 
 
 def retrain_epochs(job: JobSpec) -> float | None:
-    """How long a retrain would train: the request's reference, if it has one."""
+    """How long a retrain would train: as the original was, when its owner said; else the
+    request's reference, if it has one."""
+    if job.training:
+        return float(job.training["epochs"])
     if job.reference:
         return float(job.reference["params"]["epochs"])
     return None

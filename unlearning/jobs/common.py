@@ -73,6 +73,8 @@ class JobSpec:
     # retained (training on it again would bring it back), whatever this request names.
     earlier_forget_classes: list[int] = field(default_factory=list)
     earlier_forget_samples: list[str] = field(default_factory=list)
+    # How the original was trained, when its owner registered it: {"epochs", ...}.
+    training: dict[str, Any] | None = None
 
 
 @dataclass

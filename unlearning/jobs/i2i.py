@@ -124,7 +124,12 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         "artifacts": {GRID_NAME: {"groups": ["retain", "forget"] if shown else ["retain"]}},
         "phase_seconds": cost.seconds,
         "samples_processed": {**cost.trained, "forward_only": cost.forward},
-        "cost": cost_summary(cost, len(train), len(retain_idx), None),
+        "cost": cost_summary(
+            cost,
+            len(train),
+            len(retain_idx),
+            float(job.training["epochs"]) if job.training else None,
+        ),
     }
     by_class = np.bincount(np.asarray(retain_source.targets)[retain_idx])
     sizes = costs.Sizes(
