@@ -189,6 +189,10 @@ class InvalidMethodParams(Unprocessable):
     code = "invalid_method_params"
 
 
+class BudgetExceeded(Unprocessable):
+    code = "budget_exceeded"
+
+
 class InvalidForgetSet(Unprocessable):
     code = "invalid_forget_set"
 

@@ -200,6 +200,8 @@ class DeletionRequest(Base):
     measure_relearn_time: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )
+    # The most epoch-equivalents of method work the request allows (None: no limit).
+    budget_epochs: Mapped[float | None] = mapped_column(Float)
     caller_reference: Mapped[str | None] = mapped_column(String(200), index=True)
     # The id the controller's privacy platform gave the data-subject request (OpenDSR's
     # subject_request_id, a Transcend request id), for the auditor's lookups.

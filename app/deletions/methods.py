@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from app.config import get_settings
 from app.errors import (
+    BudgetExceeded,
     InvalidAcceptance,
     InvalidMethodParams,
     MethodUnsupportedForForgetSet,
@@ -17,7 +18,7 @@ from app.errors import (
     UnknownMethod,
 )
 from unlearning import acceptance
-from unlearning.methods import DEFAULT_METHOD, METHODS, Method
+from unlearning.methods import DEFAULT_METHOD, METHODS, Method, costs
 
 
 def choose(method: str | None, forgets: str, task: str = "classification") -> Method:
@@ -104,6 +105,24 @@ def resolve_acceptance(
     except ValueError as exc:
         raise InvalidAcceptance(str(exc)) from exc
     return dict(dataclasses.asdict(thresholds))
+
+
+def check_budget(
+    method: Method, params: dict[str, Any], sizes: costs.Sizes, budget_epochs: float
+) -> None:
+    """Refuse a method whose estimated work exceeds the request's budget, before it runs."""
+    estimate = method.estimate(method.config_type(**params), sizes)
+    epochs = estimate / sizes.train if sizes.train else math.inf
+    if epochs > budget_epochs:
+        raise BudgetExceeded(
+            f"{method.name} with these parameters is estimated at {estimate:,.0f} sample passes, "
+            f"{epochs:.3g} epochs of the training split ({sizes.train:,} samples); the budget "
+            f"is {budget_epochs:g}: raise budget_epochs, or choose a cheaper method or smaller "
+            "parameters",
+            estimated_sample_passes=estimate,
+            estimated_epochs=epochs,
+            budget_epochs=budget_epochs,
+        )
 
 
 def check_memory(

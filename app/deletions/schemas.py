@@ -93,6 +93,14 @@ class DeletionRequestCreate(Body):
     measure_relearn_time: StrictBool = Field(
         False, description="also measure relearn time (costs up to 50 short epochs per model)"
     )
+    budget_epochs: float | None = Field(
+        None,
+        gt=0.0,
+        le=100_000.0,
+        description="the most method work allowed, in epoch-equivalents of the training split "
+        "(sample passes / its size); a method whose estimate exceeds it is refused with 422 "
+        "budget_exceeded before anything runs",
+    )
     caller_reference: str | None = Field(
         None, max_length=200, description="your own reference (a ticket number)"
     )
@@ -158,6 +166,7 @@ class DeletionRequestRead(BaseModel):
     acceptance: dict[str, Any] | None
     reference: dict[str, Any] | None
     measure_relearn_time: bool
+    budget_epochs: float | None = None
     caller_reference: str | None
     upstream_request_id: str | None
     forget_spec_sha256: str = Field(

@@ -6,6 +6,7 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -56,6 +57,7 @@ from app.orm import (
 )
 from unlearning import data
 from unlearning.i2i import architectures as i2i_architectures
+from unlearning.methods import costs
 
 __all__ = ["InputSuperseded", "RequestFilter"]  # re-exported: their homes moved
 
@@ -92,6 +94,10 @@ def submit(
     if forget_classes is not None:
         methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
     _check_options(body, model)
+    if body.budget_epochs is not None:
+        methods.check_budget(
+            method, params, _sizes(dataset, forget_classes, forget_samples), body.budget_epochs
+        )
     retain_dataset = None
     if body.retain_dataset_id is not None:
         retain_dataset = datasets.get(session, actor.org_id, body.retain_dataset_id)
@@ -120,6 +126,7 @@ def submit(
         acceptance=thresholds,
         reference=reference,
         measure_relearn_time=body.measure_relearn_time,
+        budget_epochs=body.budget_epochs,
         caller_reference=body.caller_reference,
         upstream_request_id=body.upstream_request_id,
         idempotency_key=idempotency_key,
@@ -167,6 +174,7 @@ def submit(
             "acceptance": thresholds,
             "reference": reference,
             "measure_relearn_time": body.measure_relearn_time,
+            "budget_epochs": body.budget_epochs,
             "idempotency_key": idempotency_key,
         },
     )
@@ -263,16 +271,38 @@ def _resolve_classes(class_names: list[str], wanted: list[int | str]) -> list[in
     return sorted(resolved)
 
 
-def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
-    """The distinct sample ids, in order, once each is known to be in the training split."""
-    location = datasets.resolve_location(dataset.location)
+def _sizes(
+    dataset: Dataset, forget_classes: list[int] | None, forget_samples: list[str] | None
+) -> costs.Sizes:
+    """The training split's counts a method's cost estimate reads."""
+    train = _open_train(dataset, "to estimate the work")
+    targets = np.asarray(train.targets)
+    if forget_classes is not None:
+        forget = np.isin(targets, forget_classes)
+    else:
+        named = set(forget_samples or ())
+        forget = np.fromiter((i in named for i in train.ids), dtype=bool, count=len(train))
+    by_class = np.bincount(targets[~forget])
+    return costs.Sizes(
+        train=len(train),
+        forget=int(forget.sum()),
+        retain_by_class=tuple(int(n) for n in by_class if n),
+        forget_classes=len(forget_classes or ()),
+    )
+
+
+def _open_train(dataset: Dataset, purpose: str) -> data.ImageSource:
     try:
-        known = set(data.open_split(dataset.kind, location, "train").ids)
+        return data.open_split(dataset.kind, datasets.resolve_location(dataset.location), "train")
     except data.DatasetError as exc:
         raise InvalidDataset(
-            f"dataset {dataset.name!r} cannot be read to check the sample ids: {exc}",
-            code=exc.code,
+            f"dataset {dataset.name!r} cannot be read {purpose}: {exc}", code=exc.code
         ) from exc
+
+
+def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
+    """The distinct sample ids, in order, once each is known to be in the training split."""
+    known = set(_open_train(dataset, "to check the sample ids").ids)
     missing = [s for s in sample_ids if s not in known]
     if missing:
         raise UnknownSample(
@@ -432,6 +462,7 @@ def _read(
         acceptance=request.acceptance,
         reference=request.reference,
         measure_relearn_time=request.measure_relearn_time,
+        budget_epochs=request.budget_epochs,
         caller_reference=request.caller_reference,
         upstream_request_id=request.upstream_request_id,
         forget_spec_sha256=request.forget_spec_sha256,

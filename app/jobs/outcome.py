@@ -101,6 +101,7 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             earlier_forget_classes=earlier_classes,
             earlier_forget_samples=earlier_samples,
             training=model.training,
+            budget_epochs=request.budget_epochs,
         )
         return JobContext(
             job_id=job.id,

@@ -144,6 +144,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))
+    metrics["cost"]["budget_epochs"] = job.budget_epochs
     metrics["cost"]["estimated_method_passes"] = method.estimate(
         config, sizes(train, job, forget_idx, retain_idx)
     )

@@ -75,6 +75,8 @@ class JobSpec:
     earlier_forget_samples: list[str] = field(default_factory=list)
     # How the original was trained, when its owner registered it: {"epochs", ...}.
     training: dict[str, Any] | None = None
+    # The most epoch-equivalents of method work the request allows (checked at submit).
+    budget_epochs: float | None = None
 
 
 @dataclass

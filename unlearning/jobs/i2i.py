@@ -138,6 +138,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         tuple(int(n) for n in by_class if n),
         len(job.forget_classes or ()),
     )
+    metrics["cost"]["budget_epochs"] = job.budget_epochs
     metrics["cost"]["estimated_method_passes"] = method.estimate(config, sizes)
     report("save", 0.0)
     grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)

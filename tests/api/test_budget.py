@@ -1,0 +1,51 @@
+"""A request's budget of method work: refused up front, with the estimate, when the method would
+spend more; recorded with the request when it fits."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import BACKENDS
+from tests.api.test_bad_input import assert_problem, submit
+from unlearning import data
+
+pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
+
+# digits: 1,428 training images, about 143 of class 3.
+FINETUNE_ONE_EPOCH = {"method": "finetune", "params": {"epochs": 1}}
+
+
+def test_a_method_estimated_over_the_budget_is_refused_before_anything_is_written(api, registered):
+    # One epoch over the retain data is about 0.9 epochs of the whole training split.
+    body = assert_problem(
+        submit(api, registered, **FINETUNE_ONE_EPOCH, budget_epochs=0.5), 422, "budget_exceeded"
+    )
+    assert body["budget_epochs"] == 0.5
+    assert 0.85 < body["estimated_epochs"] < 0.95
+    assert body["estimated_sample_passes"] == pytest.approx(body["estimated_epochs"] * 1428)
+    assert "budget_epochs" in body["detail"]
+    assert api.get("/v1/deletion-requests").json() == []
+    actions = [e["action"] for e in api.get("/v1/audit/events").json()["items"]]
+    assert "deletion_request.created" not in actions
+
+
+def test_a_request_within_its_budget_is_accepted_and_keeps_it(api, registered):
+    accepted = submit(api, registered, **FINETUNE_ONE_EPOCH, budget_epochs=1.0)
+    assert accepted.status_code == 202, accepted.text
+    request = accepted.json()
+    assert request["budget_epochs"] == 1.0
+    assert api.get(f"/v1/deletion-requests/{request['id']}").json()["budget_epochs"] == 1.0
+    # No budget: no limit, and none recorded.
+    assert submit(api, registered, **FINETUNE_ONE_EPOCH).json()["budget_epochs"] is None
+
+
+def test_the_estimate_counts_the_named_samples(api, registered):
+    train_ids = list(data.open_split("sklearn_digits", None, "train").ids[:3])
+    sample_request = {"forget_classes": None, "forget_samples": train_ids}
+    body = assert_problem(
+        submit(api, registered, **sample_request, method="salun", budget_epochs=1.0),
+        422,
+        "budget_exceeded",
+    )
+    # SalUn's 10 epochs over forget + retain, plus its saliency pass: just over 10 epochs.
+    assert 10.0 < body["estimated_epochs"] < 10.01
