@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import make_engine
 from app.orm import Organization
+from tests.api.test_bad_input import submit
+from tests.conftest import BACKENDS
 
 
 @pytest.fixture(params=["sqlite", "pg"])
@@ -61,3 +63,16 @@ def test_only_transient_database_errors_are_503(tmp_path):
 
     assert _is_transient(error("database is locked"))
     assert not _is_transient(error("no such column: job.lease_id"))
+
+
+@pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
+def test_reads_are_not_blocked_by_a_writer_holding_its_transaction(api, registered):
+    from app.db import session_scope
+    from app.orm import Model
+
+    job_id = submit(api, registered).json()["job"]["id"]
+    with session_scope() as writer:  # holds the write lock (SQLite) until the block ends
+        writer.execute(update(Model).values(task="classification"))
+        assert api.get(f"/v1/jobs/{job_id}").status_code == 200
+        assert api.get("/v1/models").status_code == 200
+        assert api.get("/healthz").status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -479,3 +480,235 @@ def test_bad_parent_version_ids(api, registered, store):
     assert_problem(with_parent("x" * 201), 422, "validation_error")
     assert_problem(with_parent("no-such-version"), 404, "model_version_not_found")
     assert snapshot(store) == before
+
+
+# Inputs that once produced a 500 or a wrong answer: numbers, characters and nesting JSON allows
+# but the service cannot keep, method parameters past what fits, constructors that crash,
+# archives that lie about their size, datasets that vanish.
+
+JSON = {"content-type": "application/json"}
+
+
+def test_non_finite_numbers_are_refused(api, registered, store):
+    before = snapshot(store)
+    raw = (
+        b'{"name": "n", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
+        b' "input_shape": [1, 8, 8], "normalization": {"mean": [NaN], "std": [1.0]},'
+        b' "class_names": ["a", "b"]}'
+    )
+    assert_problem(api.post("/v1/models", content=raw, headers=JSON), 422, "validation_error")
+    version, dataset = registered["version"]["id"], registered["dataset"]["id"]
+    ids = (version.encode(), dataset.encode())
+    raw = (
+        b'{"model_version_id": "%s", "dataset_id": "%s", "forget_classes": [3],'
+        b' "params": {"noise_lr": Infinity}}' % ids
+    )
+    response = api.post("/v1/deletion-requests", content=raw, headers=JSON)
+    assert_problem(response, 422, "validation_error")
+    assert snapshot(store) == before
+
+
+def test_nul_characters_are_refused(api, registered, store):
+    before = snapshot(store)
+    assert_problem(api.get("/v1/models/a%00b"), 400, "invalid_characters")
+    assert_problem(api.get("/v1/audit/events?caller_reference=a%00b"), 400, "invalid_characters")
+    assert_problem(submit(api, registered, caller_reference="x\u0000y"), 422, "validation_error")
+    assert snapshot(store) == before
+
+
+def test_lone_surrogates_and_deep_nesting_are_refused(api, registered, store):
+    before = snapshot(store)
+    raw = (
+        b'{"name": "s", "architecture": {"name": "tiny_cnn", "args": {"in_channels": 1}},'
+        b' "input_shape": [1, 8, 8], "class_names": ["\\ud800", "b"]}'
+    )
+    assert_problem(api.post("/v1/models", content=raw, headers=JSON), 422, "validation_error")
+    deep: object = 1
+    for _ in range(100):
+        deep = [deep]
+    assert_problem(submit(api, registered, params={"a": deep}), 422, "validation_error")
+    assert_problem(
+        api.post("/v1/models", content=b'{"name": "\xff"}', headers=JSON), 400, "malformed_body"
+    )
+    assert snapshot(store) == before
+
+
+def test_strict_types_and_empty_keys(api, registered, store):
+    before = snapshot(store)
+    assert_problem(submit(api, registered, forget_classes=[True]), 422, "validation_error")
+    response = api.post(
+        "/v1/deletion-requests",
+        headers={"Idempotency-Key": ""},
+        json={
+            "model_version_id": registered["version"]["id"],
+            "dataset_id": registered["dataset"]["id"],
+            "forget_classes": [3],
+        },
+    )
+    assert_problem(response, 422, "validation_error")
+    assert snapshot(store) == before
+
+
+def test_an_explicit_null_threshold_is_not_a_replay_of_an_omitted_one(api, registered):
+    """Null switches a check off, omitted keeps the default; the same key must not silently
+    return a request made under other thresholds."""
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [3],
+        "acceptance": {},
+    }
+    headers = {"Idempotency-Key": "review3-null"}
+    first = api.post("/v1/deletion-requests", json=body, headers=headers)
+    assert first.status_code == 202
+    assert first.json()["acceptance"]["max_retain_drop"] == 0.05
+    again = api.post("/v1/deletion-requests", json=body, headers=headers)
+    assert again.json()["id"] == first.json()["id"]
+    other = {**body, "acceptance": {"max_retain_drop": None}}
+    response = api.post("/v1/deletion-requests", json=other, headers=headers)
+    assert response.status_code == 422
+    assert response.json()["code"] == "idempotency_key_reused"
+
+
+def test_out_of_range_numbers_in_paths_and_tokens(api, registered):
+    model_id = registered["model"]["id"]
+    assert_problem(
+        api.get(f"/v1/models/{model_id}/versions/99999999999999999999999"), 422, "validation_error"
+    )
+    assert_problem(api.get(f"/v1/models/{model_id}/versions/0"), 422, "validation_error")
+    assert_problem(
+        api.get("/v1/audit/events", params={"page_token": "²"}), 422, "invalid_page_token"
+    )
+
+
+def test_time_bounds_out_of_range(api):
+    for params in ({"since": "9999-12-31T23:59:59-05:00"}, {"until": "0001-01-01T00:00+05:00"}):
+        assert_problem(api.get("/v1/audit/events", params=params), 422, "invalid_time_bound")
+
+
+def test_method_parameters_are_bounded(api, registered, store):
+    before = snapshot(store)
+    too_much_noise = {"noise_batch": 65536, "noise_repeats": 10000}
+    for params in (
+        {"seed": -1},
+        {"seed": 2**70},
+        {"noise_batch": 10**12},
+        too_much_noise,
+        {"impair_lr": 1e30},
+    ):
+        assert_problem(submit(api, registered, params=params), 422, "invalid_method_params")
+    assert snapshot(store) == before
+
+
+def test_an_impair_set_too_large_for_memory(api, registered, store, monkeypatch):
+    from tests.conftest import reset_caches
+
+    monkeypatch.setenv("NEPENTHE_MAX_NOISE_BYTES", str(1024**2))
+    reset_caches()
+    before = snapshot(store)
+    body = assert_problem(submit(api, registered), 422, "invalid_method_params")
+    assert "GiB" in body["detail"]
+    assert snapshot(store) == before
+    small = submit(api, registered, params={"noise_batch": 32, "noise_repeats": 2})
+    assert small.status_code == 202
+
+
+def test_architecture_constructors_that_crash(api, store):
+    before = snapshot(store)
+    for args in ({"round_nearest": 0}, {"width_mult": 1e308}):
+        body = {
+            **model_body("mb"),
+            "input_shape": [3, 32, 32],
+            "architecture": {"name": "mobilenet_v2", "args": args},
+        }
+        assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+    assert snapshot(store) == before
+
+
+def test_dataset_locations_outside_the_data_roots(api, store, tmp_path):
+    before = snapshot(store)
+    for location in ("/etc", "/", "~nosuchuser/x", "a" * 300 + "/b"):
+        body = {"name": "x", "kind": "image_folder", "location": location}
+        response = api.post("/v1/datasets", json=body)
+        assert response.status_code == 422, (location, response.text)
+        assert response.json()["code"] in {"dataset_location_forbidden", "dataset_unreadable"}
+    stored = {"name": "x", "kind": "image_folder", "location": "store:../../etc"}
+    assert_problem(api.post("/v1/datasets", json=stored), 422, "validation_error")
+    assert snapshot(store) == before
+
+
+def image_folder(root, classes=("0", "1", "2", "3", "4", "5", "6", "7", "8", "9"), per=6):
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per):
+            Image.new("RGB", (8, 8), color=(i * 30, 0, 0)).save(root / cls / f"{i}.png")
+
+
+def test_forget_samples_of_a_vanished_dataset(api, registered, store, tmp_path):
+    image_folder(tmp_path / "folder")
+    made = api.post(
+        "/v1/datasets",
+        json={"name": "folder", "kind": "image_folder", "location": str(tmp_path / "folder")},
+    )
+    assert made.status_code == 201, made.text
+    shutil.rmtree(tmp_path / "folder")
+    before = snapshot(store)
+    response = submit(
+        api, registered, dataset_id="folder", forget_classes=None, forget_samples=["0/0.png"]
+    )
+    assert_problem(response, 422, "dataset_unreadable")
+    assert snapshot(store) == before
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"images": np.zeros((1, 4, 4), np.uint8), "labels": np.array(0)},
+        {"images": np.zeros((3, 4, 4), np.uint8), "labels": np.arange(3), "ids": np.array("a")},
+        {"images": np.zeros((3, 4, 4), np.uint8), "labels": np.arange(3), "split": np.zeros(2)},
+        {"images": np.zeros((2, 4, 4), np.uint8), "labels": np.array([0, 10**12])},
+    ],
+    ids=["0-d labels", "0-d ids", "short split", "huge label"],
+)
+def test_malformed_npz_archives(api, store, arrays):
+    before = snapshot(store)
+    assert_problem(upload_npz(api, npz_bytes(**arrays)), 422, "dataset_unreadable")
+    assert snapshot(store) == before
+
+
+def test_an_archive_whose_header_declares_a_huge_array(api, store):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10**15,)}
+    )
+    archive = zip_bytes(
+        {"images.npy": header.getvalue() + b"\0" * 16, "labels.npy": npy_bytes(np.arange(3))}
+    )
+    before = snapshot(store)
+    assert_problem(upload_npz(api, archive), 422, "dataset_too_large")
+    assert snapshot(store) == before
+
+
+def test_npz_split_arrays(api, store):
+    images, labels = np.zeros((6, 4, 4), np.uint8), np.arange(6) % 3
+    structured = np.zeros(6, dtype=[("a", "i4")])
+    before = snapshot(store)
+    assert_problem(
+        upload_npz(api, npz_bytes(images=images, labels=labels, split=structured)),
+        422,
+        "dataset_unreadable",
+    )
+    surrogate = np.array(["a", "b", "\ud800"])
+    with_surrogate = npz_bytes(images=images, labels=labels, class_names=surrogate)
+    assert_problem(upload_npz(api, with_surrogate), 422, "dataset_unreadable")
+    assert snapshot(store) == before
+    as_bytes = np.array([b"train"] * 4 + [b"test"] * 2)
+    made = upload_npz(api, npz_bytes(images=images, labels=labels, split=as_bytes))
+    assert made.status_code == 201, made.text
+    assert (made.json()["train_count"], made.json()["test_count"]) == (4, 2)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from tests.api.conftest import BACKENDS
-from tests.helpers import safetensors_bytes
+from tests.helpers import model_body, safetensors_bytes
 
 pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
 
@@ -155,3 +156,46 @@ def test_a_model_keeps_the_training_record_it_was_registered_with(api):
     assert listed["recorded"] == stored
     plain = api.post("/v1/models", json=model_body("plain")).json()
     assert plain["training"] is None  # optional
+
+
+def test_filtering_requests_by_model(api, registered):
+    made = submit(api, registered, caller_reference="F-1").json()
+    found = api.get("/v1/deletion-requests", params={"model_id": registered["model"]["id"]})
+    assert found.status_code == 200, found.text
+    assert [r["id"] for r in found.json()] == [made["id"]]
+    assert api.get("/v1/deletion-requests", params={"model_id": "other"}).json() == []
+
+
+def test_an_id_wins_over_a_name(api, registered):
+    original = registered["model"]
+    impostor = api.post("/v1/models", json=model_body(original["id"]))
+    assert impostor.status_code == 201
+    assert api.get(f"/v1/models/{original['id']}").json()["name"] == original["name"]
+    assert api.get(f"/v1/models/{impostor.json()['id']}").json()["name"] == original["id"]
+
+
+def test_audit_time_bounds_honour_offsets(api, registered):
+    events = api.get("/v1/audit/events").json()["items"]
+    first = datetime.fromisoformat(events[0]["at"])
+    assert first.tzinfo is not None
+    plus_five = timezone(timedelta(hours=5))
+    since = (first - timedelta(seconds=1)).astimezone(plus_five).isoformat()
+    until = (first + timedelta(seconds=1)).astimezone(plus_five).isoformat()
+    found = api.get("/v1/audit/events", params={"since": since, "until": until}).json()["items"]
+    assert events[0]["id"] in [e["id"] for e in found]
+    later = (datetime.now(UTC) + timedelta(minutes=1)).astimezone(plus_five).isoformat()
+    assert api.get("/v1/audit/events", params={"since": later}).json()["items"] == []
+
+
+def test_timestamps_come_back_in_utc_whatever_the_database_time_zone(api, registered):
+    from app.db import get_engine
+
+    engine = get_engine()
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            name = conn.execute(text("SELECT current_database()")).scalar_one()
+            conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Kolkata'"))
+        engine.dispose()  # new connections pick the database's time zone up
+    events = api.get("/v1/audit/events").json()["items"]
+    assert events
+    assert all(e["at"].endswith(("+00:00", "Z")) for e in events), events[0]["at"]

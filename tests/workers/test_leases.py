@@ -269,3 +269,21 @@ def test_a_full_disk_while_saving_fails_the_job_and_leaves_no_file(
         job_outcome.store_outcome(ctx, outcome)
     assert sorted(p.name for p in store.rglob("*") if p.is_file()) == before
     assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"  # the task fails it
+
+
+@both_databases
+def test_unsent_jobs_are_taken_for_resending_once(api, registered):
+    from app.jobs.service import count_sent_queued, take_stale_sent, take_unsent
+
+    job_id = submit(api, registered).json()["job"]["id"]
+    with session_scope() as session:  # sent at submit
+        assert take_unsent(session, grace_s=0) == []
+        assert count_sent_queued(session) == 1
+        assert take_stale_sent(session, resend_after_s=60, limit=1) == []
+        assert take_stale_sent(session, resend_after_s=0, limit=0) == []
+        assert take_stale_sent(session, resend_after_s=0, limit=1) == [job_id]
+    with session_scope() as session:  # taken, not yet sent again: once only, until the grace
+        assert count_sent_queued(session) == 0
+        assert take_stale_sent(session, resend_after_s=0, limit=1) == []
+        assert take_unsent(session, grace_s=60) == []
+        assert take_unsent(session, grace_s=0) == [job_id]
