@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from report import device_name, sync  # bench/, on the path as the script's folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,18 +61,6 @@ TRAIN_DEFAULTS: dict[str, dict[str, int]] = {
     "unet_inpainter": {"images": 6_000, "epochs": 8},
 }
 TRAIN_LR, TRAIN_BATCH, TRAIN_SEED = 2e-3, 64, 0
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    n = torch.get_num_threads()
-    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
 
 
 def _digest(value: Any) -> str:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import platform
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: the HTTP benchmarks never load it
+    import torch
 
 
 def cpu_name() -> str:
@@ -16,6 +20,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it times that work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    n = torch.get_num_threads()
+    return f"CPU ({platform.processor() or platform.machine()}, {n} thread{'s' * (n != 1)})"
 
 
 def wrap(line: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from report import device_name, sync  # bench/, on the path as the script's folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,11 +51,6 @@ SETUPS: dict[str, dict[str, Any]] = {
         "unsir": {},
     },
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(
@@ -101,10 +96,7 @@ def run(
         "dataset": name,
         "arch": setup["arch"],
         "arch_args": setup["args"],
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "forget": [train.classes[c] for c in forget],
         "train_images": len(train),
         "train_epochs": setup["epochs"],
