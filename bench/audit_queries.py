@@ -38,9 +38,17 @@ from report import cpu_name, documented, wrap  # bench/, on the path as the scri
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from client.databases import (  # noqa: E402
+    PG_ADMIN,
+    create_pg_database,
+    database_name,
+    drop_pg_database,
+    migrate,
+    reset_caches,
+)
+
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Audit queries at 100k events (PostgreSQL)"
-PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 SLOW_MS = 50.0
 CLASSES = [
     "T-shirt/top",
@@ -72,20 +80,6 @@ OTHER_STATUSES = ["failed", "rejected", "canceled", "queued", "running"]
 # The database and the service's environment
 
 
-def create_database(admin_url: str) -> tuple[str, str]:
-    """A new, empty database; returns its name and its SQLAlchemy URL."""
-    name = f"nepenthe_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return name, f"{base}/{name}"
-
-
-def drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def configure_service(url: str, workdir: Path) -> None:
     """Settings for the app modules, set before they are imported (their caches reset)."""
     os.environ.update(
@@ -99,24 +93,7 @@ def configure_service(url: str, workdir: Path) -> None:
             "NEPENTHE_DEVICE": "cpu",
         }
     )
-    from app.config import get_settings
-    from app.db import dispose_engines
-    from app.keys import get_signer
-    from app.queue import producer
-
-    dispose_engines()
-    for cached in (get_settings, producer, get_signer):
-        cached.cache_clear()
-
-
-def migrate(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.attributes["database_url"] = url
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, "head")
+    reset_caches()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1226,7 +1203,8 @@ def main() -> None:
     if args.events < 100 or args.other_events < 100:
         raise SystemExit("--events and --other-events must be at least 100")
     command = " ".join([".venv/bin/python", "bench/audit_queries.py", *documented(sys.argv[1:])])
-    name, url = create_database(args.admin_url)
+    url = create_pg_database(args.admin_url, prefix="nepenthe_bench")
+    name = database_name(url)
     print(f"database {name}")
     try:
         with tempfile.TemporaryDirectory(prefix="nepenthe-bench-") as tmp:
@@ -1238,7 +1216,7 @@ def main() -> None:
         if args.keep:
             print(f"kept database {name}: {url}")
         else:
-            drop_database(args.admin_url, name)
+            drop_pg_database(args.admin_url, url)
     results: list[Result] = report["results"]
     for r in results:
         if r.plan_text and (

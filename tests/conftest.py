@@ -12,28 +12,22 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from client.databases import (
+    PG_ADMIN,
+    REDIS_URL,
+    ROOT,
+    create_pg_database,
+    drop_pg_database,
+    migrate,
+    reset_caches,
+)
+from client.databases import alembic_config as alembic_config
 from tests.helpers import model_body, safetensors_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
-PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 FASHION_ROOT = Path(os.environ.get("NEPENTHE_TEST_FASHION_ROOT", ROOT / "var" / "data"))
-REDIS_URL = os.environ.get("NEPENTHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.attributes["database_url"] = url
-    cfg.attributes["configure_logger"] = False
-    return cfg
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
 
 
 @pytest.fixture(scope="session")
@@ -42,20 +36,6 @@ def postgres_server() -> str:
     with psycopg.connect(PG_ADMIN, connect_timeout=5) as conn:
         conn.execute("SELECT 1")
     return PG_ADMIN
-
-
-def create_pg_database(admin_url: str) -> str:
-    name = f"nepenthe_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    return f"{base}/{name}"
-
-
-def drop_pg_database(admin_url: str, url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -83,18 +63,6 @@ def redis_broker() -> str:
     client.ping()
     client.close()
     return REDIS_URL
-
-
-def reset_caches() -> None:
-    """Settings, engines and the producer are cached per process; tests switch them."""
-    from app.config import get_settings
-    from app.db import dispose_engines
-    from app.keys import get_signer
-    from app.queue import producer
-
-    dispose_engines()
-    for cached in (get_settings, producer, get_signer):
-        cached.cache_clear()
 
 
 @pytest.fixture
