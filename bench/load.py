@@ -68,12 +68,17 @@ sys.path.insert(0, str(ROOT))
 from report import cpu_name, documented, wrap  # noqa: E402 - bench/, on the path as the script's folder
 
 from client.api import TERMINAL, NepentheClient  # noqa: E402
-from client.local import LocalService, _stop  # noqa: E402
+from client.databases import (  # noqa: E402
+    PG_ADMIN,
+    REDIS_URL,
+    create_pg_database,
+    database_name,
+    drop_pg_database,
+)
+from client.local import LocalService, stop_process  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Load: submit, poll and download on loopback"
-PG_ADMIN = os.environ.get("NEPENTHE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("NEPENTHE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BACKENDS = {
     "production": "production backend (PostgreSQL + Redis)",
     "embedded": "embedded backend (SQLite + filesystem:// broker)",
@@ -128,13 +133,11 @@ def backend_env(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, s
         env["NEPENTHE_BROKER_URL"] = "filesystem://"
         yield env
         return
-    name = f"nepenthe_load_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = args.admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = create_pg_database(args.admin_url, prefix="nepenthe_load")
+    name = database_name(url)
     suffix = name.rsplit("_", 1)[1]
     env |= {
-        "NEPENTHE_DATABASE_URL": f"{base}/{name}",
+        "NEPENTHE_DATABASE_URL": url,
         "NEPENTHE_BROKER_URL": args.redis_url,
         # Queues of this run's own: no other run's worker on the same Redis takes its jobs.
         "NEPENTHE_TASK_QUEUE": f"unlearning-load-{suffix}",
@@ -153,8 +156,7 @@ def backend_env(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, s
         if args.keep:
             print(f"kept database {name}")
         else:
-            with psycopg.connect(args.admin_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop_pg_database(args.admin_url, url)
 
 
 class Service(LocalService):
@@ -167,29 +169,8 @@ class Service(LocalService):
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         for i in range(self.count):
-            self.workers.append(
-                self._spawn(
-                    f"worker-{i}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "celery",
-                        "-A",
-                        "workers.celery_app",
-                        "worker",
-                        "--pool",
-                        "solo",
-                        "--concurrency",
-                        "1",
-                        "--loglevel",
-                        "INFO",
-                        "--hostname",
-                        f"nepenthe-load-{self.port}-{i}@%h",
-                        "-Q",
-                        self.queues(),
-                    ],
-                )
-            )
+            command = self.worker_command(f"nepenthe-load-{self.port}-{i}@%h")
+            self.workers.append(self._spawn(f"worker-{i}", command))
         self.worker = self.workers[0]
         return self.worker
 
@@ -208,7 +189,7 @@ class Service(LocalService):
 
     def __exit__(self, *exc: Any) -> None:
         for proc in self.workers:
-            _stop(proc, signal.SIGTERM)
+            stop_process(proc, signal.SIGTERM)
         super().__exit__(*exc)
 
 

@@ -21,41 +21,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def migrate(env: dict[str, str], cwd: Path) -> None:
+def _run(what: str, args: list[str], env: dict[str, str], cwd: Path) -> str:
+    """``python -m ARGS``: its standard output; a RuntimeError with its output when it fails."""
     done = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True
     )
     if done.returncode != 0:
-        raise RuntimeError(f"alembic upgrade head failed:\n{done.stdout}{done.stderr}")
+        raise RuntimeError(f"{what} failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def migrate(env: dict[str, str], cwd: Path) -> None:
+    _run("alembic upgrade head", ["alembic", "upgrade", "head"], env, cwd)
 
 
 def create_admin_key(env: dict[str, str], cwd: Path, org: str) -> str:
     """An admin key of ``org`` (created when new), made as an operator would: with the
     nepenthe-admin command against the service's database."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "create-key",
-            "--org",
-            org,
-            "--create-org",
-            "--name",
-            f"{org}-admin",
-        ],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"nepenthe-admin create-key failed:\n{done.stdout}{done.stderr}")
-    return done.stdout.strip()
+    args = ["app.cli", "create-key", "--org", org, "--create-org", "--name", f"{org}-admin"]
+    return _run("nepenthe-admin create-key", args, env, cwd).strip()
 
 
 class LocalService:
@@ -117,33 +101,35 @@ class LocalService:
             self._wait_healthy()
 
     def stop_api(self, sig: int = signal.SIGTERM) -> None:
-        _stop(self.api, sig)
+        stop_process(self.api, sig)
         self.api = None
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         self.worker = self._spawn(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers.celery_app",
-                "worker",
-                "--pool",
-                "solo",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"nepenthe-{self.port}@%h",
-                "-Q",
-                self.queues(),
-            ],
-            self.worker_env,
+            "worker", self.worker_command(f"nepenthe-{self.port}@%h"), self.worker_env
         )
         return self.worker
+
+    def worker_command(self, hostname: str) -> list[str]:
+        """One Celery worker process (solo pool) named ``hostname``, consuming ``queues()``."""
+        return [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            hostname,
+            "-Q",
+            self.queues(),
+        ]
 
     def queues(self) -> str:
         """The worker consumes both queues: unlearning jobs and webhook deliveries."""
@@ -173,7 +159,7 @@ class LocalService:
 
     def stop_worker(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
         """Stop the worker with ``sig``; its exit code (None: it had to be killed)."""
-        code = _stop(self.worker, sig, timeout)
+        code = stop_process(self.worker, sig, timeout)
         self.worker = None
         return code
 
@@ -183,13 +169,15 @@ class LocalService:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _stop(self.worker, signal.SIGTERM)
-        _stop(self.api, signal.SIGTERM)
+        stop_process(self.worker, signal.SIGTERM)
+        stop_process(self.api, signal.SIGTERM)
         for log in self._logs:
             log.close()
 
 
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20) -> int | None:
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float = 20) -> int | None:
+    """Send ``sig`` and wait up to ``timeout`` seconds, then kill; the exit code (None: it had to
+    be killed, or there was no process)."""
     if proc is None:
         return None
     if proc.poll() is not None:
