@@ -10,9 +10,9 @@ the workers run.
 
 It trains the original inpainter (centre square 0.5, normalisation mean 0.5 / std 0.5) on a seeded
 subset of the training split, or reuses the one cached under var/bench/ for the same network, data
-and training settings. Then it runs one job as ``workers/i2i_pipeline.py`` does, without the
-database: measure completions of held-out forget-class and other-class images, run the method on
-the training split (forget = every training image of the forget classes, retain = the rest),
+and training settings. Then it runs one job as the service's recipe (``unlearning/jobs/i2i.py``)
+does, without the database: measure completions of held-out forget-class and other-class images,
+run the method on the training split (forget = every training image of the forget classes, retain = the rest),
 measure again, apply the default acceptance gate and check that nothing outside the trained encoder
 prefixes (``--encoder``, as ``I2ITask.encoder``; the whole encoder by default) moved. Prints a
 markdown row, writes JSON and the before/after completion grid (PNG) under var/bench/.
@@ -40,6 +40,7 @@ from unlearning import acceptance, data, verify
 from unlearning.i2i import architectures, masks
 from unlearning.i2i import verify as i2i_verify
 from unlearning.i2i.train import train_inpainter
+from unlearning.jobs.i2i import change
 from unlearning.methods.i2i import I2IConfig, I2ITask, run_i2i
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,18 +134,6 @@ def original_model(
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
     info_path.write_text(json.dumps(info, indent=2))
     return model.eval(), {**info, "cached": False, "cache": str(weights)}
-
-
-def change(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """After minus before, per group, as the worker reports it."""
-    out: dict[str, Any] = {}
-    for group in ("retain", "forget"):
-        b, a = before[group], after[group]
-        out[group] = {
-            k: (None if b[k] is None or a[k] is None else a[k] - b[k])
-            for k in ("psnr", "ssim", "mse", "fd_random", "encoder_cosine")
-        }
-    return out
 
 
 def run(

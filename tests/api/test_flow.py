@@ -142,8 +142,6 @@ def test_openapi_lists_every_route(api):
 
 
 def test_a_model_keeps_the_training_record_it_was_registered_with(api):
-    from tests.helpers import model_body
-
     record = {"epochs": 15, "optimizer": "adam", "lr": 0.003, "batch_size": 64}
     created = api.post("/v1/models", json={**model_body("recorded"), "training": record})
     assert created.status_code == 201, created.text
