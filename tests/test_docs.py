@@ -11,7 +11,8 @@ from types import ModuleType
 from tests.conftest import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# Written by another change (after the refactor of the job pipeline); linked already.
+
+
 def settings_doc() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "settings_doc", ROOT / "scripts" / "settings_doc.py"
