@@ -13,9 +13,10 @@ subset of the training split, or reuses the one cached under var/bench/ for the 
 and training settings. Then it runs one job as the service's recipe (``unlearning/jobs/i2i.py``)
 does, without the database: measure completions of held-out forget-class and other-class images,
 run the method on the training split (forget = every training image of the forget classes,
-retain = the rest), measure again, apply the default acceptance gate and check that nothing outside the trained encoder
-prefixes (``--encoder``, as ``I2ITask.encoder``; the whole encoder by default) moved. Prints a
-markdown row, writes JSON and the before/after completion grid (PNG) under var/bench/.
+retain = the rest), measure again, apply the default acceptance gate and check that nothing
+outside the trained encoder prefixes (``--encoder``, as ``I2ITask.encoder``; the whole encoder by
+default) moved. Prints a markdown row, writes JSON and the before/after completion grid (PNG)
+under var/bench/.
 """
 
 from __future__ import annotations
