@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 from celery import Task
@@ -78,7 +79,12 @@ def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
     try:
         ctx = outcome.load_context(job_id, lease)
         report("load", 0.0)  # fetching the weights from a remote store is part of loading
-        result = recipes.run(ctx.job, ctx.weights_path(), pick_device(), report)
+        fetch_start = time.perf_counter()
+        weights = ctx.weights_path()
+        fetched_in = time.perf_counter() - fetch_start
+        result = recipes.run(ctx.job, weights, pick_device(), report)
+        seconds = result.metrics["phase_seconds"]
+        seconds["load"] = seconds.get("load", 0.0) + fetched_in
         if not outcome.store_outcome(ctx, result):
             log.warning("job %s ended elsewhere before its result was stored", job_id)
             return "superseded"

@@ -12,6 +12,7 @@ from app.config import get_settings
 from app.errors import (
     BudgetExceeded,
     InvalidAcceptance,
+    InvalidDataset,
     InvalidMethodParams,
     MethodUnsupportedForForgetSet,
     MethodUnsupportedForModel,
@@ -111,8 +112,10 @@ def check_budget(
     method: Method, params: dict[str, Any], sizes: costs.Sizes, budget_epochs: float
 ) -> None:
     """Refuse a method whose estimated work exceeds the request's budget, before it runs."""
+    if not sizes.train:
+        raise InvalidDataset("the dataset's training split is empty: there is nothing to estimate")
     estimate = method.estimate(method.config_type(**params), sizes)
-    epochs = estimate / sizes.train if sizes.train else math.inf
+    epochs = estimate / sizes.train
     if epochs > budget_epochs:
         raise BudgetExceeded(
             f"{method.name} with these parameters is estimated at {estimate:,.0f} sample passes, "

@@ -152,7 +152,7 @@ def test_salun_stops_once_the_forgotten_samples_look_unseen(splits):
     result = METHODS["salun"].run(task, SalunConfig(epochs=6))
     assert result.details["epochs_run"] == 3
     assert result.details["member_gap_by_epoch"] == [0.30, 0.12, 0.04]
-    assert result.forward_samples == 3 * 50
+    assert result.check_samples == 3 * 50 and result.forward_samples == 0
     assert result.samples_processed["relabel"] == 3 * len(train)
 
     # stop_margin null runs every epoch, as the paper does, and never asks.

@@ -7,6 +7,7 @@ dataset itself and stores nothing.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -88,7 +89,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     config = method.config_type(**job.params)
     result = method.run(task, config)
     cost.add(result.phase_seconds, result.samples_processed)
-    cost.forward += result.forward_samples
+    cost.forward += result.forward_samples + result.check_samples
     cost.method_forward += result.forward_samples
     refuse_diverged(model)
     report("evaluate", 0.0)
@@ -112,7 +113,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
 
     metrics: dict[str, Any] = {
         "method": job.method,
-        "params": job.params,
+        "params": dataclasses.asdict(config),
         "forget": forget_summary(job, forget_idx, job.class_names),
         "acceptance": {
             "thresholds": job.acceptance,
@@ -141,6 +142,9 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             metrics["relearn_time"] = _relearn(
                 model, original, reference_model, before, sets, job, device, report
             )
+        cost.evaluation_trained += sum(
+            m["samples_processed"] for k, m in metrics["relearn_time"].items() if k != "protocol"
+        )
     metrics["phase_seconds"] = cost.seconds
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))

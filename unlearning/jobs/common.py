@@ -87,6 +87,7 @@ class Cost:
     trained: dict[str, int] = field(default_factory=dict)
     forward: int = 0  # all forward-only samples: the method's and the measurements'
     method_forward: int = 0  # the method's share of ``forward``
+    evaluation_trained: int = 0  # forward+backward samples of measurements (relearn time)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -118,7 +119,8 @@ def cost_summary(
     reference = sum(n for k, n in cost.trained.items() if k.startswith(REFERENCE_PREFIX))
     passes = {
         "method": method_trained + FORWARD_SHARE * cost.method_forward,
-        "evaluation": FORWARD_SHARE * (cost.forward - cost.method_forward),
+        "evaluation": cost.evaluation_trained
+        + FORWARD_SHARE * (cost.forward - cost.method_forward),
         "reference": float(reference),
     }
     retrain = None

@@ -49,6 +49,9 @@ class MethodResult:
     samples_processed: dict[str, int] = field(default_factory=dict)
     # Samples that went through a forward pass only (no gradient), all phases together.
     forward_samples: int = 0
+    # Forward-only samples of checks the method made on held-out data (a stop rule): reported
+    # with the job's measurements, not as method work.
+    check_samples: int = 0
     details: dict[str, object] = field(default_factory=dict)
 
 

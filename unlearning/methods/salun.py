@@ -100,7 +100,7 @@ def _looks_held_out(
     if config.stop_margin is None or task.member_gap is None:
         return False
     gap, seen = task.member_gap(model)
-    result.forward_samples += seen
+    result.check_samples += seen
     gaps = result.details.setdefault("member_gap_by_epoch", [])
     assert isinstance(gaps, list)
     gaps.append(gap)

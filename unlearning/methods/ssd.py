@@ -164,19 +164,25 @@ def run_ssd(
     result = MethodResult()
     everything = np.concatenate([task.retain_idx, task.forget_idx])
 
+    def first_half(phase: str, f: float) -> None:
+        task.progress(phase, f / 2)
+
+    def second_half(phase: str, f: float) -> None:
+        task.progress(phase, 0.5 + f / 2)
+
     start = time.perf_counter()
     if cached is None:
         sample = _sample(everything, config.importance_images, config.seed)
         global_imp = importances(
-            model, task.source, sample, task.spec, config.batch_size, task.device, task.progress
+            model, task.source, sample, task.spec, config.batch_size, task.device, first_half
         )
         result.samples_processed["importance"] = len(sample)
     else:
         global_imp = cached
-        task.progress("importance", 1.0)
+        first_half("importance", 1.0)
     forget = _sample(task.forget_idx, config.forget_images, config.seed + 1)
     forget_imp = importances(
-        model, task.source, forget, task.spec, config.batch_size, task.device, task.progress
+        model, task.source, forget, task.spec, config.batch_size, task.device, second_half
     )
     result.samples_processed["forget_importance"] = len(forget)
     changed = dampen(model, global_imp, forget_imp, config)
