@@ -57,6 +57,7 @@ from app.orm import (
 )
 from unlearning import data
 from unlearning.i2i import architectures as i2i_architectures
+from unlearning.jobs import forget_mask
 from unlearning.methods import costs
 
 __all__ = ["InputSuperseded", "RequestFilter"]  # re-exported: their homes moved
@@ -276,19 +277,9 @@ def _sizes(
 ) -> costs.Sizes:
     """The training split's counts a method's cost estimate reads."""
     train = _open_train(dataset, "to estimate the work")
-    targets = np.asarray(train.targets)
-    if forget_classes is not None:
-        forget = np.isin(targets, forget_classes)
-    else:
-        named = set(forget_samples or ())
-        forget = np.fromiter((i in named for i in train.ids), dtype=bool, count=len(train))
-    by_class = np.bincount(targets[~forget])
-    return costs.Sizes(
-        train=len(train),
-        forget=int(forget.sum()),
-        retain_by_class=tuple(int(n) for n in by_class if n),
-        forget_classes=len(forget_classes or ()),
-    )
+    forget = forget_mask(train, forget_classes, forget_samples)
+    retain_targets = np.asarray(train.targets)[~forget]
+    return costs.sizes_of(len(train), int(forget.sum()), retain_targets, len(forget_classes or ()))
 
 
 def _open_train(dataset: Dataset, purpose: str) -> data.ImageSource:

@@ -16,6 +16,7 @@ from unlearning.jobs.common import (
     NoProgress,
     Outcome,
     UnlearningDiverged,
+    forget_mask,
     forget_split,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "NoProgress",
     "Outcome",
     "UnlearningDiverged",
+    "forget_mask",
     "forget_split",
     "run",
 ]

@@ -28,6 +28,7 @@ from unlearning.jobs.common import (
     forget_split,
     forget_summary,
     refuse_diverged,
+    retrain_epochs,
 )
 from unlearning.methods import METHODS, UnlearningTask, costs
 from unlearning.methods.reference import RetrainConfig
@@ -150,33 +151,16 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))
     metrics["cost"]["budget_epochs"] = job.budget_epochs
     metrics["cost"]["estimated_method_passes"] = method.estimate(
-        config, sizes(train, job, forget_idx, retain_idx)
+        config,
+        costs.sizes_of(
+            len(train),
+            len(forget_idx),
+            np.asarray(train.targets)[retain_idx],
+            len(job.forget_classes or ()),
+        ),
     )
     report("save", 0.0)
     return Outcome(metrics, None if failed else model.state_dict(), failed)
-
-
-def sizes(
-    train: data.ImageSource, job: JobSpec, forget_idx: np.ndarray, retain_idx: np.ndarray
-) -> costs.Sizes:
-    """The counts a method's cost estimate reads."""
-    by_class = np.bincount(np.asarray(train.targets)[retain_idx], minlength=len(job.class_names))
-    return costs.Sizes(
-        train=len(train),
-        forget=len(forget_idx),
-        retain_by_class=tuple(int(n) for n in by_class if n),
-        forget_classes=len(job.forget_classes or ()),
-    )
-
-
-def retrain_epochs(job: JobSpec) -> float | None:
-    """How long a retrain would train: as the original was, when its owner said; else the
-    request's reference, if it has one."""
-    if job.training:
-        return float(job.training["epochs"])
-    if job.reference:
-        return float(job.reference["params"]["epochs"])
-    return None
 
 
 def _member_gap(

@@ -15,6 +15,7 @@ import torch
 import torchvision
 
 from unlearning import data
+from unlearning.methods.costs import FORWARD_SHARE
 
 EVAL_SEED = 0  # the evaluation groups are the same for every job on the same data
 
@@ -104,8 +105,6 @@ class Cost:
             self.trained[prefix + k] = self.trained.get(prefix + k, 0) + n
 
 
-# A forward pass costs about a third of a forward and backward pass.
-FORWARD_SHARE = 1 / 3
 REFERENCE_PREFIX = "reference_"
 
 
@@ -150,15 +149,33 @@ class Outcome:
     artifacts: dict[str, tuple[str, bytes]] = field(default_factory=dict)
 
 
+def forget_mask(
+    train: data.ImageSource, classes: list[int] | None, samples: list[str] | None
+) -> np.ndarray:
+    """Which training samples a request names: every one of its classes, or its sample ids."""
+    if classes is not None:
+        return np.isin(train.targets, classes)
+    named = set(samples or ())
+    return np.fromiter((i in named for i in train.ids), dtype=bool, count=len(train))
+
+
+def retrain_epochs(job: JobSpec) -> float | None:
+    """How long a retrain would train: as the original was, when its owner said; else the
+    request's reference, if it has one."""
+    if job.training:
+        return float(job.training["epochs"])
+    if job.reference:
+        return float(job.reference["params"]["epochs"])
+    return None
+
+
 def forget_split(train: data.ImageSource, job: JobSpec) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the forget and retain training samples. Data that earlier requests in the
     version's lineage forgot is in neither: it is not this request's to forget, and retaining
     it would teach it back."""
-    if job.forget_classes is not None:
-        forget = np.isin(train.targets, job.forget_classes)
-    else:
+    forget = forget_mask(train, job.forget_classes, job.forget_samples)
+    if job.forget_classes is None:
         named = set(job.forget_samples or ())
-        forget = np.fromiter((i in named for i in train.ids), dtype=bool, count=len(train))
         if int(forget.sum()) != len(named):
             raise data.DatasetError(
                 "samples_missing",

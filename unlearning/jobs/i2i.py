@@ -24,6 +24,7 @@ from unlearning.jobs.common import (
     forget_split,
     forget_summary,
     refuse_diverged,
+    retrain_epochs,
 )
 from unlearning.methods import METHODS, I2ITask, costs
 
@@ -128,14 +129,13 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             cost,
             len(train),
             len(retain_idx),
-            float(job.training["epochs"]) if job.training else None,
+            retrain_epochs(job),
         ),
     }
-    by_class = np.bincount(np.asarray(retain_source.targets)[retain_idx])
-    sizes = costs.Sizes(
+    sizes = costs.sizes_of(
         len(train),
         len(forget_idx),
-        tuple(int(n) for n in by_class if n),
+        np.asarray(retain_source.targets)[retain_idx],
         len(job.forget_classes or ()),
     )
     metrics["cost"]["budget_epochs"] = job.budget_epochs

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from unlearning.methods.i2i import I2IConfig
 from unlearning.methods.reference import (
     FinetuneConfig,
@@ -18,6 +20,7 @@ from unlearning.methods.salun import SalunConfig
 from unlearning.methods.ssd import SsdConfig
 from unlearning.methods.unsir import UnsirConfig
 
+# A forward pass costs about a third of a forward and backward pass.
 FORWARD_SHARE = 1 / 3
 
 
@@ -34,6 +37,12 @@ class Sizes:
     @property
     def retain(self) -> int:
         return sum(self.retain_by_class)
+
+
+def sizes_of(train: int, forget: int, retain_targets: np.ndarray, forget_classes: int) -> Sizes:
+    """Sizes from the labels of the retain samples (counted per class)."""
+    by_class = np.bincount(np.asarray(retain_targets, dtype=np.int64))
+    return Sizes(train, forget, tuple(int(n) for n in by_class if n), forget_classes)
 
 
 def unsir(c: UnsirConfig, s: Sizes) -> float:
