@@ -84,11 +84,14 @@ def submit(
     image_to_image = model.task == "image_to_image"
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
+    train: data.ImageSource | None = None  # read once, for the sample ids and the budget
     if body.forget_classes is not None:
         forgets = "classes"
         forget_classes = _resolve_classes(_classes_of(model, dataset), body.forget_classes)
     else:
-        forgets, forget_samples = "samples", _check_samples(dataset, body.forget_samples or [])
+        train = _open_train(dataset, "to check the sample ids")
+        forgets = "samples"
+        forget_samples = _check_samples(dataset, train, body.forget_samples or [])
     method = methods.choose(body.method, forgets, model.task)
     family = i2i_architectures.family_of(model.architecture) if image_to_image else None
     params = methods.resolve_params(method, body.params, family)
@@ -96,9 +99,9 @@ def submit(
         methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
     _check_options(body, model)
     if body.budget_epochs is not None:
-        methods.check_budget(
-            method, params, _sizes(dataset, forget_classes, forget_samples), body.budget_epochs
-        )
+        train = train or _open_train(dataset, "to estimate the work")
+        sizes = _sizes(train, forget_classes, forget_samples)
+        methods.check_budget(method, params, sizes, body.budget_epochs)
     retain_dataset = None
     if body.retain_dataset_id is not None:
         retain_dataset = datasets.get(session, actor.org_id, body.retain_dataset_id)
@@ -273,10 +276,9 @@ def _resolve_classes(class_names: list[str], wanted: list[int | str]) -> list[in
 
 
 def _sizes(
-    dataset: Dataset, forget_classes: list[int] | None, forget_samples: list[str] | None
+    train: data.ImageSource, forget_classes: list[int] | None, forget_samples: list[str] | None
 ) -> costs.Sizes:
     """The training split's counts a method's cost estimate reads."""
-    train = _open_train(dataset, "to estimate the work")
     forget = forget_mask(train, forget_classes, forget_samples)
     retain_targets = np.asarray(train.targets)[~forget]
     return costs.sizes_of(len(train), int(forget.sum()), retain_targets, len(forget_classes or ()))
@@ -291,9 +293,9 @@ def _open_train(dataset: Dataset, purpose: str) -> data.ImageSource:
         ) from exc
 
 
-def _check_samples(dataset: Dataset, sample_ids: list[str]) -> list[str]:
-    """The distinct sample ids, in order, once each is known to be in the training split."""
-    known = set(_open_train(dataset, "to check the sample ids").ids)
+def _check_samples(dataset: Dataset, train: data.ImageSource, sample_ids: list[str]) -> list[str]:
+    """The distinct sample ids, in order, once each is known to be in ``train``."""
+    known = set(train.ids)
     missing = [s for s in sample_ids if s not in known]
     if missing:
         raise UnknownSample(
