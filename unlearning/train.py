@@ -20,10 +20,17 @@ def descend(
     device: torch.device,
     on_step: Callable[[int], None] | None = None,
     grad_mask: dict[str, torch.Tensor] | None = None,
+    freeze_batchnorm: bool = False,
 ) -> int:
     """One pass of cross-entropy descent in train mode; ``grad_mask`` zeroes the gradient of
-    unmasked weights (and of every weight it does not name). Returns the samples processed."""
+    unmasked weights (and of every weight it does not name); ``freeze_batchnorm`` keeps
+    BatchNorm layers in eval mode, so their running statistics stay as they are. Returns the
+    samples processed."""
     model.train()
+    if freeze_batchnorm:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     seen = 0
     for x, y in batches:
         opt.zero_grad(set_to_none=True)

@@ -180,3 +180,29 @@ def test_reports_progress_for_every_phase(splits):
 def test_rejects_bad_parameters(bad):
     with pytest.raises(ValueError):  # noqa: PT011 - the message names the parameter
         UnsirConfig(**bad)
+
+
+@pytest.mark.parametrize(("mode", "changes"), [("frozen", False), ("train", True)])
+def test_impair_and_repair_keep_batchnorm_statistics_unless_asked_not_to(splits, mode, changes):
+    train, _ = splits
+    model = trained_model()
+    before = batchnorm_buffers(model)
+    config = UnsirConfig(noise_steps=2, noise_batch=16, noise_repeats=2, batchnorm=mode)
+    unsir(model, FORGET, retain_subset(train, 30), SPEC, config)
+    moved = any(
+        not torch.equal(a, b) for a, b in zip(before, batchnorm_buffers(model), strict=True)
+    )
+    assert moved is changes
+
+
+def test_the_impair_set_holds_no_more_noise_per_class_than_the_data_has_images(splits):
+    train, _ = splits
+    mean_class = len(train) / 10  # digits: about 143 images per class
+    capped = UnsirConfig()  # 256 x 20 noise images per class in the notebook
+    assert capped.noise_per_class(mean_class) == int(mean_class)
+    assert UnsirConfig(size_to_data=False).noise_per_class(mean_class) == 256 * 20
+    noise = {3: torch.zeros(256, 1, 8, 8), 8: torch.ones(256, 1, 8, 8)}
+    x, y = noise_dataset(noise, capped, capped.noise_per_class(mean_class))
+    assert len(x) == 2 * int(mean_class) and (y == 3).sum() == int(mean_class)
+    result = unsir(trained_model(), FORGET, retain_subset(train, 20), SPEC, capped)
+    assert result.samples_processed["impair"] == 2 * int(mean_class) + 8 * 20

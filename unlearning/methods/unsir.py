@@ -13,6 +13,13 @@ the notebook labels all noise with class 0 (``label_fix=False`` reproduces it), 
 noise with BatchNorm in train mode, which rewrites the running statistics on noise
 (``noise_bn_mode="train"`` reproduces it). Forget-class training data is never read: the method
 receives only the retain subset.
+
+Two defaults make it safe on BatchNorm networks and on small data, and can be turned off to run
+the notebook's recipe as it is: ``batchnorm="frozen"`` keeps BatchNorm's running statistics
+through impair and repair (a high-learning-rate pass over noise and few retain images otherwise
+replaces the statistics every later layer depends on), and ``size_to_data`` caps the noise
+images of each class (``noise_batch x noise_repeats``) at the mean class size of the training
+data, so the impair set never outweighs the data it stands for.
 """
 
 from __future__ import annotations
@@ -64,6 +71,10 @@ class UnsirConfig:
     repair_batch_size: int = 256
     noise_bn_mode: Literal["eval", "train"] = "eval"
     label_fix: bool = True
+    # "train": BatchNorm statistics follow impair and repair batches, as in the notebook.
+    batchnorm: Literal["frozen", "train"] = "frozen"
+    # Cap each class's noise images at the training data's mean class size (fewer repeats).
+    size_to_data: bool = True
     # Repair epochs the acceptance gate may add, one at a time, while retain accuracy is short.
     max_extra_repair_epochs: int = 3
     seed: int = 0
@@ -96,6 +107,15 @@ class UnsirConfig:
             )
         if self.noise_bn_mode not in ("eval", "train"):
             raise ValueError("noise_bn_mode must be 'eval' or 'train'")
+        if self.batchnorm not in ("frozen", "train"):
+            raise ValueError("batchnorm must be 'frozen' or 'train'")
+
+    def noise_per_class(self, mean_class_size: float) -> int:
+        """Noise images per forget class in the impair set."""
+        full = self.noise_batch * self.noise_repeats
+        if not self.size_to_data:
+            return full
+        return max(1, min(full, int(mean_class_size)))
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -204,7 +224,8 @@ def _impair(
     progress: Progress,
 ) -> int:
     """High-LR epoch(s) on noise (labelled with its own class) mixed with the retain subset."""
-    noise_x, noise_y = noise_dataset(noise, config)
+    mean_class = len(retain.source) / max(len(np.unique(retain.source.targets)), 1)
+    noise_x, noise_y = noise_dataset(noise, config, config.noise_per_class(mean_class))
     opt = torch.optim.Adam(model.parameters(), lr=config.impair_lr)
     gen = torch.Generator().manual_seed(config.seed + 1)
     return _train_epochs(
@@ -218,18 +239,21 @@ def _impair(
         device,
         "impair",
         progress,
+        config.batchnorm == "frozen",
     )
 
 
 def noise_dataset(
-    noise: dict[int, torch.Tensor], config: UnsirConfig
+    noise: dict[int, torch.Tensor], config: UnsirConfig, per_class: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each class's noise batch repeated ``noise_repeats`` times, labelled with its own class."""
+    """Each class's noise batch repeated ``noise_repeats`` times, labelled with its own class,
+    and cut to ``per_class`` images when given."""
     xs, ys = [], []
     for cls, n in noise.items():
-        xs.append(n.cpu().repeat(config.noise_repeats, 1, 1, 1))
+        rows = n.cpu().repeat(config.noise_repeats, 1, 1, 1)[:per_class]
+        xs.append(rows)
         # label_fix=False reproduces the official notebook, which labels every noise as 0.
-        ys.append(torch.full((len(n) * config.noise_repeats,), cls if config.label_fix else 0))
+        ys.append(torch.full((len(rows),), cls if config.label_fix else 0))
     return torch.cat(xs), torch.cat(ys).long()
 
 
@@ -259,6 +283,7 @@ def _repair(
         device,
         "repair",
         progress,
+        config.batchnorm == "frozen",
     )
 
 
@@ -273,11 +298,14 @@ def _train_epochs(
     device: torch.device,
     phase: str,
     progress: Progress,
+    frozen_bn: bool,
 ) -> int:
     seen = 0
     for epoch in range(epochs):
         on_step = epoch_progress(progress, phase, epoch, epochs, epoch_size)
-        seen += descend(model, opt, batches(gen, batch_size), device, on_step)
+        seen += descend(
+            model, opt, batches(gen, batch_size), device, on_step, freeze_batchnorm=frozen_bn
+        )
     return seen
 
 
