@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -159,6 +159,17 @@ class Settings(BaseSettings):
         description="local copies of s3 objects, each checked against its SHA-256 before use; "
         "may be emptied at any time",
     )
+    importance_cache_dir: Path | None = Field(
+        Path("var/importance-cache"),
+        description="per worker: SSD's weight importances, one folder per model version and "
+        "dataset (the 32 most recently used versions), reused by later SSD requests on the same "
+        "version; may be emptied at any time; empty: no cache",
+    )
+
+    @field_validator("importance_cache_dir", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     # Observability
     log_format: Literal["text", "json"] = Field(

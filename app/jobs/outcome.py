@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.config import get_settings
 from app.datasets.service import resolve_location
 from app.db import session_scope
 from app.deletions import evidence
@@ -102,6 +103,7 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             earlier_forget_samples=earlier_samples,
             training=model.training,
             budget_epochs=request.budget_epochs,
+            importance_cache=_importance_cache(version.id, dataset.id),
         )
         return JobContext(
             job_id=job.id,
@@ -112,6 +114,13 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             job=spec,
             lease=lease,
         )
+
+
+def _importance_cache(version_id: str, dataset_id: str) -> str | None:
+    """This worker's folder for the version's importances on the dataset: a new version gets a
+    new folder, so nothing computed for another version's weights is ever reused."""
+    root = get_settings().importance_cache_dir
+    return str(root / version_id / dataset_id) if root else None
 
 
 def _default_acceptance(request: DeletionRequest) -> dict[str, Any]:

@@ -5,6 +5,7 @@ accounting of its work."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,14 @@ from torch import nn
 from tests.helpers import SPEC, trained_model
 from unlearning import data
 from unlearning.methods import METHODS, UnlearningTask
-from unlearning.methods.ssd import SsdConfig, dampen, reestimate_batchnorm, run_ssd
+from unlearning.methods.ssd import (
+    SsdConfig,
+    dampen,
+    load_cached,
+    reestimate_batchnorm,
+    run_ssd,
+    save_cached,
+)
 
 
 def test_only_weights_far_more_important_to_the_forget_set_are_scaled_down():
@@ -70,7 +78,7 @@ def test_cached_global_importances_are_used_instead_of_computed():
     zeros = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     cached = run_ssd(_task(model), config, cached=zeros)
     assert "importance" not in cached.samples_processed
-    assert cached.details["global_importance"] == "cached"
+    assert cached.details["global_importance"] == "given"
     # Every weight the forget set uses at all is far more important to it than "nothing".
     assert cached.details["dampened_weights"] > fresh.details["dampened_weights"]
 
@@ -81,3 +89,47 @@ def test_ssd_is_a_registered_method_that_accepts_classes_and_samples():
     assert {f.name for f in dataclasses.fields(method.config_type)} >= {"alpha", "dampening"}
     with pytest.raises(ValueError, match="alpha"):
         SsdConfig(alpha=0.0)
+
+
+def test_importances_are_computed_once_per_model_version_and_reused(tmp_path):
+    config = SsdConfig(alpha=5.0, importance_images=300, forget_images=100, bn_images=0)
+    version_1 = tmp_path / "version-1" / "digits"
+    first = run_ssd(dataclasses.replace(_task(trained_model()), importance_cache=version_1), config)
+    assert first.details["global_importance"] == "computed"
+    assert first.samples_processed["importance"] == 300
+    again = run_ssd(dataclasses.replace(_task(trained_model()), importance_cache=version_1), config)
+    assert again.details["global_importance"] == "cached"
+    assert "importance" not in again.samples_processed
+    assert again.details["dampened_weights"] == first.details["dampened_weights"]
+
+    # A new version is other weights: nothing of version 1 applies to it.
+    version_2 = tmp_path / "version-2" / "digits"
+    other = run_ssd(dataclasses.replace(_task(trained_model()), importance_cache=version_2), config)
+    assert other.details["global_importance"] == "computed"
+    # Another importance sample is another estimate: computed, not reused.
+    bigger = dataclasses.replace(config, importance_images=400)
+    resized = run_ssd(
+        dataclasses.replace(_task(trained_model()), importance_cache=version_1), bigger
+    )
+    assert resized.details["global_importance"] == "computed"
+
+
+def test_an_unreadable_cache_file_is_computed_again(tmp_path):
+    config = SsdConfig(importance_images=200, forget_images=50, bn_images=0)
+    folder = tmp_path / "v" / "digits"
+    run_ssd(dataclasses.replace(_task(trained_model()), importance_cache=folder), config)
+    for kept in folder.glob("*.safetensors"):
+        kept.write_bytes(b"not a tensor file")
+    redo = run_ssd(dataclasses.replace(_task(trained_model()), importance_cache=folder), config)
+    assert redo.details["global_importance"] == "computed"
+
+
+def test_the_cache_keeps_only_the_most_recently_used_versions(tmp_path):
+    imp = {"w": torch.ones(2)}
+    for n in range(4):
+        save_cached(tmp_path / f"v{n}" / "d", "k", imp, keep=2)
+        os.utime(tmp_path / f"v{n}", (1_000 + n, 1_000 + n))
+    # Saving v3 dropped v0 and v1, the least recently used.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v2", "v3"]
+    assert load_cached(tmp_path / "v1" / "d", "k") is None
+    assert torch.equal(load_cached(tmp_path / "v3" / "d", "k")["w"], imp["w"])

@@ -78,6 +78,8 @@ class JobSpec:
     training: dict[str, Any] | None = None
     # The most epoch-equivalents of method work the request allows (checked at submit).
     budget_epochs: float | None = None
+    # A folder of this model version's cached SSD importances on this dataset (None: none).
+    importance_cache: str | None = None
 
 
 @dataclass

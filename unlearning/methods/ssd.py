@@ -14,11 +14,16 @@ compute it once per version and pass it in (``importances``).
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -140,6 +145,44 @@ def reestimate_batchnorm(
     return seen
 
 
+# Versions whose importances a worker keeps; the least recently used beyond it are removed.
+CACHE_VERSIONS = 32
+
+
+def cache_key(config: SsdConfig, train_size: int) -> str:
+    """What the global importances depend on besides the weights and the dataset."""
+    return f"n{config.importance_images}-s{config.seed}-b{config.batch_size}-t{train_size}"
+
+
+def load_cached(folder: Path, key: str) -> Importances | None:
+    """Importances kept in ``folder`` (one model version on one dataset) under ``key``; a file
+    that cannot be read is treated as absent and computed again."""
+    path = folder / f"{key}.safetensors"
+    try:
+        found = safetensors.torch.load_file(str(path), device="cpu")
+    except (OSError, safetensors.SafetensorError):
+        return None
+    os.utime(folder.parent)  # a use: the version stays in the cache longest
+    return found
+
+
+def save_cached(folder: Path, key: str, imp: Importances, keep: int = CACHE_VERSIONS) -> None:
+    """Keep ``imp`` (written to a temporary name, then renamed, so a reader never sees half a
+    file), then drop the least recently used versions beyond ``keep``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    safetensors.torch.save_file({n: t.contiguous().cpu() for n, t in imp.items()}, str(tmp))
+    tmp.replace(folder / f"{key}.safetensors")
+    os.utime(folder.parent)
+    versions = sorted(
+        (p for p in folder.parent.parent.iterdir() if p.is_dir()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in versions[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _sample(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
     if len(idx) <= n:
         return idx
@@ -171,12 +214,19 @@ def run_ssd(
         task.progress(phase, 0.5 + f / 2)
 
     start = time.perf_counter()
+    key = cache_key(config, len(task.source))
+    source = "given" if cached is not None else "computed"
+    if cached is None and task.importance_cache is not None:
+        cached = load_cached(task.importance_cache, key)
+        source = "cached" if cached is not None else "computed"
     if cached is None:
         sample = _sample(everything, config.importance_images, config.seed)
         global_imp = importances(
             model, task.source, sample, task.spec, config.batch_size, task.device, first_half
         )
         result.samples_processed["importance"] = len(sample)
+        if task.importance_cache is not None:
+            save_cached(task.importance_cache, key, global_imp)
     else:
         global_imp = cached
         first_half("importance", 1.0)
@@ -203,7 +253,7 @@ def run_ssd(
             "dampened_weights": sum(changed.values()),
             "dampened_tensors": len(changed),
             "total_weights": sum(p.numel() for p in model.parameters()),
-            "global_importance": "cached" if cached is not None else "computed",
+            "global_importance": source,
             "batchnorm_images": forward_only,
         }
     )
