@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also retrain a reference with these parameters ({} for defaults)",
     )
     fg.add_argument("--relearn-time", action="store_true", help="also measure relearn time")
+    fg.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="EPOCHS",
+        help="most method work, in epochs of the training split (default method: 0.1)",
+    )
     fg.add_argument("--ref", help="caller reference (ticket id)")
     fg.add_argument("--upstream-id", help="the privacy platform's data-subject request id")
     fg.add_argument("--idempotency-key", default=None)
@@ -254,6 +261,7 @@ def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
                 else None
             ),
             measure_relearn_time=args.relearn_time,
+            **({"budget_epochs": args.budget} if args.budget is not None else {}),
         )
         print(f"accepted: request {request['id']}, job at {location}", file=sys.stderr)
         if not args.wait:

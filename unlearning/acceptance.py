@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,8 +20,14 @@ class Thresholds:
       data: forgotten data should look no more like training data than unseen data does;
     - ``max_forget_member_shortfall``: how far it may fall below the held-out rate: forgetting
       past what a model that never saw the data shows is itself a sign that it was removed.
-      On by default for samples; off for classes, whose held-out images a retrained model has
-      never seen either, so the held-out rate is no estimate of where they should land.
+
+    The held-out rate is the one a retrained model would give the forget set, estimated without
+    retraining: for samples, the rate on held-out images; for classes, the rate on held-out
+    images of the forgotten classes (a model that never saw a class treats its training and
+    held-out images alike), or on all held-out images when the test split has none of them.
+    Both rates are estimated from finite samples, so each side of the band is widened by two
+    standard errors of their difference: a gap the data cannot tell from chance fails nothing
+    (on 2,000 images of each the allowance is about 3 points; on 70, about 17).
     """
 
     max_forget_accuracy: float | None = None
@@ -38,8 +45,10 @@ class Thresholds:
 # A model that never saw a class predicts it for none of its samples; 5% leaves room for
 # held-out noise. A sample request has no such absolute target: the retrained model still
 # classifies most forgotten samples correctly, so only the reference comparison applies.
+# Both sides of the membership band are on for both kinds (docs/benchmarks.md, "Default
+# deletions across architectures", gives the rates they were checked against).
 DEFAULTS = {
-    "classes": Thresholds(max_forget_accuracy=0.05),
+    "classes": Thresholds(max_forget_accuracy=0.05, max_forget_member_shortfall=0.10),
     "samples": Thresholds(max_forget_accuracy=None, max_forget_member_shortfall=0.10),
 }
 
@@ -53,18 +62,25 @@ def failures(
     """Each failed check with what was measured; an empty list means the deletion is accepted."""
     failed: list[dict[str, Any]] = []
 
-    def check(name: str, measured: float | None) -> None:
+    def check(name: str, measured: float | None, allowance: float = 0.0) -> None:
         limit = getattr(thresholds, name)
+        if limit is None:
+            return
         # A figure that could not be measured fails its check: nothing unverified is accepted.
-        if limit is not None and (measured is None or measured > limit):
-            failed.append({"check": name, "measured": measured, "threshold": limit})
+        if measured is None or measured > limit + allowance:
+            failure = {"check": name, "measured": measured, "threshold": limit + allowance}
+            if allowance:
+                failure["sampling_allowance"] = allowance
+            failed.append(failure)
 
     check("max_forget_accuracy", after["forget_accuracy"])
     retain = (before["retain_accuracy"], after["retain_accuracy"])
     check("max_retain_drop", None if None in retain else retain[0] - retain[1])
     mia = after["mia"]["entropy"]
-    check("max_forget_member_excess", _minus(mia["forget_member_rate"], mia["test_member_rate"]))
-    check("max_forget_member_shortfall", _minus(mia["test_member_rate"], mia["forget_member_rate"]))
+    heldout = heldout_member_rate(mia)
+    allowance = _sampling_allowance(mia, after.get("samples"))
+    check("max_forget_member_excess", _minus(mia["forget_member_rate"], heldout), allowance)
+    check("max_forget_member_shortfall", _minus(heldout, mia["forget_member_rate"]), allowance)
     if reference is not None:
         theirs = reference["mia"]["entropy"]["forget_member_rate"]
         gap = _minus(mia["forget_member_rate"], theirs)
@@ -112,6 +128,27 @@ def i2i_failures(
             {"check": "min_forget_psnr_drop", "measured": forget_drop, "threshold": least}
         )
     return failed
+
+
+def heldout_member_rate(entropy_mia: dict[str, Any]) -> float | None:
+    """Where the forget set's member rate should land (see ``Thresholds``)."""
+    forget_classes = entropy_mia.get("forget_heldout_member_rate")
+    return forget_classes if forget_classes is not None else entropy_mia["test_member_rate"]
+
+
+def _sampling_allowance(mia: dict[str, Any], samples: dict[str, int] | None) -> float:
+    """Two standard errors of the difference between the forget and held-out member rates."""
+    if not samples:
+        return 0.0
+    forget, heldout = mia["forget_member_rate"], heldout_member_rate(mia)
+    n_forget = samples.get("forget_train", 0)
+    n_heldout = samples.get("forget_test", 0)
+    if mia.get("forget_heldout_member_rate") is None:
+        n_heldout += samples.get("retain_test", 0)
+    if forget is None or heldout is None or not n_forget or not n_heldout:
+        return 0.0
+    variance = forget * (1 - forget) / n_forget + heldout * (1 - heldout) / n_heldout
+    return round(2 * math.sqrt(variance), 4)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

@@ -103,9 +103,32 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def small_vit(
+    num_classes: int,
+    image_size: int = 32,
+    patch_size: int = 4,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    hidden_dim: int = 192,
+    mlp_dim: int = 384,
+) -> nn.Module:
+    """torchvision's VisionTransformer at small-image sizes: its named models fix a patch of
+    14-32 pixels, which leaves a 32x32 image one or four tokens."""
+    return torchvision.models.VisionTransformer(
+        image_size=image_size,
+        patch_size=patch_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+        num_classes=num_classes,
+    )
+
+
 BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "tiny_cnn": TinyCNN,
     "small_resnet": SmallResNet,
+    "small_vit": small_vit,
     "mlp": MLP,
 }
 

@@ -137,25 +137,31 @@ def true_label_confidence(out: Outputs) -> np.ndarray:
     return out.probs[np.arange(len(out)), out.labels]
 
 
-def entropy_mia(retain: Outputs, test: Outputs, forget: Outputs) -> dict[str, float | None]:
+def entropy_mia(
+    retain: Outputs, test: Outputs, forget: Outputs, forget_heldout: Outputs | None = None
+) -> dict[str, float | None]:
     """The entropy attack of Bad-Teacher, SSD and SCRUB.
 
     A class-balanced logistic regression on the output entropy learns retain training samples as
     members and held-out samples as non-members, then judges the forget samples. The member rates
     of the attack's own two groups are reported too: the forget rate should move from the retain
     level toward the held-out level (a retrained model's rate is not 0).
+
+    ``forget_heldout``: held-out images of the forgotten classes (class requests). A model that
+    never saw those classes treats their training and held-out images alike, so the rate on
+    them (``forget_heldout_member_rate``) is where the forget set's rate should land.
     """
+    keys = (
+        "forget_member_rate",
+        "forget_member_score",
+        "retain_member_rate",
+        "retain_member_score",
+        "test_member_rate",
+        "test_member_score",
+        "forget_heldout_member_rate",
+    )
     if not (len(retain) and len(test) and len(forget)):
-        return dict.fromkeys(
-            (
-                "forget_member_rate",
-                "forget_member_score",
-                "retain_member_rate",
-                "retain_member_score",
-                "test_member_rate",
-                "test_member_score",
-            ),
-        )
+        return dict.fromkeys(keys)
     x = np.concatenate([entropy(retain.probs), entropy(test.probs)]).reshape(-1, 1)
     y = np.concatenate([np.ones(len(retain)), np.zeros(len(test))])
     clf = LogisticRegression(class_weight="balanced", solver="lbfgs").fit(x, y)
@@ -174,6 +180,9 @@ def entropy_mia(retain: Outputs, test: Outputs, forget: Outputs) -> dict[str, fl
         "retain_member_score": score(retain),
         "test_member_rate": rate(test),
         "test_member_score": score(test),
+        "forget_heldout_member_rate": (
+            rate(forget_heldout) if forget_heldout is not None and len(forget_heldout) else None
+        ),
     }
 
 
@@ -270,7 +279,7 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
             "test": per_class_accuracy(test, sets.class_names),
         },
         "mia": {
-            "entropy": entropy_mia(retain_train, test, forget_train),
+            "entropy": entropy_mia(retain_train, test, forget_train, forget_test),
             "efficacy": mia_efficacy(retain_train, test, forget_train),
         },
         "forget_predictions": prediction_distribution(headline_forget, sets.class_names),

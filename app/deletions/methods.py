@@ -108,6 +108,16 @@ def resolve_acceptance(
     return dict(dataclasses.asdict(thresholds))
 
 
+def with_budget(
+    method: Method, params: dict[str, Any], budget_epochs: float | None
+) -> dict[str, Any]:
+    """A method that sizes itself from a budget takes the request's, unless its parameters
+    name one (which the budget check then holds to the request's)."""
+    if method.budgeted and budget_epochs is not None and "budget_epochs" not in params:
+        return {**params, "budget_epochs": budget_epochs}
+    return params
+
+
 def check_budget(
     method: Method, params: dict[str, Any], sizes: costs.Sizes, budget_epochs: float
 ) -> None:

@@ -99,7 +99,8 @@ class DeletionRequestCreate(Body):
         le=100_000.0,
         description="the most method work allowed, in epoch-equivalents of the training split "
         "(sample passes / its size); a method whose estimate exceeds it is refused with 422 "
-        "budget_exceeded before anything runs",
+        "budget_exceeded before anything runs. The default class method (auto) sizes itself "
+        "to it, and to 0.1 without one",
     )
     caller_reference: str | None = Field(
         None, max_length=200, description="your own reference (a ticket number)"

@@ -94,7 +94,9 @@ def submit(
         forget_samples = _check_samples(dataset, train, body.forget_samples or [])
     method = methods.choose(body.method, forgets, model.task)
     family = i2i_architectures.family_of(model.architecture) if image_to_image else None
-    params = methods.resolve_params(method, body.params, family)
+    params = methods.resolve_params(
+        method, methods.with_budget(method, body.params, body.budget_epochs), family
+    )
     if forget_classes is not None:
         methods.check_memory(method.name, params, len(forget_classes), model.input_shape)
     _check_options(body, model)

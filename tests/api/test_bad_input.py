@@ -202,7 +202,11 @@ def test_unknown_version_dataset_method_and_params(api, registered, store):
     assert_problem(submit(api, registered, dataset_id="nope"), 404, "dataset_not_found")
     assert_problem(submit(api, registered, method="magic"), 422, "unknown_method")
     assert_problem(submit(api, registered, params={"noise_stepz": 3}), 422, "invalid_method_params")
-    assert_problem(submit(api, registered, params={"noise_steps": 0}), 422, "invalid_method_params")
+    assert_problem(
+        submit(api, registered, method="unsir", params={"noise_steps": 0}),
+        422,
+        "invalid_method_params",
+    )
     assert_problem(
         submit(api, registered, params={"impair_lr": "fast"}), 422, "invalid_method_params"
     )
@@ -596,7 +600,14 @@ def test_method_parameters_are_bounded(api, registered, store):
         too_much_noise,
         {"impair_lr": 1e30},
     ):
-        assert_problem(submit(api, registered, params=params), 422, "invalid_method_params")
+        assert_problem(
+            submit(api, registered, method="unsir", params=params), 422, "invalid_method_params"
+        )
+    for params in ({"budget_epochs": 0}, {"tails": [0.2, 1.5]}, {"head_share": 2}):
+        body = assert_problem(
+            submit(api, registered, method="auto", params=params), 422, "invalid_method_params"
+        )
+        assert next(iter(params)) in body["detail"]
     assert snapshot(store) == before
 
 
@@ -606,10 +617,10 @@ def test_an_impair_set_too_large_for_memory(api, registered, store, monkeypatch)
     monkeypatch.setenv("NEPENTHE_MAX_NOISE_BYTES", str(1024**2))
     reset_caches()
     before = snapshot(store)
-    body = assert_problem(submit(api, registered), 422, "invalid_method_params")
+    body = assert_problem(submit(api, registered, method="unsir"), 422, "invalid_method_params")
     assert "GiB" in body["detail"]
     assert snapshot(store) == before
-    small = submit(api, registered, params={"noise_batch": 32, "noise_repeats": 2})
+    small = submit(api, registered, method="unsir", params={"noise_batch": 32, "noise_repeats": 2})
     assert small.status_code == 202
 
 

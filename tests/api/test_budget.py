@@ -49,3 +49,22 @@ def test_the_estimate_counts_the_named_samples(api, registered):
     )
     # SalUn's 10 epochs over forget + retain, plus its saliency pass: just over 10 epochs.
     assert 10.0 < body["estimated_epochs"] < 10.01
+
+
+def test_the_default_method_takes_the_request_budget_as_its_own(api, registered):
+    accepted = submit(api, registered, budget_epochs=0.05)  # no method: auto for classes
+    assert accepted.status_code == 202, accepted.text
+    request = accepted.json()
+    assert request["method"] == "auto"
+    assert request["params"]["budget_epochs"] == 0.05
+    # Without a budget it keeps its default of 0.1 epoch-equivalents.
+    assert submit(api, registered).json()["params"]["budget_epochs"] == 0.1
+
+
+def test_a_budgeted_method_asked_for_more_than_the_request_allows_is_refused(api, registered):
+    body = assert_problem(
+        submit(api, registered, params={"budget_epochs": 0.5}, budget_epochs=0.2),
+        422,
+        "budget_exceeded",
+    )
+    assert body["estimated_epochs"] == pytest.approx(0.5)

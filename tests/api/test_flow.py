@@ -54,15 +54,15 @@ def test_registration_records_digest_size_and_lineage(api, registered):
 
 
 def test_submit_answers_202_with_location_and_a_queued_job(api, registered):
-    response = submit(api, registered, caller_reference="DSR-1", params={"noise_steps": 7})
+    response = submit(api, registered, caller_reference="DSR-1", params={"head_share": 0.5})
     assert response.status_code == 202, response.text
     request = response.json()
     assert response.headers["Location"] == f"/v1/jobs/{request['job']['id']}"
     assert request["forget_classes"] == [3, 8]
     assert request["forget_class_names"] == ["3", "8"]
-    assert request["method"] == "unsir"
-    assert request["params"]["noise_steps"] == 7
-    assert request["params"]["impair_lr"] == 0.02  # every default is recorded
+    assert request["method"] == "auto"  # the default for classes
+    assert request["params"]["head_share"] == 0.5
+    assert request["params"]["budget_epochs"] == 0.1  # every default is recorded
     job = api.get(response.headers["Location"]).json()
     assert job["status"] == "queued"
     assert job["progress"] == 0.0

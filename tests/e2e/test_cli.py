@@ -12,7 +12,7 @@ import safetensors.torch
 from client.cli import main
 from client.local import LocalService
 from tests.conftest import ROOT
-from tests.helpers import SMALL_DATA_PARAMS, trained_state
+from tests.helpers import trained_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", ["embedded"], indirect=True)]
 
@@ -78,17 +78,20 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
         "=3,8",
         "--ref",
         "CLI-1",
-        "--params",
-        json.dumps(SMALL_DATA_PARAMS),
         "--acceptance",
         '{"max_retain_drop": 0.04}',
         "--relearn-time",
+        "--budget",
+        "0.2",
         "--wait",
     )
     job = json.loads(out)
     assert code == 0
     assert job["status"] == "succeeded"
     assert job["metrics"]["forget"]["class_names"] == ["3", "8"]
+    assert job["metrics"]["method"] == "auto"  # no --method, no --params: the default
+    assert job["metrics"]["params"]["budget_epochs"] == 0.2  # the request's budget, its own
+    assert job["metrics"]["cost"]["budget_epochs"] == 0.2
     assert job["metrics"]["acceptance"]["thresholds"]["max_retain_drop"] == 0.04
     assert job["metrics"]["relearn_time"]["unlearned"]["epochs"] >= 1
     target = tmp_path / "out.safetensors"

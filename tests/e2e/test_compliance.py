@@ -19,7 +19,6 @@ from client.cli import main as cli
 from client.local import LocalService
 from tests.conftest import ROOT
 from tests.e2e.test_service import register
-from tests.helpers import SMALL_DATA_PARAMS
 
 pytestmark = [
     pytest.mark.e2e,
@@ -52,8 +51,7 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
         idempotency_key=str(uuid.uuid4()),
         model_version_id=reg["version"]["id"],
         dataset_id=reg["dataset"]["id"],
-        forget_classes=[3, 8],
-        params=SMALL_DATA_PARAMS,
+        forget_classes=[3, 8],  # no method, no parameters: the default a user gets
         caller_reference="DSR-2026-0042",
         upstream_request_id="opendsr-7f3a",
     )
@@ -82,6 +80,13 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     job = admin.wait(request["job"]["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     output = job["output_version"]
+    # The default on a BatchNorm network: attempts until the gate passes, within 0.1 epochs.
+    attempts = job["metrics"]["method_details"]["attempts"]
+    assert attempts[-1]["gate"] == "passed" and attempts[0]["method"] == "head_refit"
+    assert all(a["gate"] == "failed" and a["next"] for a in attempts[:-1])
+    assert job["metrics"]["cost"]["epoch_equivalents"]["method"] <= 0.1 + 1e-9
+    succeeded = [e for e in admin.audit(request_id=request["id"]) if e["action"] == "job.succeeded"]
+    assert succeeded[0]["details"]["metrics"]["method_details"]["attempts"] == attempts
 
     # The certificate: offline verification passes, and fails once any figure is altered.
     cert_file = tmp_path / "certificate.json"
@@ -93,7 +98,7 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     c = certificate["payload"]
     assert c["output_checkpoint_sha256"] == output["sha256"]
     assert c["input_checkpoint_sha256"] == reg["version"]["sha256"]
-    assert c["request_id"] == request["id"] and c["method"] == "unsir" and c["seed"] == 0
+    assert c["request_id"] == request["id"] and c["method"] == "auto" and c["seed"] == 0
     assert c["device"] == "cpu" and c["code_version"]
     assert c["completed_at"] >= c["started_at"] >= c["received_at"]
     assert c["acceptance"]["passed"] is True

@@ -49,6 +49,7 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
         client,
         reg,
         forget_classes=[3, 8],
+        method="unsir",
         params=SMALL_DATA_PARAMS,
         reference={"params": RECIPE},
         measure_relearn_time=True,
@@ -167,6 +168,7 @@ def test_a_result_that_misses_its_thresholds_is_rejected_and_publishes_nothing(c
         client,
         reg,
         forget_classes=[3, 8],
+        method="unsir",
         params={"repair_epochs": 0, "max_extra_repair_epochs": 2},
         acceptance={"max_retain_drop": 0.0, "max_forget_accuracy": None},
     )

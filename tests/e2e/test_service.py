@@ -63,6 +63,7 @@ def submit(client: NepentheClient, reg: dict[str, Any], **params: Any) -> dict[s
         model_version_id=reg["version"]["id"],
         dataset_id=reg["dataset"]["id"],
         forget_classes=FORGET,
+        method="unsir",  # the fault tests catch jobs in UNSIR's long noise phase
         params={**SMALL_DATA_PARAMS, **params},
         caller_reference="DSR-E2E",
     )
@@ -177,7 +178,6 @@ def test_a_job_whose_data_vanished_fails_with_its_reason(client, service_env, tm
         model_version_id=reg["version"]["id"],
         dataset_id=dataset["id"],
         forget_classes=[1],
-        params=SMALL_DATA_PARAMS,
     )
     job = client.wait(request["job"]["id"], timeout=120)
     assert job["status"] == "failed"
@@ -214,7 +214,6 @@ def test_a_job_whose_message_was_lost_runs_when_a_worker_starts(service_env, tmp
                 "model_version_id": version["id"],
                 "dataset_id": "digits",
                 "forget_classes": [3],
-                "params": SMALL_DATA_PARAMS,
             },
         )
         assert response.status_code == 202

@@ -7,8 +7,12 @@ import pytest
 from unlearning.acceptance import DEFAULTS, Thresholds, failures
 
 
-def figures(forget=0.0, retain=0.9, member=0.1, held_out=0.5):
-    mia = {"forget_member_rate": member, "test_member_rate": held_out}
+def figures(forget=0.0, retain=0.9, member=0.1, held_out=0.5, class_held_out=None):
+    mia = {
+        "forget_member_rate": member,
+        "test_member_rate": held_out,
+        "forget_heldout_member_rate": class_held_out,
+    }
     return {"forget_accuracy": forget, "retain_accuracy": retain, "mia": {"entropy": mia}}
 
 
@@ -17,12 +21,14 @@ def checks(*args, **kwargs) -> list[str]:
 
 
 def test_a_clean_deletion_passes_the_class_defaults():
-    assert checks(DEFAULTS["classes"], figures(forget=0.9, retain=0.92), figures(), None) == []
+    after = figures(member=0.10, class_held_out=0.12)
+    assert checks(DEFAULTS["classes"], figures(forget=0.9, retain=0.92), after, None) == []
 
 
 def test_each_threshold_fails_with_what_was_measured():
     before = figures(forget=0.9, retain=0.92)
-    got = failures(DEFAULTS["classes"], before, figures(forget=0.2, retain=0.80), None)
+    after = figures(forget=0.2, retain=0.80, class_held_out=0.1)
+    got = failures(DEFAULTS["classes"], before, after, None)
     assert got == [
         {"check": "max_forget_accuracy", "measured": 0.2, "threshold": 0.05},
         {"check": "max_retain_drop", "measured": pytest.approx(0.12), "threshold": 0.05},
@@ -47,8 +53,26 @@ def test_forgetting_past_unseen_data_fails_a_sample_deletion():
         {"check": "max_forget_member_shortfall", "measured": pytest.approx(0.59), "threshold": 0.1}
     ]
     assert checks(DEFAULTS["samples"], figures(), figures(member=0.70, held_out=0.77), None) == []
-    # A class a retrained model never saw lands well below held-out data of the other classes.
-    assert checks(DEFAULTS["classes"], figures(forget=0.9), over, None) == []
+
+
+def test_a_forgotten_class_is_judged_against_held_out_images_of_that_class():
+    """A class a retrained model never saw lands well below held-out data of the other classes,
+    but where held-out images of the same class land: both sides are checked against those."""
+    before = figures(forget=0.9)
+    low = figures(member=0.05, held_out=0.6, class_held_out=0.08)
+    assert checks(DEFAULTS["classes"], before, low, None) == []
+    # Training images of the class far less "member" than its held-out images: over-forgotten.
+    over = figures(member=0.02, held_out=0.6, class_held_out=0.40)
+    assert failures(DEFAULTS["classes"], before, over, None) == [
+        {"check": "max_forget_member_shortfall", "measured": pytest.approx(0.38), "threshold": 0.1}
+    ]
+    # And far more: the class's training images are still recognised as training data.
+    under = figures(member=0.55, held_out=0.6, class_held_out=0.08)
+    assert checks(DEFAULTS["classes"], before, under, None) == ["max_forget_member_excess"]
+    # No held-out images of the class: the rate on all held-out data is the estimate.
+    assert checks(DEFAULTS["classes"], before, figures(member=0.05, held_out=0.6), None) == [
+        "max_forget_member_shortfall"
+    ]
 
 
 def test_null_switches_a_check_off_and_an_unmeasurable_figure_fails():
@@ -59,11 +83,24 @@ def test_null_switches_a_check_off_and_an_unmeasurable_figure_fails():
         max_forget_member_excess=None,
     )
     assert checks(off, figures(), figures(forget=1.0, retain=0.0, member=1.0), None) == []
-    assert checks(DEFAULTS["classes"], figures(), figures(forget=None), None) == [  # type: ignore[arg-type]
-        "max_forget_accuracy"
-    ]
+    unmeasured = figures(forget=None, class_held_out=0.1)  # type: ignore[arg-type]
+    assert checks(DEFAULTS["classes"], figures(), unmeasured, None) == ["max_forget_accuracy"]
 
 
 def test_thresholds_outside_zero_to_one_are_refused():
     with pytest.raises(ValueError, match="between 0 and 1"):
         Thresholds(max_retain_drop=1.5)
+
+
+def test_the_membership_band_widens_by_the_sampling_error_of_small_sets():
+    before = figures(forget=0.9)
+    gap = figures(member=0.10, class_held_out=0.25)  # 15 points apart
+    # 2,000 images on each side: a 15-point gap is far outside chance.
+    gap["samples"] = {"forget_train": 2_000, "forget_test": 2_000, "retain_test": 8_000}
+    [failure] = failures(DEFAULTS["classes"], before, gap, None)
+    assert failure["check"] == "max_forget_member_shortfall"
+    assert failure["sampling_allowance"] == pytest.approx(0.0236, abs=1e-4)
+    assert failure["threshold"] == pytest.approx(0.10 + failure["sampling_allowance"])
+    # 60 held-out images of the class: the same gap is within two standard errors of 10 points.
+    gap["samples"] = {"forget_train": 300, "forget_test": 60, "retain_test": 8_000}
+    assert failures(DEFAULTS["classes"], before, gap, None) == []

@@ -498,6 +498,7 @@ def _end_to_end(client: NepentheClient, tmp_path: Path, receiver: Receiver) -> N
         model_version_id=version["id"],
         dataset_id=dataset["id"],
         forget_classes=[3, 8],
+        method="unsir",
         params=TINY_PARAMS,
         acceptance=NO_ACCEPTANCE_CHECKS,
         caller_reference="DSR-HOOK",

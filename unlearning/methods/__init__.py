@@ -8,6 +8,7 @@ from typing import Any
 
 from unlearning.methods import costs
 from unlearning.methods.common import MethodResult, UnlearningTask
+from unlearning.methods.distill import AutoConfig, DistillConfig, run_auto, run_distill
 from unlearning.methods.i2i import I2IConfig, I2ITask, resolve_for, run_i2i
 from unlearning.methods.reference import (
     FinetuneConfig,
@@ -48,6 +49,8 @@ class Method:
     # The parameter that sets the batch of each phase whose batch is not ``batch_size``: the one
     # to lower when the phase runs out of memory.
     batch_params: Mapping[str, str] = field(default_factory=dict)
+    # Sizes itself from ``budget_epochs``: a request's budget becomes that parameter.
+    budgeted: bool = False
 
     def batch_param(self, phase: str | None) -> str:
         return self.batch_params.get(phase or "", "batch_size")
@@ -55,6 +58,29 @@ class Method:
 
 BOTH = frozenset({"classes", "samples"})
 _ALL = (
+    Method(
+        "auto",
+        AutoConfig,
+        run_auto,
+        frozenset({"classes"}),
+        "the default: distillation toward the original renormalised over the remaining "
+        "classes, training a growing tail of the network until the acceptance gate passes, "
+        "within a budget of 0.1 epoch-equivalents unless the request sets one",
+        (("head", 0.2), ("distill", 1.0)),
+        estimate=costs.budgeted,
+        budgeted=True,
+    ),
+    Method(
+        "distill",
+        DistillConfig,
+        run_distill,
+        frozenset({"classes"}),
+        "one distillation toward the original renormalised over the remaining classes, "
+        "training only the last tensors, BatchNorm statistics kept",
+        (("distill", 1.0),),
+        estimate=costs.budgeted,
+        budgeted=True,
+    ),
     Method(
         "unsir",
         UnsirConfig,
@@ -144,7 +170,7 @@ _ALL = (
 METHODS: dict[str, Method] = {m.name: m for m in _ALL}
 # (model task, what the request forgets) -> the method used when the request names none.
 DEFAULT_METHOD = {
-    ("classification", "classes"): "unsir",
+    ("classification", "classes"): "auto",
     ("classification", "samples"): "salun",
     ("image_to_image", "classes"): "i2i",
     ("image_to_image", "samples"): "i2i",

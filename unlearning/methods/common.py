@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,6 +14,9 @@ from torch import nn
 
 from unlearning.data import ImageSource, InputSpec
 from unlearning.progress import Progress, no_progress
+
+# A forward pass costs about a third of a forward and backward pass: the unit every job reports.
+FORWARD_SHARE = 1 / 3
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
@@ -40,6 +45,11 @@ class UnlearningTask:
     # (member-rate gap, samples passed forward). Methods that read the forget set stop once it
     # looks like unseen data, since forgetting past that is itself a sign of the deletion.
     member_gap: Callable[[nn.Module], tuple[float | None, int]] | None = None
+    # The job's acceptance gate applied to the model now, without a retrained reference: (the
+    # failed checks, samples passed forward). Methods that escalate stop at the first pass.
+    accept: Callable[[nn.Module], tuple[list[dict[str, Any]], int]] | None = None
+    # Where importances of this model version on this dataset are kept between jobs (SSD).
+    importance_cache: Path | None = None
 
 
 @dataclass
@@ -52,6 +62,9 @@ class MethodResult:
     # Forward-only samples of checks the method made on held-out data (a stop rule): reported
     # with the job's measurements, not as method work.
     check_samples: int = 0
+    # The method's last act was ``task.accept`` on the model it hands back: the job may reuse
+    # that measurement instead of measuring the same weights again.
+    final_checked: bool = False
     details: dict[str, object] = field(default_factory=dict)
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unlearning.methods.common import FORWARD_SHARE
+from unlearning.methods.distill import AutoConfig, DistillConfig
 from unlearning.methods.i2i import I2IConfig
 from unlearning.methods.reference import (
     FinetuneConfig,
@@ -19,9 +21,6 @@ from unlearning.methods.reference import (
 from unlearning.methods.salun import SalunConfig
 from unlearning.methods.ssd import SsdConfig
 from unlearning.methods.unsir import UnsirConfig
-
-# A forward pass costs about a third of a forward and backward pass.
-FORWARD_SHARE = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,9 @@ def sizes_of(train: int, forget: int, retain_targets: np.ndarray, forget_classes
 def unsir(c: UnsirConfig, s: Sizes) -> float:
     subset = sum(min(c.retain_per_class, n) for n in s.retain_by_class)
     noise = s.forget_classes * c.noise_steps * c.noise_batch
-    impair = c.impair_epochs * (s.forget_classes * c.noise_batch * c.noise_repeats + subset)
+    classes = len(s.retain_by_class) + s.forget_classes
+    per_class = c.noise_per_class(s.train / classes if classes else 0)
+    impair = c.impair_epochs * (s.forget_classes * per_class + subset)
     # Extra repair epochs run only when the gate asks for them: counted at their most.
     repair = (c.repair_epochs + c.max_extra_repair_epochs) * subset
     return float(noise + impair + repair)
@@ -68,6 +69,11 @@ def ssd(c: SsdConfig, s: Sizes) -> float:
         + min(c.forget_images, s.forget)
         + FORWARD_SHARE * min(c.bn_images, s.retain)
     )
+
+
+def budgeted(c: AutoConfig | DistillConfig, s: Sizes) -> float:
+    """Methods that size themselves from their budget spend at most that budget."""
+    return c.budget_epochs * s.train
 
 
 def retain_epochs(c: RetrainConfig | FinetuneConfig, s: Sizes) -> float:
