@@ -25,14 +25,16 @@ class Thresholds:
     retraining: for samples, the rate on held-out images; for classes, the rate on held-out
     images of the forgotten classes (a model that never saw a class treats its training and
     held-out images alike), or on all held-out images when the test split has none of them.
-    Both rates are estimated from finite samples, so each side of the band is widened by two
-    standard errors of their difference: a gap the data cannot tell from chance fails nothing
-    (on 2,000 images of each the allowance is about 3 points; on 70, about 17).
+    Both rates are estimated from finite samples, so each side of the band (and the reference
+    gap) is widened by two standard errors of their difference: a gap the data cannot tell from
+    chance fails nothing (on 2,000 images of each the allowance is about 3 points; on 70, about
+    17). The reference gap's 10 points are the tolerance docs/benchmarks.md holds the default
+    class deletion to.
     """
 
     max_forget_accuracy: float | None = None
     max_retain_drop: float | None = 0.05
-    max_mia_gap: float | None = 0.05
+    max_mia_gap: float | None = 0.10
     max_forget_member_excess: float | None = 0.10
     max_forget_member_shortfall: float | None = None
 
@@ -84,7 +86,12 @@ def failures(
     if reference is not None:
         theirs = reference["mia"]["entropy"]["forget_member_rate"]
         gap = _minus(mia["forget_member_rate"], theirs)
-        check("max_mia_gap", None if gap is None else abs(gap))
+        n = (after.get("samples") or {}).get("forget_train", 0)
+        check(
+            "max_mia_gap",
+            None if gap is None else abs(gap),
+            _two_se(mia["forget_member_rate"], n, theirs, n),
+        )
     return failed
 
 
@@ -145,10 +152,14 @@ def _sampling_allowance(mia: dict[str, Any], samples: dict[str, int] | None) -> 
     n_heldout = samples.get("forget_test", 0)
     if mia.get("forget_heldout_member_rate") is None:
         n_heldout += samples.get("retain_test", 0)
-    if forget is None or heldout is None or not n_forget or not n_heldout:
+    return _two_se(forget, n_forget, heldout, n_heldout)
+
+
+def _two_se(p: float | None, n: int, q: float | None, m: int) -> float:
+    """Two standard errors of the difference of rates ``p`` (over ``n``) and ``q`` (over ``m``)."""
+    if p is None or q is None or not n or not m:
         return 0.0
-    variance = forget * (1 - forget) / n_forget + heldout * (1 - heldout) / n_heldout
-    return round(2 * math.sqrt(variance), 4)
+    return round(2 * math.sqrt(p * (1 - p) / n + q * (1 - q) / m), 4)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:

@@ -28,7 +28,7 @@ class AcceptanceIn(Part):
         ge=0.0,
         le=1.0,
         description="largest distance of the forget set's entropy-MIA member rate from the "
-        "retrained reference's (0.05; checked only with a reference)",
+        "retrained reference's (0.10 plus two standard errors; checked only with a reference)",
     )
     max_forget_member_excess: float | None = Field(
         None,
