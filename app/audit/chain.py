@@ -183,12 +183,27 @@ def check_head(report: ChainReport, head: AuditChainHead | None) -> None:
         }
 
 
+def check_beyond_head(report: ChainReport, first_beyond: int | None) -> None:
+    """Rows with a seq past the chain head belong to no verified chain: a row inserted around
+    the service (the head is advanced only by the service's own appends)."""
+    if report.broken is not None or first_beyond is None:
+        return
+    report.broken = {
+        "seq": first_beyond,
+        "event_id": None,
+        "code": "beyond_head",
+        "detail": f"event {first_beyond} lies past the chain head (event {report.head_seq}): it "
+        "was written around the service",
+    }
+
+
 def check_anchor(report: ChainReport, anchor_seq: int, anchor_hash: str, found: str | None) -> None:
     """Compare with a head exported earlier and kept elsewhere (``found``: the hash of event
-    ``anchor_seq`` now, None when there is no such event)."""
+    ``anchor_seq`` now, None when there is no such event). The walk must have reached the
+    anchor: an event that exists but lies past the verified chain proves nothing."""
     if report.broken is not None:
         return
-    if found is None:
+    if found is None or report.head_seq < anchor_seq:
         report.broken = {
             "seq": anchor_seq,
             "event_id": None,

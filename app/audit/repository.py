@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.orm import AuditChainHead, AuditEvent
@@ -53,11 +53,15 @@ def search_events(
     until: tuple[datetime, int | None] | None,
     after_seq: int,
     limit: int,
+    up_to: int,
 ) -> list[AuditEvent]:
-    """The organisation's events in seq order after ``after_seq`` whose columns named in
-    ``equal`` have those values (None or empty: any), at or after ``since`` = (time, its first
-    seq) and before ``until`` = (time, its first seq if any)."""
-    query = select(AuditEvent).where(AuditEvent.org_id == org_id, AuditEvent.seq > after_seq)
+    """The organisation's events in seq order after ``after_seq`` and up to the chain head's
+    seq ``up_to`` whose columns named in ``equal`` have those values (None or empty: any), at
+    or after ``since`` = (time, its first seq) and before ``until`` = (time, its first seq if
+    any)."""
+    query = select(AuditEvent).where(
+        AuditEvent.org_id == org_id, AuditEvent.seq > after_seq, AuditEvent.seq <= up_to
+    )
     for name, wanted in equal.items():
         if wanted:
             query = query.where(getattr(AuditEvent, name) == wanted)
@@ -83,11 +87,31 @@ def first_seq_at_or_after(session: Session, org_id: str, moment: datetime) -> in
     )
 
 
-def events_of_request(session: Session, org_id: str, request_id: str) -> list[AuditEvent]:
+def events_of_request(
+    session: Session, org_id: str, request_id: str, up_to: int
+) -> list[AuditEvent]:
     query = select(AuditEvent).where(
-        AuditEvent.org_id == org_id, AuditEvent.request_id == request_id
+        AuditEvent.org_id == org_id,
+        AuditEvent.request_id == request_id,
+        AuditEvent.seq <= up_to,
     )
     return list(session.scalars(query.order_by(AuditEvent.seq)))
+
+
+def read_head(session: Session, org_id: str) -> AuditChainHead | None:
+    """The head as the database holds it now, not the session's cached copy."""
+    return session.scalars(
+        select(AuditChainHead)
+        .where(AuditChainHead.org_id == org_id)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
+def first_seq_after(session: Session, org_id: str, seq: int) -> int | None:
+    """The lowest seq above ``seq`` of the organisation's events, if any."""
+    return session.scalar(
+        select(func.min(AuditEvent.seq)).where(AuditEvent.org_id == org_id, AuditEvent.seq > seq)
+    )
 
 
 def hash_at(session: Session, org_id: str, seq: int) -> str | None:

@@ -83,11 +83,14 @@ def search(
             return []
         start = (since, first)
     end = (until, repo.first_seq_at_or_after(session, org_id, until)) if until else None
-    return repo.search_events(session, org_id, equal, start, end, after_seq, limit)
+    head = repo.get_head(session, org_id)
+    up_to = head.seq if head else 0
+    return repo.search_events(session, org_id, equal, start, end, after_seq, limit, up_to)
 
 
 def events_of_request(session: Session, org_id: str, request_id: str) -> list[AuditEvent]:
-    return repo.events_of_request(session, org_id, request_id)
+    head = repo.get_head(session, org_id)
+    return repo.events_of_request(session, org_id, request_id, head.seq if head else 0)
 
 
 def verify(
@@ -100,6 +103,10 @@ def verify(
     head = repo.get_head(session, org_id)
     chain.walk(chain.in_batches(session, org_id, up_to=head.seq if head else None), report)
     chain.check_head(report, head)
+    # Rows past the head now (not the head read above: events appended during the walk are
+    # covered by the new head) were written around the chain: none is served, all are reported.
+    now = repo.read_head(session, org_id)
+    chain.check_beyond_head(report, repo.first_seq_after(session, org_id, now.seq if now else 0))
     if anchor is not None:
         seq, expected = anchor
         found = repo.hash_at(session, org_id, seq)

@@ -133,6 +133,47 @@ def test_a_truncated_log_is_caught_by_the_head_and_by_an_exported_anchor(
     assert (report["broken"]["code"], report["broken"]["seq"]) == ("truncated", length - 2)
 
 
+COLUMNS = (
+    "org_id, at, action, actor, model_id, model_version_id, dataset_id, request_id, job_id, "
+    "caller_reference, client_address, http_request_id, details, prev_hash, hash"
+)
+
+
+def test_a_deleted_middle_event_with_the_head_rolled_back_is_caught(api, registered, service_env):
+    """Delete event 3, set the head back to event 2: the events after it are past the head,
+    and the anchor exported earlier was never reached by the walk."""
+    length = some_history(api, registered)
+    payload = api.get("/v1/audit/head").json()["payload"]
+    anchor = {"anchor_seq": payload["seq"], "anchor_hash": payload["hash"]}
+    tamper(
+        service_env,
+        "DELETE FROM audit_event WHERE seq = 3",
+        "UPDATE audit_chain_head SET seq = 2, hash = (SELECT hash FROM audit_event WHERE seq = 2)",
+    )
+    report = verification(api)
+    assert report["ok"] is False
+    assert (report["broken"]["code"], report["broken"]["seq"]) == ("beyond_head", 4)
+    anchored = verification(api, **anchor)
+    assert anchored["ok"] is False and anchored["events_checked"] == 2
+    # What verification does not cover, the log does not serve.
+    served = [e["seq"] for e in api.get("/v1/audit/events").json()["items"]]
+    assert served == [1, 2] and length > 4
+
+
+def test_a_row_inserted_past_the_head_is_reported_and_never_served(api, registered, service_env):
+    length = some_history(api, registered)
+    tamper(
+        service_env,
+        f"INSERT INTO audit_event (seq, {COLUMNS}) SELECT 99, {COLUMNS} FROM audit_event "
+        f"WHERE seq = {length}",
+    )
+    report = verification(api)
+    assert report["ok"] is False
+    assert (report["broken"]["code"], report["broken"]["seq"]) == ("beyond_head", 99)
+    served = [e["seq"] for e in api.get("/v1/audit/events").json()["items"]]
+    assert served == list(range(1, length + 1))
+
+
 def test_the_service_connection_cannot_update_or_delete_audit_rows(api, registered):
     some_history(api, registered)
     for statement in (
