@@ -43,6 +43,12 @@ class Settings(BaseSettings):
         "ImageFolder trees); anything else is refused, so no client can read the server's files",
     )
     max_upload_bytes: int = Field(2 * 1024**3, description="largest accepted upload (413 above)")
+    max_body_bytes: int = Field(
+        4 * 1024**2,
+        ge=1024,
+        description="largest request body that is not an upload (a JSON document); larger "
+        "bodies are cut off with 413 while they stream",
+    )
     progress_interval_s: float = Field(
         0.5, description="least time between two progress writes of a running job"
     )

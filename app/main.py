@@ -10,6 +10,7 @@ from fastapi.routing import APIRoute
 
 from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
+from app.body_guard import BodyGuard
 from app.config import get_settings
 from app.datasets.router import router as datasets_router
 from app.deletions.router import router as deletions_router
@@ -37,6 +38,8 @@ def create_app() -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     install_handlers(app)
+    # Added first, so it runs inside the middleware below: the request id is set when it answers.
+    app.add_middleware(BodyGuard)
 
     @app.middleware("http")
     async def refuse_nul_characters(

@@ -141,7 +141,7 @@ def test_auto_is_the_default_for_classes_and_its_estimate_is_its_budget():
 
 
 def test_bad_parameters_are_refused_with_their_name():
-    with pytest.raises(ValueError, match="tail_fraction"):
+    with pytest.raises(ValueError, match="tails"):
         AutoConfig(tails=(0.2, 1.5))
     with pytest.raises(ValueError, match="budget_epochs"):
         DistillConfig(budget_epochs=0.0)
