@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from celery.signals import worker_ready
@@ -19,7 +20,13 @@ from app.observability import log_context
 from app.queue import send_task
 from app.webhooks import service as webhooks
 from app.webhooks import signature
-from app.webhooks.service import DELIVER_TASK, Claimed, NotClaimed, check_reachable_publicly
+from app.webhooks.service import (
+    DELIVER_TASK,
+    Claimed,
+    IpAddress,
+    NotClaimed,
+    check_reachable_publicly,
+)
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -45,17 +52,37 @@ def post(claimed: Claimed, timeout_s: float) -> tuple[int | None, str | None]:
         signature.SIGNATURE_HEADER: signature.sign(claimed.secret, claimed.id, stamp, claimed.body),
     }
     try:
-        # Checked again at each send: a name that resolved to a public address when the
-        # webhook was made may point inside the network now (DNS rebinding).
-        check_reachable_publicly(claimed.url)
+        # Checked again at each send (a name that resolved to a public address when the webhook
+        # was made may point inside the network now), and the connection goes to the address
+        # checked: resolving again to connect would let a rebinding name answer otherwise.
+        address = check_reachable_publicly(claimed.url)[0]
+        url, host, sni = pinned(claimed.url, address)
         with (
             httpx.Client(timeout=timeout_s, follow_redirects=False) as http,
-            http.stream("POST", claimed.url, content=claimed.body, headers=headers) as response,
+            http.stream(
+                "POST",
+                url,
+                content=claimed.body,
+                headers={**headers, "Host": host},
+                extensions={"sni_hostname": sni} if sni else {},
+            ) as response,
         ):
             code = response.status_code  # the body is never read
     except Exception as exc:  # connection refused, timeout, bad URL: all count as a failed try
         return None, f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
     return code, None if 200 <= code < 300 else f"HTTP {code}"
+
+
+def pinned(url: str, address: IpAddress) -> tuple[str, str, str | None]:
+    """The URL with its host replaced by ``address``, the Host header it must still carry, and
+    the name TLS must verify the certificate against (None for plain HTTP)."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    port = f":{parts.port}" if parts.port else ""
+    netloc = (userinfo + "@" if userinfo else "") + literal + port
+    tls_name = parts.hostname if parts.scheme == "https" else None
+    return urlunsplit(parts._replace(netloc=netloc)), host, tls_name
 
 
 def record(claimed: Claimed, code: int | None, error: str | None) -> str:

@@ -46,23 +46,44 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=hidden, fragment=""))
 
 
-def check_reachable_publicly(url: str) -> None:
-    """Refuse a URL whose host is (or resolves to) a loopback, private, link-local or reserved
-    address: otherwise any admin could make the workers call into the service's own network."""
-    if get_settings().webhooks_may_reach_private:
-        return
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# IPv6 forms that carry an IPv4 address a router or the host may turn back into IPv4: the
+# well-known NAT64 prefix, 6to4, and the deprecated IPv4-compatible form (::a.b.c.d).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")
+_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embeds_ipv4(address: IpAddress) -> bool:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return False
+    return (
+        address.ipv4_mapped is not None
+        or address.teredo is not None
+        or any(address in net for net in (_NAT64, _SIXTOFOUR, _COMPATIBLE))
+    )
+
+
+def check_reachable_publicly(url: str) -> list[IpAddress]:
+    """The addresses the URL's host resolves to, once each is known to be public: a loopback,
+    private, link-local or reserved address (or an IPv6 form embedding an IPv4 one) is refused,
+    otherwise any admin could make the workers call into the service's own network. With
+    NEPENTHE_WEBHOOK_ALLOW_PRIVATE nothing is refused."""
     host = urlsplit(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
         raise WebhookUrlRefused(f"the webhook host {host!r} does not resolve") from exc
-    for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global:
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if get_settings().webhooks_may_reach_private:
+        return addresses
+    for address in addresses:
+        if not address.is_global or embeds_ipv4(address):
             raise WebhookUrlRefused(
                 f"the webhook host {host!r} is a non-public address ({address}); set "
                 "NEPENTHE_WEBHOOK_ALLOW_PRIVATE=true to allow internal receivers"
             )
+    return addresses
 
 
 def create(session: Session, actor: Actor, url: str) -> Webhook:

@@ -243,6 +243,11 @@ def test_a_bad_url_is_refused(api, url):
         "http://192.168.0.7/hook",
         "http://169.254.169.254/latest/meta-data",
         "http://[::1]/hook",
+        # IPv6 forms that embed an IPv4 address: IPv4-compatible, NAT64, 6to4, IPv4-mapped.
+        "http://[::127.0.0.1]/hook",
+        "http://[64:ff9b::7f00:1]/hook",
+        "http://[2002:7f00:1::]/hook",
+        "http://[::ffff:10.0.0.1]/hook",
     ],
 )
 def test_internal_addresses_are_refused_unless_allowed(api, monkeypatch, url):
@@ -387,6 +392,63 @@ def test_an_unreachable_receiver_counts_as_a_failed_attempt(api, registered):
     row = delivery(api, hook, delivery_id)
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("pending", 1, None)
     assert row["last_error"].startswith("ConnectError")
+
+
+class RebindingResolver:
+    """A name that resolves to a public address for the first ``honest`` lookups, then to the
+    loopback address where ``receiver`` listens: what a rebinding DNS server does."""
+
+    def __init__(self, name: str, honest: int) -> None:
+        import socket
+
+        self.name, self.honest, self.lookups = name, honest, 0
+        self.real = socket.getaddrinfo
+
+    def __call__(self, host: Any, *args: Any, **kwargs: Any) -> Any:
+        import socket
+
+        if host != self.name:
+            return self.real(host, *args, **kwargs)
+        self.lookups += 1
+        address = "93.184.216.34" if self.lookups <= self.honest else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, 0))]
+
+
+def test_a_rebinding_name_cannot_turn_a_delivery_inward(api, registered, receiver, monkeypatch):
+    """Checked public at creation and at the send, loopback when httpx would resolve it to
+    connect: the delivery goes to the address that was checked, never to the receiver inside."""
+    import socket
+
+    from tests.conftest import reset_caches
+    from workers.webhooks import deliver
+
+    monkeypatch.setenv("NEPENTHE_WEBHOOK_ALLOW_PRIVATE", "false")
+    monkeypatch.setenv("NEPENTHE_WEBHOOK_TIMEOUT_S", "1")
+    reset_caches()
+    resolver = RebindingResolver("rebind.test", honest=2)
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    port = receiver.server.server_address[1]
+    hook, delivery_id = one_delivery(api, registered, f"http://rebind.test:{port}/hooks")
+    assert deliver(delivery_id) == "retrying"  # 93.184.216.34 is not reachable from here
+    assert receiver.received == []
+    assert resolver.lookups == 2  # at creation and at the send; never again to connect
+    row = delivery(api, hook, delivery_id)
+    assert row["attempts"] == 1 and row["last_status_code"] is None
+
+
+def test_a_pinned_delivery_keeps_its_host_header_and_tls_name():
+    import ipaddress
+
+    from workers.webhooks import pinned
+
+    url, host, tls = pinned("https://u:p@hooks.example.com:8443/x?t=1", ipaddress.ip_address("::1"))
+    assert (url, host, tls) == (
+        "https://u:p@[::1]:8443/x?t=1",
+        "hooks.example.com:8443",
+        "hooks.example.com",
+    )
+    url, host, tls = pinned("http://hooks.example.com/x", ipaddress.ip_address("93.184.216.34"))
+    assert (url, host, tls) == ("http://93.184.216.34/x", "hooks.example.com", None)
 
 
 @both_backends
