@@ -1,7 +1,10 @@
 """Default deletions across architectures: requests with no parameters, against a retrain.
 
-    python bench/default_matrix.py --root var/data                # every row, about 30 min on CPU
+    python bench/default_matrix.py --root var/data      # 24 rows, about 80 min on a 2-core CPU
     python bench/default_matrix.py --root var/data --archs small_resnet --datasets fashion
+
+Class rows (one class, two classes) run on both datasets, sample rows (100 and 1,000 random
+training images) on ``--sample-datasets`` (Fashion-MNIST).
 
 Each row runs in its own process (``--row``), so no row inherits another's allocator, threads or
 warm caches. A row takes the original model of its architecture and dataset (trained by the
@@ -340,11 +343,19 @@ def section(rows: list[dict], argv: list[str], seconds: float) -> str:
         "",
         wrap(
             f"Measured {when} on {cpu_name()} ({device_name(torch.device('cpu'))}), "
-            f"{seconds / 60:.0f} min for the whole run, one process per row:"
+            f"{seconds / 60:.0f} min of row processes in all, one process per row:"
         ),
         "",
         "```",
         ".venv/bin/python " + " ".join(documented(argv, ("--doc", "--json", "--work"))),
+        "```",
+        "",
+        wrap(
+            "Rows are appended to `var/bench/default_matrix.jsonl` as they finish; a second run "
+            "skips the rows already there (delete the file to measure again)."
+        ),
+        "",
+        "```",
         "```",
         "",
         wrap(
@@ -397,7 +408,18 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=list(ARCHS))
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--kinds", nargs="+", default=["classes", "samples"])
-    ap.add_argument("--json", type=Path, default=Path("var/bench/default_matrix.json"))
+    ap.add_argument(
+        "--sample-datasets",
+        nargs="+",
+        default=["fashion"],
+        help="the datasets that get sample rows (every dataset gets class rows)",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        default=Path("var/bench/default_matrix.jsonl"),
+        help="one row per line, appended as each row ends; rows already there are not run again",
+    )
     ap.add_argument("--doc", type=Path, help="docs/benchmarks.md: rewrite the section")
     ap.add_argument("--row", nargs=4, metavar=("ARCH", "DATA", "KIND", "SIZE"))
     args = ap.parse_args()
@@ -406,18 +428,28 @@ def main() -> None:
         row = run_row(arch, dataset, kind, int(size), args.root, args.work)
         print(json.dumps(row))
         return
-    start = time.perf_counter()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if args.json.exists():
+        for line in args.json.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["arch"], row["dataset"], row["kind"], row["size"])] = row
     rows = []
     for dataset in args.datasets:
         for arch in args.archs:
-            sizes = {"classes": (1, 2), "samples": SAMPLE_COUNTS}
             for kind in args.kinds:
-                for size in sizes[kind]:
-                    rows.append(_subprocess_row(arch, dataset, kind, size, args))
+                if kind == "samples" and dataset not in args.sample_datasets:
+                    continue
+                for size in (1, 2) if kind == "classes" else SAMPLE_COUNTS:
+                    key = (arch, dataset, kind, size)
+                    if key not in done:
+                        done[key] = _subprocess_row(arch, dataset, kind, size, args)
+                        with args.json.open("a") as out:
+                            out.write(json.dumps(done[key]) + "\n")
+                    rows.append(done[key])
                     print(json.dumps(_brief(rows[-1])), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=1))
-    text = section(rows, sys.argv, time.perf_counter() - start)
+    seconds = sum(r["wall_seconds"] for r in rows)
+    text = section(rows, sys.argv, seconds)
     print(text)
     if args.doc:
         write_section(args.doc, text)
@@ -437,10 +469,13 @@ def _subprocess_row(arch: str, dataset: str, kind: str, size: int, args: Any) ->
         kind,
         str(size),
     ]
+    start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"row {arch} {dataset} {kind} {size} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["wall_seconds"] = time.perf_counter() - start
+    return dict(row)
 
 
 def _brief(row: dict) -> dict:

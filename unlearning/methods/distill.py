@@ -89,7 +89,8 @@ class AutoConfig:
         if len(self.tails) > 8:
             raise ValueError("tails lists at most 8 tail fractions")
         for tail in self.tails:
-            DistillConfig(tail_fraction=tail)
+            if not 0.0 < float(tail) <= 1.0:
+                raise ValueError(f"tails must each be in (0, 1], got {tail}")
         check_bounds(self, {}, {"head_share": (0.0, 1.0, True)})
         if not self.tails and self.head_share < 1.0:
             raise ValueError("with no tails the head refit takes the whole budget: head_share 1")
