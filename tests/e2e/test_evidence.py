@@ -78,7 +78,7 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
     assert ref["accuracy"]["forget_train"] == 0.0 and ref["forget_accuracy"] == 0.0
     gap = m["gap_to_reference"]
     assert abs(gap["retain_accuracy"]) <= 0.05
-    assert abs(gap["entropy_mia_forget"]) <= 0.05
+    assert abs(gap["entropy_mia_forget"]) <= request["acceptance"]["max_mia_gap"]
     assert gap["avg_gap"] < m["original_gap_to_reference"]["avg_gap"]
     # Forget predictions spread over retain classes rather than all landing on one.
     assert (
