@@ -58,6 +58,9 @@ class _BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+MAX_STAGES, MAX_BLOCKS, MAX_WIDTH, MAX_CHANNELS = 8, 64, 1024, 4096
+
+
 class SmallResNet(nn.Module):
     """A CIFAR-style ResNet (3x3 stem, no max-pool) sized for 8x8 to 32x32 inputs.
 
@@ -74,6 +77,16 @@ class SmallResNet(nn.Module):
         super().__init__()
         if not blocks or any(int(b) < 1 for b in blocks):
             raise ArchitectureError("blocks must be a non-empty list of positive integers")
+        # Bounds that keep a registration's trial build (and any worker's) to seconds.
+        if len(blocks) > MAX_STAGES or sum(int(b) for b in blocks) > MAX_BLOCKS:
+            raise ArchitectureError(
+                f"blocks may list at most {MAX_STAGES} stages of {MAX_BLOCKS} blocks in all"
+            )
+        if not 1 <= width <= MAX_WIDTH or width * 2 ** (len(blocks) - 1) > MAX_CHANNELS:
+            raise ArchitectureError(
+                f"width must be between 1 and {MAX_WIDTH}, and the last stage's channels "
+                f"(width x 2^(stages-1)) at most {MAX_CHANNELS}"
+            )
         self.stem = _conv_bn(in_channels, width)
         stages: list[nn.Module] = []
         c_in = width

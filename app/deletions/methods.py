@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -56,7 +57,9 @@ def resolve_params(
             f"unknown parameters for {method.name}: {unknown}; known: {sorted(known)}"
         )
     try:
-        config = TypeAdapter(method.config_type).validate_python(params, strict=False)
+        # Strict, as JSON: "0.1" is not a learning rate nor true an epoch count (the request
+        # body is JSON, so arrays still stand for tuples and integers for floats).
+        config = TypeAdapter(method.config_type).validate_json(json.dumps(params), strict=True)
         if method.resolve_for is not None and family is not None:
             config = method.resolve_for(config, family)
     except ValidationError as exc:

@@ -611,6 +611,26 @@ def test_method_parameters_are_bounded(api, registered, store):
     assert snapshot(store) == before
 
 
+def test_method_parameters_of_the_wrong_type_are_refused_not_coerced(api, registered, store):
+    before = snapshot(store)
+    for method, params in (
+        ("auto", {"lr": "0.1"}),
+        ("finetune", {"epochs": True}),
+        ("unsir", {"label_fix": "yes"}),
+        ("unsir", {"repair_epochs": 2.5}),
+        ("auto", {"tails": "0.2"}),
+    ):
+        body = assert_problem(
+            submit(api, registered, method=method, params=params), 422, "invalid_method_params"
+        )
+        assert next(iter(params)) in body["detail"]
+    assert snapshot(store) == before
+    # What JSON has no other way to say is accepted: an integer for a float, an array of tails.
+    fine = submit(api, registered, method="auto", params={"lr": 1, "tails": [0.3]})
+    assert fine.status_code == 202, fine.text
+    assert fine.json()["params"]["lr"] == 1.0 and fine.json()["params"]["tails"] == [0.3]
+
+
 def test_an_impair_set_too_large_for_memory(api, registered, store, monkeypatch):
     from tests.conftest import reset_caches
 
@@ -633,6 +653,24 @@ def test_architecture_constructors_that_crash(api, store):
             "architecture": {"name": "mobilenet_v2", "args": args},
         }
         assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+    assert snapshot(store) == before
+
+
+def test_architecture_arguments_too_large_to_build_are_refused_at_once(api, store):
+    before = snapshot(store)
+    for args in (
+        {"blocks": [2000]},
+        {"blocks": [1] * 9},
+        {"width": 10**6},
+        {"width": 512, "blocks": [1] * 5},
+    ):
+        body = {
+            **model_body("big"),
+            "input_shape": [1, 8, 8],
+            "architecture": {"name": "small_resnet", "args": {"in_channels": 1, **args}},
+        }
+        detail = assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+        assert "at most" in detail["detail"], args  # refused by the bounds, not by building
     assert snapshot(store) == before
 
 
