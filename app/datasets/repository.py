@@ -29,3 +29,10 @@ def insert_dataset(session: Session, dataset: Dataset) -> None:
 def list_datasets(session: Session, org_id: str) -> list[Dataset]:
     query = select(Dataset).where(Dataset.org_id == org_id)
     return list(session.scalars(query.order_by(Dataset.created_at, Dataset.id)))
+
+
+def location_used(session: Session, location: str) -> bool:
+    """Whether any dataset, of any organisation, is stored at ``location``."""
+    return (
+        session.scalar(select(Dataset.id).where(Dataset.location == location).limit(1)) is not None
+    )

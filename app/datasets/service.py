@@ -11,6 +11,7 @@ from app.actors import Actor
 from app.audit import service as audit
 from app.config import get_settings
 from app.datasets import repository as repo
+from app.db import session_scope
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
 from app.storage import ArtifactStore, get_store
@@ -65,11 +66,22 @@ def _insert(
 def register_npz(
     session: Session, store: ArtifactStore, name: str, upload: Path, actor: Actor
 ) -> Dataset:
-    # Validate before storing, so a bad archive leaves nothing on disk; store before the first
-    # query, so no database lock is held while a large archive is written.
+    # Validate and check the name before storing, so a refused upload leaves nothing on disk;
+    # the name check only reads, so no write lock is held while a large archive is written.
     train, test = _open_both("npz", str(upload))
+    if repo.name_exists(session, actor.org_id, name):
+        raise NameTaken(f"a dataset named {name!r} already exists")
     stored = store.put_bytes(upload.read_bytes(), ".npz")
-    return _insert(session, name, "npz", STORE_PREFIX + stored.key, train, test, actor)
+    location = STORE_PREFIX + stored.key
+    try:
+        return _insert(session, name, "npz", location, train, test, actor)
+    except NameTaken:
+        # Lost a race for the name: keep the file only if another dataset holds the same bytes
+        # (asked in a session of its own: this one's transaction has failed).
+        with session_scope(read_only=True) as other:
+            if not repo.location_used(other, location):
+                store.delete(stored.key)
+        raise
 
 
 def _allowed_path(location: str) -> Path:
@@ -80,9 +92,10 @@ def _allowed_path(location: str) -> Path:
     except (OSError, ValueError, RuntimeError) as exc:
         raise InvalidDataset(f"unusable location: {exc}", code="dataset_unreadable") from exc
     if not any(path == root or path.is_relative_to(root) for root in roots):
+        # The roots themselves are the server's layout: not for its clients to read.
         raise InvalidDataset(
             "the location is outside the folders this server reads datasets from "
-            "(NEPENTHE_DATA_ROOTS): " + ", ".join(str(r) for r in roots),
+            "(NEPENTHE_DATA_ROOTS; ask its operator which they are)",
             code="dataset_location_forbidden",
         )
     return path

@@ -131,6 +131,25 @@ def test_npz_dataset_upload(api, tmp_path):
     assert dataset["location"].startswith("store:")
 
 
+def test_a_refused_npz_upload_leaves_no_file_behind(api, store, tmp_path):
+    from tests.conftest import snapshot
+
+    def upload(name: str, seed: int):
+        path = tmp_path / f"{name}-{seed}.npz"
+        rng = np.random.default_rng(seed)
+        images = rng.integers(0, 255, (40, 8, 8), dtype=np.uint8)
+        np.savez(path, images=images, labels=np.arange(40) % 4)
+        return api.post(
+            "/v1/datasets/npz", files={"file": ("d.npz", path.read_bytes())}, data={"name": name}
+        )
+
+    assert upload("taken", 0).status_code == 201
+    before = snapshot(store)
+    refused = upload("taken", 1)  # other bytes, same name
+    assert refused.status_code == 409 and refused.json()["code"] == "name_taken"
+    assert snapshot(store) == before
+
+
 def test_openapi_lists_every_route(api):
     spec = api.get("/openapi.json").json()
     assert {
