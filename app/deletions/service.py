@@ -14,6 +14,7 @@ from app import queue
 from app.actors import Actor
 from app.audit import service as audit
 from app.datasets import service as datasets
+from app.db import session_scope
 from app.deletions import clock, evidence, methods
 from app.deletions import repository as repo
 from app.deletions.repository import RequestFilter
@@ -35,6 +36,7 @@ from app.errors import (
     ModelVersionNotFound,
     OptionUnsupportedForModel,
     ReceiptNotIssued,
+    ServiceError,
     UnknownClass,
     UnknownSample,
 )
@@ -76,6 +78,9 @@ def submit(
 ) -> tuple[DeletionRequest, bool]:
     """Returns the request and whether it was created now (False: an idempotent replay)."""
     digest = body_digest(body)
+    # Before the first query of ``session``, which takes SQLite's write lock: a large dataset
+    # loads in seconds, and no other write should wait for that.
+    preloaded = _preload_train(body, actor)
     if idempotency_key is not None:
         existing = _replay(session, actor.org_id, idempotency_key, digest)
         if existing is not None:
@@ -84,12 +89,12 @@ def submit(
     image_to_image = model.task == "image_to_image"
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
-    train: data.ImageSource | None = None  # read once, for the sample ids and the budget
+    train = preloaded  # read once, for the sample ids and the budget
     if body.forget_classes is not None:
         forgets = "classes"
         forget_classes = _resolve_classes(_classes_of(model, dataset), body.forget_classes)
     else:
-        train = _open_train(dataset, "to check the sample ids")
+        train = train or _open_train(dataset, "to check the sample ids")
         forgets = "samples"
         forget_samples = _check_samples(dataset, train, body.forget_samples or [])
     method = methods.choose(body.method, forgets, model.task)
@@ -275,6 +280,23 @@ def _resolve_classes(class_names: list[str], wanted: list[int | str]) -> list[in
     if len(resolved) >= len(class_names):
         raise InvalidForgetSet("forgetting every class leaves nothing to retain")
     return sorted(resolved)
+
+
+def _preload_train(body: DeletionRequestCreate, actor: Actor) -> data.ImageSource | None:
+    """The training split, when the request needs it (sample ids, a budget), read in a session
+    of its own that holds no write lock; None when it does not, or its targets are not found
+    (the write session then reports that)."""
+    if body.forget_samples is None and body.budget_epochs is None:
+        return None
+    with session_scope(read_only=True) as reader:
+        try:
+            _, _, dataset = _targets(reader, actor.org_id, body)
+        except ServiceError:
+            return None
+    try:
+        return data.open_split(dataset.kind, datasets.resolve_location(dataset.location), "train")
+    except data.DatasetError:
+        return None  # refused below, in the order of the other checks
 
 
 def _sizes(
