@@ -353,7 +353,9 @@ def originals_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def section(rows: list[dict], argv: list[str], seconds: float) -> str:
+def section(
+    rows: list[dict], argv: list[str], seconds: float, missing: list[tuple] | None = None
+) -> str:
     classes = [r for r in rows if r["kind"] == "classes"]
     samples = [r for r in rows if r["kind"] == "samples"]
     when = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -406,6 +408,16 @@ def section(rows: list[dict], argv: list[str], seconds: float) -> str:
         *sample_table(samples),
         "",
     ]
+    if missing:
+        lines += [
+            wrap(
+                "Not run in this session (out of time on this CPU; the command above runs them "
+                "and skips the rows already measured): "
+                + "; ".join(f"{a} on {d}, {k} {s}" for a, d, k, s in missing)
+                + "."
+            ),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -441,6 +453,11 @@ def main() -> None:
     )
     ap.add_argument("--doc", type=Path, help="docs/benchmarks.md: rewrite the section")
     ap.add_argument("--row", nargs=4, metavar=("ARCH", "DATA", "KIND", "SIZE"))
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write the report from the rows already measured; list the others as not run",
+    )
     args = ap.parse_args()
     if args.row:
         arch, dataset, kind, size = args.row
@@ -453,14 +470,17 @@ def main() -> None:
         for line in args.json.read_text().splitlines():
             row = json.loads(line)
             done[(row["arch"], row["dataset"], row["kind"], row["size"])] = row
-    rows = []
-    for dataset in args.datasets:
-        for arch in args.archs:
-            for kind in args.kinds:
-                if kind == "samples" and dataset not in args.sample_datasets:
-                    continue
+    rows, missing = [], []
+    for kind in args.kinds:  # every class row first: the headline of the report
+        for dataset in args.datasets:
+            if kind == "samples" and dataset not in args.sample_datasets:
+                continue
+            for arch in args.archs:
                 for size in (1, 2) if kind == "classes" else SAMPLE_COUNTS:
                     key = (arch, dataset, kind, size)
+                    if key not in done and args.report_only:
+                        missing.append(key)
+                        continue
                     if key not in done:
                         done[key] = _subprocess_row(arch, dataset, kind, size, args)
                         with args.json.open("a") as out:
@@ -468,7 +488,7 @@ def main() -> None:
                     rows.append(done[key])
                     print(json.dumps(_brief(rows[-1])), flush=True)
     seconds = sum(r["wall_seconds"] for r in rows)
-    text = section(rows, sys.argv, seconds)
+    text = section(rows, [a for a in sys.argv if a != "--report-only"], seconds, missing)
     print(text)
     if args.doc:
         write_section(args.doc, text)
