@@ -98,12 +98,27 @@ class FolderImages:
         return torch.stack([self._load(self.paths[int(i)]) for i in idx])
 
     def _load(self, rel: str) -> torch.Tensor:
-        with Image.open(self.root / rel) as opened:
+        # Checked again at each read: a link may have been swapped in since the listing.
+        path = inside(self.root, rel)
+        with Image.open(path) as opened:
             img = opened.convert("RGB")
         if self.size is not None:
             img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8).copy()
         return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+def inside(root: Path, rel: str) -> Path:
+    """``root / rel`` with every link followed, refused when it leads outside ``root``: a
+    symlink in a dataset folder must not read files the server keeps elsewhere."""
+    real_root = root.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(real_root):
+        raise DatasetError(
+            "dataset_location_forbidden",
+            f"{rel} links outside the dataset folder; such links are refused",
+        )
+    return path
 
 
 def open_split(
@@ -175,6 +190,8 @@ def _image_folder(root: Path, split: Split, size: tuple[int, int] | None) -> Fol
     except (OSError, ValueError) as exc:
         raise DatasetError("dataset_unreadable", f"cannot read {base}: {exc}") from exc
     rels = [Path(p).relative_to(root).as_posix() for p, _ in samples]
+    for rel in rels:
+        inside(root, rel)
     labels = np.array([t for _, t in samples], dtype=np.int64)
     if split_dir is None:
         keep = np.array([is_held_out(r) == (split == "test") for r in rels], dtype=bool)

@@ -143,3 +143,34 @@ def test_open_splits_matches_open_split(tmp_path, kind):
     assert test.ids == data.open_split(kind, location, "test").ids
     assert len(train) > 0
     assert len(test) > 0
+
+
+def _folder_of_images(root, classes=("a", "b"), per=4):
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per):
+            Image.new("RGB", (8, 8), color=(i * 40, 0, 0)).save(root / cls / f"{i}.png")
+
+
+def test_a_symlink_out_of_an_image_folder_is_refused_when_listed(tmp_path):
+    _folder_of_images(tmp_path / "data")
+    _folder_of_images(tmp_path / "private", classes=("secret",))
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "private" / "secret", target_is_directory=True)
+    with pytest.raises(data.DatasetError) as refused:
+        data.open_split("image_folder", str(tmp_path / "data"), "train")
+    assert refused.value.code == "dataset_location_forbidden"
+    # A link that stays inside the folder is fine.
+    (tmp_path / "data" / "c").unlink()
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "data" / "a", target_is_directory=True)
+    assert len(data.open_split("image_folder", str(tmp_path / "data"), "train")) > 0
+
+
+def test_a_link_swapped_in_after_listing_is_refused_when_read(tmp_path):
+    _folder_of_images(tmp_path / "data")
+    _folder_of_images(tmp_path / "private", classes=("secret",))
+    train = data.open_split("image_folder", str(tmp_path / "data"), "train")
+    first = tmp_path / "data" / train.ids[0]
+    first.unlink()
+    first.symlink_to(tmp_path / "private" / "secret" / "0.png")
+    with pytest.raises(data.DatasetError):
+        train.images(np.array([0]))
