@@ -55,8 +55,12 @@ def post(claimed: Claimed, timeout_s: float) -> tuple[int | None, str | None]:
         # Checked again at each send (a name that resolved to a public address when the webhook
         # was made may point inside the network now), and the connection goes to the address
         # checked: resolving again to connect would let a rebinding name answer otherwise.
-        address = check_reachable_publicly(claimed.url)[0]
-        url, host, sni = pinned(claimed.url, address)
+        addresses = check_reachable_publicly(claimed.url)
+        url, host, sni = (
+            pinned(claimed.url, addresses[0])
+            if addresses
+            else (claimed.url, urlsplit(claimed.url).netloc.rpartition("@")[2], None)
+        )
         with (
             httpx.Client(timeout=timeout_s, follow_redirects=False) as http,
             http.stream(

@@ -68,15 +68,16 @@ def check_reachable_publicly(url: str) -> list[IpAddress]:
     """The addresses the URL's host resolves to, once each is known to be public: a loopback,
     private, link-local or reserved address (or an IPv6 form embedding an IPv4 one) is refused,
     otherwise any admin could make the workers call into the service's own network. With
-    NEPENTHE_WEBHOOK_ALLOW_PRIVATE nothing is refused."""
+    NEPENTHE_WEBHOOK_ALLOW_PRIVATE nothing is checked, and no address is returned (the send
+    then resolves the name itself)."""
+    if get_settings().webhooks_may_reach_private:
+        return []
     host = urlsplit(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as exc:
         raise WebhookUrlRefused(f"the webhook host {host!r} does not resolve") from exc
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
-    if get_settings().webhooks_may_reach_private:
-        return addresses
     for address in addresses:
         if not address.is_global or embeds_ipv4(address):
             raise WebhookUrlRefused(
