@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from anyio import to_thread
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,8 +26,12 @@ from app.errors import (
     PayloadTooLarge,
     ServiceError,
     Unauthenticated,
+    database_unavailable,
     problem_response,
 )
+
+# The database cannot be reached to check the key: answered as the app answers it (503).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 # Methods whose requests may carry a body; every route using them needs an API key.
 GUARDED = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -42,7 +48,12 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        refused = await _refusal(request)
+        try:
+            refused = await _refusal(request)
+        except UNAVAILABLE as exc:  # the key cannot be checked: answer as the app would
+            response = await database_unavailable(request, exc)
+            await response(scope, receive, send)
+            return
         if refused is not None:
             await _answer(request, refused, scope, receive, send)
             return

@@ -350,7 +350,7 @@ def _is_transient(exc: Exception) -> bool:
     return True
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     # The database is down or restarting (or, on SQLite, locked past the busy timeout): nothing
     # was written, the client may retry. The pool pings connections before use, so the service
     # recovers by itself once the database is back.
@@ -401,7 +401,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(DataError, _data_error)
     for unavailable in (OperationalError, InterfaceError, PoolTimeout):
-        app.add_exception_handler(unavailable, _database_unavailable)
+        app.add_exception_handler(unavailable, database_unavailable)
     app.add_exception_handler(OSError, _storage_full)
     for store_failure in (BotoCoreError, ClientError):
         app.add_exception_handler(store_failure, _store_error)

@@ -283,6 +283,32 @@ def class_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def class_summary(rows: list[dict]) -> str:
+    """How many class rows met each target."""
+    if not rows:
+        return "No class rows."
+    counts = {"gate": 0, "forget acc > 1%": 0, "retain > 1 pt": 0, "MIA > 10 pts": 0}
+    counts["> 0.1 epochs"] = 0
+    for r in rows:
+        a, ref = r["after"], r["retrained"]
+        missed = class_misses(
+            r,
+            a["retain_accuracy"] - ref["retain_accuracy"],
+            a["forget_member_rate"] - ref["forget_member_rate"],
+            r["cost"]["epoch_equivalents"]["method"],
+        )
+        for name in counts:
+            counts[name] += name in missed.split(", ")
+    n = len(rows)
+    return (
+        f"Of {n} class rows: gate passed in {n - counts['gate']}, forget accuracy <= 1% in "
+        f"{n - counts['forget acc > 1%']}, retain within 1 point of the retrained model in "
+        f"{n - counts['retain > 1 pt']}, forget-set MIA within 10 points of the retrained "
+        f"model's in {n - counts['MIA > 10 pts']}, at most 0.1 epoch-equivalents of method "
+        f"work in {n - counts['> 0.1 epochs']}."
+    )
+
+
 def class_misses(r: dict, retain_gap: float, mia_gap: float, epochs: float) -> str:
     a = r["after"]
     misses = []
@@ -397,6 +423,8 @@ def section(
         "Class deletions (no parameters):",
         "",
         *class_table(classes),
+        "",
+        wrap(class_summary(classes)),
         "",
         wrap(
             "Sample deletions (no parameters): the entropy attack's member rate on the "
