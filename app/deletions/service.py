@@ -294,8 +294,8 @@ def _preload_train(body: DeletionRequestCreate, actor: Actor) -> data.ImageSourc
         except ServiceError:
             return None
     try:
-        return data.open_split(dataset.kind, datasets.resolve_location(dataset.location), "train")
-    except data.DatasetError:
+        return _open_train(dataset, "")
+    except InvalidDataset:
         return None  # refused below, in the order of the other checks
 
 
