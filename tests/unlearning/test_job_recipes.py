@@ -15,8 +15,8 @@ import torch
 from client.demo_i2i import ARCH_ARGS, ARCH_NAME, SMALL_MODEL_PARAMS, SPEC, TRANSFORM
 from tests.helpers import ARCH, CLASS_NAMES, SMALL_DATA_PARAMS, i2i_trained_state, trained_state
 from tests.helpers import SPEC as DIGITS_SPEC
-from unlearning import acceptance
-from unlearning.jobs import JobSpec, run
+from unlearning import acceptance, data
+from unlearning.jobs import JobSpec, UnlearningDiverged, run
 from unlearning.jobs.classifier import job_plan
 
 CPU = torch.device("cpu")
@@ -143,6 +143,20 @@ def test_a_result_the_gate_refuses_hands_back_no_weights(tmp_path):
     assert outcome.state is None
     assert "max_forget_accuracy" in [f["check"] for f in outcome.failures]
     assert outcome.metrics["acceptance"]["passed"] is False
+
+
+def test_weights_that_diverge_mid_method_end_the_job_as_diverged(tmp_path):
+    """SalUn checks membership after each epoch: NaN weights must stop it with the service's
+    divergence error, not reach the attack's logistic regression."""
+    samples = _class_job(
+        method="salun",
+        forget_classes=None,
+        forget_samples=data.open_splits("sklearn_digits", None)[0].ids[:40],
+        acceptance=dataclasses.asdict(acceptance.DEFAULTS["samples"]),
+        params={"epochs": 2, "lr": 10.0, "momentum": 0.99},
+    )
+    with pytest.raises(UnlearningDiverged, match="learning rate"):
+        run(samples, _weights(tmp_path, trained_state()), CPU, Recorder())
 
 
 def test_an_image_to_image_job_moves_only_the_encoder_and_draws_its_grid(tmp_path):

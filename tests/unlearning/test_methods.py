@@ -162,6 +162,23 @@ def test_salun_stops_once_the_forgotten_samples_look_unseen(splits):
     assert result.details["epochs_run"] == 2 and checked == []
 
 
+def test_salun_keeps_batchnorm_statistics_unless_asked_to_train_them(splits):
+    """Relabelling batches mix random-labelled forget images into retain data: by default their
+    statistics must not replace the running ones (mobilenet_v3_small fell to chance that way)."""
+    train, _ = splits
+    task = sample_task(train)
+    stats = {k: v.clone() for k, v in task.model.state_dict().items() if "running" in k}
+    assert stats, "tiny_cnn has BatchNorm layers"
+    METHODS["salun"].run(task, SalunConfig(epochs=1, stop_margin=None))
+    after = task.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+
+    task = sample_task(train)
+    METHODS["salun"].run(task, SalunConfig(epochs=1, stop_margin=None, batchnorm="train"))
+    after = task.model.state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in stats.items())
+
+
 def test_methods_refuse_out_of_range_parameters():
     for config, bad in (
         (FinetuneConfig, {"lr": float("nan")}),

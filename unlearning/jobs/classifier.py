@@ -173,6 +173,7 @@ def _member_gap(
     sets: verify.EvalSets, job: JobSpec, device: torch.device
 ) -> Callable[[torch.nn.Module], tuple[float | None, int]]:
     def gap(model: torch.nn.Module) -> tuple[float | None, int]:
+        refuse_diverged(model)  # a NaN model has no member rate to compare
         return verify.forget_member_gap(model, sets, job.input_spec, device)
 
     return gap
@@ -191,6 +192,7 @@ def _gate_check(
     which a method must not need. Each measurement is appended to ``measured``."""
 
     def accept(model: torch.nn.Module) -> tuple[list[dict[str, Any]], int]:
+        refuse_diverged(model)
         with cost.phase("evaluate"):  # its samples come back as the method's check_samples
             after = verify.measure(model, sets, job.input_spec, device)
         measured.append(after)

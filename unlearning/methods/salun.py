@@ -9,16 +9,28 @@ ICLR 2024): random-label fine-tuning restricted to the weights that matter most 
    the SalUn code, the optimiser's weight decay still shrinks the weights outside the mask; with
    ``weight_decay=0`` they do not move at all.
 
-It reads forget samples, so it serves sample-level requests (and class requests). Defaults are the
-repository's CIFAR-10 random-forgetting recipe (methods doc s. 4): 10 epochs at lr 0.013, SGD with
-momentum 0.9 and weight decay 5e-4. ``retain_per_class`` optionally caps the retain samples used
-per class and epoch, which trades some retain accuracy for a large saving on big datasets.
+It reads forget samples, so it serves sample-level requests (and class requests). The defaults
+follow the repository's CIFAR-10 random-forgetting recipe (methods doc s. 4: 10 epochs, mask 0.5,
+SGD with momentum 0.9 and weight decay 5e-4) with two changes the default-deletion benchmark
+measured (docs/benchmarks.md):
+
+- ``lr`` 0.001, not the recipe's 0.013, which was set for ResNets trained by SGD at lr 0.1. On
+  networks trained with Adam at 1e-3, 0.013 cost resnet18 5 points of retain accuracy and turned
+  mobilenet_v3_small's weights into NaN (or, with BatchNorm training, took it to chance); 0.001
+  moved the forgotten images to held-out membership within one epoch on every network measured.
+- ``batchnorm="frozen"`` keeps BatchNorm layers in eval mode: batches that mix random-labelled
+  forget images into retain data are not the statistics every later layer was trained on.
+  ``"train"`` lets them follow the batches, as the SalUn code does.
+
+``retain_per_class`` optionally caps the retain samples used per class and epoch, which trades
+some retain accuracy for a large saving on big datasets.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,15 +51,19 @@ from unlearning.train import descend, epoch_progress
 @dataclass(frozen=True)
 class SalunConfig(SgdConfig):
     epochs: int = 10
-    lr: float = 0.013
+    lr: float = 0.001
     mask_ratio: float = 0.5
     retain_per_class: int | None = None
     # Stop after the first epoch at whose end the forget samples' member rate is at most this
     # far above the held-out rate (null: run every epoch, as the paper does).
     stop_margin: float | None = 0.05
+    # "train": BatchNorm statistics follow the relabelling batches, as in the SalUn code.
+    batchnorm: Literal["frozen", "train"] = "frozen"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.batchnorm not in ("frozen", "train"):
+            raise ValueError("batchnorm must be 'frozen' or 'train'")
         check_bounds(self, {}, {"mask_ratio": (0.0, 1.0, False)})
         if self.stop_margin is not None and not 0.0 <= self.stop_margin <= 1.0:
             raise ValueError("stop_margin must be between 0 and 1, or null")
@@ -83,7 +99,15 @@ def salun(task: UnlearningTask, config: SalunConfig) -> MethodResult:
         labels = np.concatenate([forget_labels, task.source.targets[retain]])
         batches = labelled_batches(task.source, idx, labels, task.spec, config.batch_size, gen)
         on_step = epoch_progress(task.progress, "relabel", epoch, config.epochs, len(idx))
-        seen += descend(model, opt, batches, task.device, on_step, grad_mask=mask)
+        seen += descend(
+            model,
+            opt,
+            batches,
+            task.device,
+            on_step,
+            grad_mask=mask,
+            freeze_batchnorm=config.batchnorm == "frozen",
+        )
         epochs_run += 1
         if _looks_held_out(task, config, model, result):
             break
