@@ -423,3 +423,55 @@ def iterate(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield spec.prepare(source.images(idx)), torch.as_tensor(source.targets[idx])
+
+
+@dataclass(frozen=True)
+class SampleIndex:
+    """Every sample of a dataset without its pixels: id, label and split, in the source's order."""
+
+    ids: list[str]
+    labels: np.ndarray
+    held_out: np.ndarray
+    classes: list[str]
+
+
+def sample_index(kind: str, location: str | None) -> SampleIndex:
+    """The ids sample requests name. An .npz archive is read without its images."""
+    if kind == "npz" and location is not None:
+        return _npz_index(Path(location))
+    train, test = open_splits(kind, location)
+    return SampleIndex(
+        list(train.ids) + list(test.ids),
+        np.concatenate([train.targets, test.targets]).astype(np.int64),
+        np.r_[np.zeros(len(train), dtype=bool), np.ones(len(test), dtype=bool)],
+        list(train.classes),
+    )
+
+
+_INDEX_MEMBERS = ("labels", "ids", "split", "class_names", "y_train", "y_test")
+
+
+def _npz_index(path: Path) -> SampleIndex:
+    _check_npz_size(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:  # members inflate only when read
+            arrays = {k: z[k] for k in z.files if k in _INDEX_MEMBERS}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
+    if "y_train" in arrays and "y_test" in arrays:
+        n_train, n_test = len(arrays["y_train"]), len(arrays["y_test"])
+        ids = [f"train/{i}" for i in range(n_train)] + [f"test/{i}" for i in range(n_test)]
+        labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
+        held_out = np.r_[np.zeros(n_train, dtype=bool), np.ones(n_test, dtype=bool)]
+    elif "labels" in arrays:
+        labels = arrays["labels"]
+        ids = (
+            [str(s) for s in arrays["ids"]]
+            if "ids" in arrays
+            else [str(i) for i in range(len(labels))]
+        )
+        held_out = _npz_split_mask(arrays, ids, "test")
+    else:
+        raise DatasetError("dataset_unreadable", "the archive has no labels")
+    labels = np.asarray(labels).astype(np.int64)
+    return SampleIndex(ids, labels, held_out, _npz_classes(arrays, labels))

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
-from typing import Annotated, Any
+import re
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from app.datasets import service
-from app.datasets.schemas import NAME_PATTERN, DatasetCreate, DatasetRead
+from app.datasets.schemas import NAME_PATTERN, DatasetCreate, DatasetRead, SamplePage
 from app.deps import ActorDep, ReadSessionDep, RegisterDep, SessionDep
-from app.errors import DatasetNotFound, InvalidDataset, NameTaken, PayloadTooLarge
+from app.errors import (
+    DatasetNotFound,
+    InvalidDataset,
+    InvalidPageToken,
+    NameTaken,
+    PayloadTooLarge,
+)
 from app.storage import get_store
 from app.uploads import received
 
@@ -67,3 +74,28 @@ def list_datasets(session: ReadSessionDep, actor: ActorDep) -> list[DatasetRead]
 def get_dataset(ref: str, session: ReadSessionDep, actor: ActorDep) -> DatasetRead:
     """A dataset by id or name."""
     return DatasetRead.model_validate(service.get(session, actor.org_id, ref))
+
+
+@router.get(
+    "/{ref}/samples",
+    summary="List a dataset's sample ids",
+    response_model=SamplePage,
+    responses={404: DatasetNotFound.openapi(), 422: InvalidPageToken.openapi()},
+)
+def list_samples(
+    ref: str,
+    session: ReadSessionDep,
+    actor: ActorDep,
+    split: Literal["train", "test"] | None = Query(None, description="train: the forgettable ones"),
+    label: int | None = Query(None, ge=0, description="only samples of this class index"),
+    limit: int = Query(1000, ge=1, le=10000),
+    page_token: str | None = None,
+) -> SamplePage:
+    """The ids a sample deletion request names, with each one's label and split."""
+    offset = 0
+    if page_token:
+        if not re.fullmatch(r"[0-9]{1,12}", page_token):
+            raise InvalidPageToken("page_token is not one this API issued")
+        offset = int(page_token)
+    dataset = service.get(session, actor.org_id, ref)
+    return service.sample_page(dataset, split, label, offset, limit)

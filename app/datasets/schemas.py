@@ -44,3 +44,16 @@ class DatasetRead(BaseModel):
     train_count: int
     test_count: int
     created_at: datetime
+
+
+class SampleRead(BaseModel):
+    id: str = Field(description="what a sample deletion request names in forget_samples")
+    split: Literal["train", "test"] = Field(description="only train samples can be forgotten")
+    label: int
+    class_name: str
+
+
+class SamplePage(BaseModel):
+    items: list[SampleRead]
+    total: int = Field(description="samples matching the filters, on every page")
+    next_page_token: str | None = Field(description="pass as page_token for the next page")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -11,6 +14,7 @@ from app.actors import Actor
 from app.audit import service as audit
 from app.config import get_settings
 from app.datasets import repository as repo
+from app.datasets.schemas import SamplePage, SampleRead
 from app.db import session_scope
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
@@ -140,3 +144,53 @@ def get(session: Session, org_id: str, ref: str) -> Dataset:
 
 def list_all(session: Session, org_id: str) -> list[Dataset]:
     return repo.list_datasets(session, org_id)
+
+
+def sample_page(
+    dataset: Dataset, split: str | None, label: int | None, offset: int, limit: int
+) -> SamplePage:
+    """One page of the dataset's samples, train and held-out in the source's order."""
+    index = _index_of(dataset)
+    keep = np.ones(len(index.ids), dtype=bool)
+    if split is not None:
+        keep &= index.held_out == (split == "test")
+    if label is not None:
+        keep &= index.labels == label
+    rows = np.flatnonzero(keep)
+    page = rows[offset : offset + limit]
+    items = [
+        SampleRead(
+            id=index.ids[i],
+            split="test" if index.held_out[i] else "train",
+            label=int(index.labels[i]),
+            class_name=_class_name(index.classes, int(index.labels[i])),
+        )
+        for i in page
+    ]
+    more = offset + limit < len(rows)
+    return SamplePage(
+        items=items, total=len(rows), next_page_token=str(offset + limit) if more else None
+    )
+
+
+def _class_name(classes: list[str], label: int) -> str:
+    return classes[label] if label < len(classes) else str(label)
+
+
+def _index_of(dataset: Dataset) -> data.SampleIndex:
+    location = resolve_location(dataset.location)
+    # A folder's files may change under it: its modification time is part of the key.
+    stamp = (
+        os.stat(location).st_mtime_ns if location is not None and os.path.exists(location) else 0
+    )
+    try:
+        return _cached_index(dataset.kind, location, stamp)
+    except data.DatasetError as exc:
+        raise InvalidDataset(str(exc), code=exc.code) from exc
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise InvalidDataset(f"cannot read the dataset: {exc}", code="dataset_unreadable") from exc
+
+
+@functools.lru_cache(maxsize=8)  # a 70k-sample index is a few MB; pages of it come in runs
+def _cached_index(kind: str, location: str | None, _stamp: int) -> data.SampleIndex:
+    return data.sample_index(kind, location)
