@@ -208,8 +208,12 @@ class DeletionRequest(Base):
     upstream_request_id: Mapped[str | None] = mapped_column(String(200), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     body_sha256: Mapped[str] = mapped_column(String(64))
-    # SHA-256 of the canonical forget specification: names what was forgotten without the data.
+    # SHA-256 of the canonical forget specification and the salt: names what was forgotten
+    # without the data, and cannot be checked against guessed ids by anyone without the salt.
     forget_spec_sha256: Mapped[str] = mapped_column(String(64))
+    # Random, per request; disclosed only by the evidence export. Null on requests made before
+    # salting, whose hash covers the specification alone.
+    forget_spec_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     # The statutory clock: received (created_at) plus settings.due_months, plus extensions.
     due_at: Mapped[datetime] = mapped_column(Timestamp)

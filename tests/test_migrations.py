@@ -119,7 +119,7 @@ def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_ch
         request = session.get(DeletionRequest, "r1")
         assert request is not None and request.org_id == org.id
         assert request.due_at == datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-        assert request.forget_spec_sha256 == forget_spec_sha256("d1", None, [3], None)
+        assert request.forget_spec_sha256 == forget_spec_sha256("d1", None, [3], None, None)
         assert request.receipt is None
         original, unlearned = session.get(ModelVersion, "v1"), session.get(ModelVersion, "v2")
         assert original is not None and unlearned is not None

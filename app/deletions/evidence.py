@@ -1,12 +1,16 @@
 """Signed evidence of a deletion request: the receipt at acceptance, the certificate when the
 job succeeded, and the export of everything an auditor asks for.
 
-The documents name the forgotten data only by a hash of the forget specification: sample ids
-can themselves be personal data, and evidence must not keep what was erased.
+The documents name the forgotten data only by a salted hash of the forget specification: sample
+ids can themselves be personal data, and evidence must not keep what was erased. The salt is
+random per request and only the evidence export (audit scope) discloses it, so a key that can
+read a request cannot test guessed sample ids against its hash; whoever holds the specification
+and the export can recompute it.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -20,22 +24,37 @@ RECEIPT = "nepenthe.deletion_receipt"
 CERTIFICATE = "nepenthe.deletion_certificate"
 
 
+def hash_recipe(salted: bool) -> str:
+    """How forget_spec_sha256 is computed, in words an auditor can follow."""
+    fields = "dataset_id, retain_dataset_id, forget_classes (sorted), forget_samples (sorted)"
+    return (
+        "SHA-256 of the JSON object {" + fields + (", salt" if salted else "") + "} with sorted "
+        "keys, no spaces and ASCII escapes (absent forget_classes or forget_samples are null)"
+    )
+
+
+def new_salt() -> str:
+    return secrets.token_hex(32)
+
+
 def forget_spec_sha256(
     dataset_id: str,
     retain_dataset_id: str | None,
     forget_classes: list[int] | None,
     forget_samples: list[str] | None,
+    salt: str | None,
 ) -> str:
     """A hash of what is to be forgotten. Sample ids are sorted, so the order they were sent in
-    does not change it; anyone holding the same specification can recompute it."""
-    return sha256_hex(
-        {
-            "dataset_id": dataset_id,
-            "retain_dataset_id": retain_dataset_id,
-            "forget_classes": sorted(forget_classes) if forget_classes is not None else None,
-            "forget_samples": sorted(forget_samples) if forget_samples is not None else None,
-        }
-    )
+    does not change it. ``salt`` None is the unsalted hash of requests made before salting."""
+    spec: dict[str, Any] = {
+        "dataset_id": dataset_id,
+        "retain_dataset_id": retain_dataset_id,
+        "forget_classes": sorted(forget_classes) if forget_classes is not None else None,
+        "forget_samples": sorted(forget_samples) if forget_samples is not None else None,
+    }
+    if salt is not None:
+        spec["salt"] = salt
+    return sha256_hex(spec)
 
 
 def _request_fields(request: DeletionRequest, source: ModelVersion) -> dict[str, Any]:
@@ -53,6 +72,7 @@ def _request_fields(request: DeletionRequest, source: ModelVersion) -> dict[str,
         "input_checkpoint_sha256": source.sha256,
         "dataset_id": request.dataset_id,
         "forget_spec_sha256": request.forget_spec_sha256,
+        "forget_spec_salted": request.forget_spec_salt is not None,
         "forget": {"kind": forget_kind, "count": count},
         "method": request.method,
         "params": request.params,

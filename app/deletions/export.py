@@ -15,6 +15,7 @@ from app.audit.chain import timestamp
 from app.audit.schemas import AuditEventRead
 from app.db import session_scope
 from app.deletions import service
+from app.deletions.evidence import hash_recipe
 from app.deletions.schemas import DeletionRequestRead
 from app.jobs import service as jobs
 from app.jobs.schemas import JobEventRead
@@ -53,6 +54,11 @@ def evidence(session: Session, request: DeletionRequest) -> dict[str, Any]:
             "type": "nepenthe.evidence",
             "exported_at": timestamp(utcnow()),
             "request": read.model_dump(mode="json"),
+            # The salt lets whoever holds the specification recompute forget_spec_sha256.
+            "forget_spec": {
+                "salt": request.forget_spec_salt,
+                "hash": hash_recipe(request.forget_spec_salt is not None),
+            },
             "receipt": request.receipt,
             "certificate": request.certificate,
             "job_events": [

@@ -142,8 +142,9 @@ def submit(
         upstream_request_id=body.upstream_request_id,
         idempotency_key=idempotency_key,
         body_sha256=digest,
+        forget_spec_salt=(salt := evidence.new_salt()),
         forget_spec_sha256=evidence.forget_spec_sha256(
-            dataset.id, retain_id, forget_classes, forget_samples
+            dataset.id, retain_id, forget_classes, forget_samples, salt
         ),
         created_at=received,
         due_at=clock.due_at(received),

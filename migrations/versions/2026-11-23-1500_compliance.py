@@ -199,7 +199,8 @@ def _backfill_requests(conn: sa.Connection) -> None:
     for row in conn.execute(sa.select(requests)).all():
         conn.execute(requests.update().where(requests.c.id == row.id).values(
             forget_spec_sha256=forget_spec_sha256(
-                row.dataset_id, row.retain_dataset_id, row.forget_classes, row.forget_samples),
+                row.dataset_id, row.retain_dataset_id, row.forget_classes, row.forget_samples,
+                None),  # unsalted: salts came in revision 0007
             due_at=add_months(row.created_at, 1),
         ))
 

@@ -3,14 +3,17 @@ uploads included."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import update
 
 from app.db import session_scope
+from app.deletions.evidence import forget_spec_sha256
 from app.orm import ModelVersion, utcnow
 from app.signing import load_public_key, verify
 from tests.api.test_bad_input import submit
-from tests.conftest import BACKENDS
+from tests.conftest import BACKENDS, new_key
 from tests.helpers import safetensors_bytes
 from unlearning import data
 
@@ -45,6 +48,36 @@ def test_a_receipt_names_its_request_and_hashes_the_samples(api, registered):
         api.get(f"/v1/deletion-requests/{request['id']}/evidence").json(), public_key(api)
     )
     assert evidence["receipt"] == document
+
+
+def test_the_forget_hash_cannot_be_tested_against_guessed_ids_without_the_export(api, registered):
+    """A key that reads requests sees the hash; guessing the ids and hashing them must not
+    reproduce it. Only the evidence export (audit scope) discloses the salt that does."""
+    train_ids = list(data.open_split("sklearn_digits", None, "train").ids[:2])
+    spec = (registered["dataset"]["id"], None, None, train_ids)
+    first = submit(api, registered, forget_classes=None, forget_samples=train_ids).json()
+    again = submit(api, registered, key="again", forget_classes=None, forget_samples=train_ids)
+    assert again.json()["forget_spec_sha256"] != first["forget_spec_sha256"]
+
+    reader = api.get(
+        f"/v1/deletion-requests/{first['id']}",
+        headers={"Authorization": f"Bearer {new_key('acme', 'download')}"},
+    ).json()
+    assert reader["forget_spec_sha256"] == first["forget_spec_sha256"]
+    assert forget_spec_sha256(*spec, None) != first["forget_spec_sha256"]
+
+    export_url = f"/v1/deletion-requests/{first['id']}/evidence"
+    as_reader = api.get(
+        export_url, headers={"Authorization": f"Bearer {new_key('acme', 'download')}"}
+    )
+    assert as_reader.status_code == 403
+    exported = verify(api.get(export_url).json(), public_key(api))
+    salt = exported["forget_spec"]["salt"]
+    assert len(salt) == 64 and "salt" in exported["forget_spec"]["hash"]
+    assert salt not in json.dumps(reader) and salt not in json.dumps(
+        api.get(first["receipt_url"]).json()
+    )
+    assert forget_spec_sha256(*spec, salt) == first["forget_spec_sha256"]
 
 
 def test_a_version_derived_from_a_superseded_one_is_superseded_too(api, registered):
