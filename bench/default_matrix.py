@@ -64,6 +64,7 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 SAMPLE_COUNTS = (100, 1_000)
 SECTION = "## Default deletions across architectures"
+SAMPLE_SECTION = "### Default sample deletions"
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -379,32 +380,13 @@ def originals_table(rows: list[dict]) -> list[str]:
     return out
 
 
-def section(
+def class_section(
     rows: list[dict], argv: list[str], seconds: float, missing: list[tuple] | None = None
 ) -> str:
-    classes = [r for r in rows if r["kind"] == "classes"]
-    samples = [r for r in rows if r["kind"] == "samples"]
-    when = datetime.now(UTC).strftime("%Y-%m-%d")
     lines = [
         SECTION,
         "",
-        wrap(
-            f"Measured {when} on {cpu_name()} ({device_name(torch.device('cpu'))}), "
-            f"{seconds / 60:.0f} min of row processes in all, one process per row:"
-        ),
-        "",
-        "```",
-        ".venv/bin/python " + " ".join(documented(argv, ("--doc", "--json", "--work"))),
-        "```",
-        "",
-        wrap(
-            "Rows are appended to `var/bench/default_matrix.jsonl` as they finish; a second run "
-            "skips the rows already there (delete the file to measure again)."
-        ),
-        "",
-        "```",
-        "```",
-        "",
+        *_measured(argv, seconds),
         wrap(
             "Every request names no method and no parameter: classes run the default `auto`, "
             "samples the default `salun`, each with the default acceptance thresholds. Each "
@@ -422,40 +404,82 @@ def section(
         "",
         "Class deletions (no parameters):",
         "",
-        *class_table(classes),
+        *class_table(rows),
         "",
-        wrap(class_summary(classes)),
+        wrap(class_summary(rows)),
         "",
-        wrap(
-            "Sample deletions (no parameters): the entropy attack's member rate on the "
-            "forgotten images, on held-out images and on retained training images; the target "
-            "is the forgotten images within 5 points of held-out data and retain accuracy "
-            "within 1 point of the retrained model."
-        ),
-        "",
-        *sample_table(samples),
-        "",
+        *_not_run(missing),
     ]
-    if missing:
-        lines += [
-            wrap(
-                "Not run in this session (out of time on this CPU; the command above runs them "
-                "and skips the rows already measured): "
-                + "; ".join(f"{a} on {d}, {k} {s}" for a, d, k, s in missing)
-                + "."
-            ),
-            "",
-        ]
     return "\n".join(lines)
 
 
-def write_section(doc: Path, text: str) -> None:
+def sample_section(
+    rows: list[dict], argv: list[str], seconds: float, missing: list[tuple] | None = None
+) -> str:
+    lines = [
+        SAMPLE_SECTION,
+        "",
+        *_measured(argv, seconds),
+        wrap(
+            "Sample deletions (no parameters, the default `salun`, on the originals above): the "
+            "entropy attack's member rate on the forgotten images, on held-out images and on "
+            "retained training images; the target is the forgotten images within 5 points of "
+            "held-out data and retain accuracy within 1 point of the retrained model."
+        ),
+        "",
+        *sample_table(rows),
+        "",
+        *_not_run(missing),
+    ]
+    return "\n".join(lines)
+
+
+def _measured(argv: list[str], seconds: float) -> list[str]:
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    return [
+        wrap(
+            f"Measured {when} on {cpu_name()} ({device_name(torch.device('cpu'))}), "
+            f"{seconds / 60:.0f} min of row processes in all, one process per row:"
+        ),
+        "",
+        "```",
+        ".venv/bin/python " + " ".join(documented(argv, ("--doc", "--json", "--work"))),
+        "```",
+        "",
+        wrap(
+            "Rows are appended to `var/bench/default_matrix.jsonl` as they finish; a second run "
+            "skips the rows already there (delete the file to measure again). A run with "
+            "`--kinds samples` rewrites only this list of sample rows, one with `--kinds "
+            "classes` only the class rows."
+        ),
+        "",
+    ]
+
+
+def _not_run(missing: list[tuple] | None) -> list[str]:
+    if not missing:
+        return []
+    return [
+        wrap(
+            "Not run in this session (out of time on this CPU; the command above runs them "
+            "and skips the rows already measured): "
+            + "; ".join(f"{a} on {d}, {k} {s}" for a, d, k, s in missing)
+            + "."
+        ),
+        "",
+    ]
+
+
+def write_section(doc: Path, heading: str, text: str) -> None:
+    """Replace the part of ``doc`` under ``heading`` up to the next heading of its level or
+    above (the class section ends where the sample section begins)."""
     body = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    start = body.find(SECTION)
+    start = body.find(heading)
     if start == -1:
         body = body.rstrip("\n") + "\n\n" + text
     else:
-        end = body.find("\n## ", start + len(SECTION))
+        ends = [body.find(m, start + len(heading)) for m in ("\n## ", "\n" + SAMPLE_SECTION)]
+        end = min((e for e in ends if e != -1), default=-1)
         body = body[:start] + text + (body[end + 1 :] if end != -1 else "")
     doc.write_text(body.rstrip("\n") + "\n")
 
@@ -515,11 +539,19 @@ def main() -> None:
                             out.write(json.dumps(done[key]) + "\n")
                     rows.append(done[key])
                     print(json.dumps(_brief(rows[-1])), flush=True)
-    seconds = sum(r["wall_seconds"] for r in rows)
-    text = section(rows, [a for a in sys.argv if a != "--report-only"], seconds, missing)
-    print(text)
-    if args.doc:
-        write_section(args.doc, text)
+    argv = [a for a in sys.argv if a != "--report-only"]
+    for kind, write, heading in (
+        ("classes", class_section, SECTION),
+        ("samples", sample_section, SAMPLE_SECTION),
+    ):
+        if kind not in args.kinds:
+            continue
+        of_kind = [r for r in rows if r["kind"] == kind]
+        seconds = sum(r["wall_seconds"] for r in of_kind)
+        text = write(of_kind, argv, seconds, [m for m in missing if m[2] == kind])
+        print(text)
+        if args.doc:
+            write_section(args.doc, heading, text)
 
 
 def _subprocess_row(arch: str, dataset: str, kind: str, size: int, args: Any) -> dict:
