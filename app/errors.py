@@ -406,3 +406,11 @@ def install_handlers(app: FastAPI) -> None:
     for store_failure in (BotoCoreError, ClientError):
         app.add_exception_handler(store_failure, _store_error)
     app.add_exception_handler(Exception, _unexpected_error)
+
+
+class RequestNotRetryable(Conflict):
+    code = "request_not_retryable"
+
+
+class RequestNotClosable(Conflict):
+    code = "request_not_closable"

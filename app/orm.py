@@ -221,6 +221,13 @@ class DeletionRequest(Base):
     # when the job succeeded. Requests accepted before receipts existed (migration 0004) have none.
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     certificate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Closed without a success of its own: by an operator, with a reason, after its job was
+    # rejected or failed; or by a later request on the same model that forgot all of this one's
+    # data (satisfied_by_request_id). A closed request is no longer open nor on the deadlines.
+    closed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    closed_by: Mapped[str | None] = mapped_column(String(200))
+    close_reason: Mapped[str | None] = mapped_column(Text)
+    satisfied_by_request_id: Mapped[str | None] = mapped_column(ForeignKey("deletion_request.id"))
 
 
 class DueDateExtension(Base):

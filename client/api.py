@@ -182,6 +182,17 @@ class NepentheClient:
         url = f"/v1/deletion-requests/{request_id}/extensions"
         return dict(self._json(self.http.post(url, json=body)))
 
+    def retry(self, request_id: str, reason: str, **changes: Any) -> dict[str, Any]:
+        """Run a rejected or failed request again; ``changes``: method, params, acceptance,
+        budget_epochs (left out: the request's own)."""
+        body = {"reason": reason, **changes}
+        url = f"/v1/deletion-requests/{request_id}/retry"
+        return dict(self._json(self.http.post(url, json=body)))
+
+    def close_request(self, request_id: str, reason: str) -> dict[str, Any]:
+        url = f"/v1/deletion-requests/{request_id}/close"
+        return dict(self._json(self.http.post(url, json={"reason": reason})))
+
     def request_document(self, request_id: str, kind: str) -> dict[str, Any]:
         """``kind``: receipt, certificate or evidence (signed JSON documents)."""
         return dict(self._json(self.http.get(f"/v1/deletion-requests/{request_id}/{kind}")))

@@ -152,6 +152,15 @@ def _add_compliance_commands(sub: Any) -> None:
     ex.add_argument("request_id")
     ex.add_argument("--months", type=int, required=True)
     ex.add_argument("--reason", required=True)
+    rt = sub.add_parser("retry", help="run a rejected or failed request again, with a reason")
+    rt.add_argument("request_id")
+    rt.add_argument("--reason", required=True)
+    rt.add_argument("--method", help="default: the request's")
+    rt.add_argument("--params", type=json.loads, help="JSON object (default: the request's)")
+    rt.add_argument("--budget", type=float, help="epoch-equivalents (default: the request's)")
+    cl = sub.add_parser("close", help="close a rejected or failed request, with a reason")
+    cl.add_argument("request_id")
+    cl.add_argument("--reason", required=True)
     for kind, text in (
         ("receipt", "the signed receipt"),
         ("certificate", "the signed certificate"),
@@ -338,6 +347,12 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
             )
     elif args.command == "extend":
         _print(client.extend(args.request_id, args.months, args.reason))
+    elif args.command == "retry":
+        changes = {"method": args.method, "params": args.params, "budget_epochs": args.budget}
+        given = {k: v for k, v in changes.items() if v is not None}
+        _print(client.retry(args.request_id, args.reason, **given))
+    elif args.command == "close":
+        _print(client.close_request(args.request_id, args.reason))
     elif args.command in ("receipt", "certificate", "evidence"):
         _save(client.request_document(args.request_id, args.command), args.output)
     elif args.command == "versions":

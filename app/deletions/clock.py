@@ -16,7 +16,8 @@ from app.errors import ExtensionRefused
 from app.orm import DeletionRequest, DueDateExtension, Job, JobStatus, utcnow
 
 # A request is carried out once its job succeeded, and withdrawn once canceled; a failed or
-# rejected job leaves the obligation open (submit again), so its clock keeps running.
+# rejected job leaves the obligation open (retry it, or close it with a reason), so its clock
+# keeps running.
 CLOSED = (JobStatus.succeeded, JobStatus.canceled)
 
 
@@ -39,8 +40,8 @@ def _months_between(start: datetime, end: datetime) -> int:
     return (end.year - start.year) * 12 + end.month - start.month
 
 
-def is_open(job_status: str) -> bool:
-    return JobStatus(job_status) not in CLOSED
+def is_open(job_status: str, closed_at: datetime | None) -> bool:
+    return closed_at is None and JobStatus(job_status) not in CLOSED
 
 
 def extend(
@@ -48,7 +49,7 @@ def extend(
 ) -> DueDateExtension:
     """Push the deadline back. Refused for a closed request, after the original deadline (the
     data subject must be told within the first period), and beyond the allowed total."""
-    if not is_open(job.status):
+    if not is_open(job.status, request.closed_at):
         raise ExtensionRefused(f"the request is closed (its job {job.status}); nothing to extend")
     granted = repo.list_extensions(session, request.id)
     # The deadline the request was given when received (settings may have changed since).

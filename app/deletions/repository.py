@@ -106,7 +106,7 @@ def _filtered(query: Select[Any], where: RequestFilter, closed: list[JobStatus])
     if where.received_until:
         query = query.where(DeletionRequest.created_at < where.received_until)
     if where.open is not None:
-        is_closed = Job.status.in_(closed)
+        is_closed = Job.status.in_(closed) | DeletionRequest.closed_at.is_not(None)
         query = query.where(~is_closed if where.open else is_closed)
     if where.due_before:
         query = query.where(DeletionRequest.due_at < where.due_before)
@@ -129,3 +129,24 @@ def list_extensions(session: Session, request_id: str) -> list[DueDateExtension]
 
 def insert_extension(session: Session, extension: DueDateExtension) -> None:
     session.add(extension)
+
+
+def open_ended_short(
+    session: Session, org_id: str, model_id: str, dataset_id: str
+) -> list[tuple[DeletionRequest, Job]]:
+    """Open requests on any version of the model, over the dataset, whose job was rejected
+    or failed, oldest first."""
+    query = (
+        select(DeletionRequest, Job)
+        .join(Job, Job.request_id == DeletionRequest.id)
+        .join(ModelVersion, ModelVersion.id == DeletionRequest.model_version_id)
+        .where(
+            DeletionRequest.org_id == org_id,
+            DeletionRequest.dataset_id == dataset_id,
+            DeletionRequest.closed_at.is_(None),
+            ModelVersion.model_id == model_id,
+            Job.status.in_([JobStatus.rejected, JobStatus.failed]),
+        )
+        .order_by(DeletionRequest.created_at, DeletionRequest.id)
+    )
+    return [(r, j) for r, j in session.execute(query).all()]

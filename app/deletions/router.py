@@ -6,11 +6,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from app.deletions import export, service
+from app.deletions import export, lifecycle, service
 from app.deletions.schemas import (
+    CloseCreate,
     DeletionRequestCreate,
     DeletionRequestRead,
     ExtensionCreate,
+    RetryCreate,
     VersionContainment,
 )
 from app.deps import ActorDep, AuditDep, ReadSessionDep, SessionDep, SubmitDep
@@ -22,6 +24,8 @@ from app.errors import (
     InputSuperseded,
     InvalidTimeBound,
     ModelVersionNotFound,
+    RequestNotClosable,
+    RequestNotRetryable,
 )
 from app.orm import JobStatus, utcnow
 from app.validation import utc_bound
@@ -187,6 +191,41 @@ def extend(
     default, decided within the first period)."""
     found = service.extend(session, actor, request_id, body.months, body.reason)
     return service.to_read(session, found)
+
+
+@router.post(
+    "/{request_id}/retry",
+    status_code=202,
+    summary="Run a rejected or failed request again",
+    response_model=DeletionRequestRead,
+    responses={
+        404: DeletionRequestNotFound.openapi(),
+        409: RequestNotRetryable.openapi(),
+    },
+)
+def retry(
+    request_id: str, body: RetryCreate, session: SessionDep, actor: SubmitDep, response: Response
+) -> DeletionRequestRead:
+    """Queue the request's job again with other parameters, under the same request and
+    deadline (audited with the reason and the settings it replaced)."""
+    found = lifecycle.retry(session, actor, request_id, body)
+    read = service.to_read(session, found)
+    response.headers["Location"] = f"/v1/jobs/{read.job.id}"
+    return read
+
+
+@router.post(
+    "/{request_id}/close",
+    summary="Close a rejected or failed request with a reason",
+    response_model=DeletionRequestRead,
+    responses={404: DeletionRequestNotFound.openapi(), 409: RequestNotClosable.openapi()},
+)
+def close(
+    request_id: str, body: CloseCreate, session: SessionDep, actor: SubmitDep
+) -> DeletionRequestRead:
+    """End the request without a deletion of its own: it leaves the open requests and the
+    deadlines; the reason is audited."""
+    return service.to_read(session, lifecycle.close(session, actor, request_id, body.reason))
 
 
 @router.get(

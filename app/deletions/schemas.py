@@ -183,6 +183,33 @@ class DeletionRequestRead(BaseModel):
     overdue: bool
     completed_at: datetime | None
     extensions: list[ExtensionRead]
+    closed_at: datetime | None = Field(
+        description="closed without a deletion of its own: by an operator, or satisfied"
+    )
+    closed_by: str | None
+    close_reason: str | None
+    satisfied_by_request_id: str | None = Field(
+        description="the later request on the same model that forgot all of this one's data"
+    )
     receipt_url: str
     certificate_url: str | None
     job: JobRead
+
+
+class RetryCreate(Body):
+    """Run a rejected or failed request's job again. A field left out keeps the request's
+    value; ``params`` keep the request's only while the method stays the same."""
+
+    reason: str = Field(min_length=1, max_length=2000, description="why it is run again")
+    method: str | None = Field(None, max_length=32)
+    params: dict[str, Any] | None = None
+    acceptance: AcceptanceIn | None = None
+    budget_epochs: float | None = Field(None, gt=0.0, le=100_000.0)
+
+
+class CloseCreate(Body):
+    reason: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="why the request ends without a deletion of its own (audited)",
+    )

@@ -300,6 +300,38 @@ def _preload_train(body: DeletionRequestCreate, actor: Actor) -> data.ImageSourc
         return None  # refused below, in the order of the other checks
 
 
+def preload_train_of(
+    org_id: str, request_id: str, budget_epochs: float | None
+) -> data.ImageSource | None:
+    """The training split of a request about to run again under a budget, read before the
+    write session takes its lock (as at submission); None when no budget applies."""
+    with session_scope(read_only=True) as reader:
+        request = repo.get_request(reader, request_id, False)
+        if request is None or request.org_id != org_id:
+            return None
+        if budget_epochs is None and request.budget_epochs is None:
+            return None
+        dataset = reader.get(Dataset, request.dataset_id)
+    if dataset is None:
+        return None
+    try:
+        return _open_train(dataset, "")
+    except InvalidDataset:
+        return None  # open_train reports it in the write session
+
+
+def open_train(session: Session, request: DeletionRequest) -> data.ImageSource:
+    dataset = session.get(Dataset, request.dataset_id)
+    assert dataset is not None
+    return _open_train(dataset, "to estimate the work")
+
+
+def sizes(
+    train: data.ImageSource, forget_classes: list[int] | None, forget_samples: list[str] | None
+) -> costs.Sizes:
+    return _sizes(train, forget_classes, forget_samples)
+
+
 def _sizes(
     train: data.ImageSource, forget_classes: list[int] | None, forget_samples: list[str] | None
 ) -> costs.Sizes:
@@ -463,7 +495,7 @@ def _read(
     extensions: list[DueDateExtension],
 ) -> DeletionRequestRead:
     classes: list[int] | None = request.forget_classes
-    is_open = clock.is_open(job.status)
+    is_open = clock.is_open(job.status, request.closed_at)
     completed = job.finished_at if job.status == JobStatus.succeeded else None
     base = f"/v1/deletion-requests/{request.id}"
     return DeletionRequestRead(
@@ -491,6 +523,10 @@ def _read(
         overdue=is_open and utcnow() > request.due_at,
         completed_at=completed,
         extensions=[ExtensionRead.model_validate(e) for e in extensions],
+        closed_at=request.closed_at,
+        closed_by=request.closed_by,
+        close_reason=request.close_reason,
+        satisfied_by_request_id=request.satisfied_by_request_id,
         receipt_url=f"{base}/receipt",
         certificate_url=f"{base}/certificate" if request.certificate else None,
         job=job,

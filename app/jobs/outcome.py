@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.datasets.service import resolve_location
 from app.db import session_scope
-from app.deletions import evidence
+from app.deletions import evidence, lifecycle
 from app.jobs import repository, states
 from app.models import lineage
 from app.models import service as models
@@ -255,7 +255,9 @@ def conclude(
     assert request is not None and source is not None
     session.flush()  # the output version's id and the job's attempts, as the certificate names
     evidence.issue_certificate(request, job, source, output, metrics, at)
-    return [v.id for v in lineage.supersede(session, source, output, request.id, at)]
+    superseded = [v.id for v in lineage.supersede(session, source, output, request.id, at)]
+    lifecycle.satisfy_earlier(session, request, at)
+    return superseded
 
 
 def _record_outcome(

@@ -30,6 +30,9 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
             JobStatus.canceled,
         }
     ),
+    # The client retries its request with other parameters (the request's deadline stands).
+    JobStatus.rejected: frozenset({JobStatus.queued}),
+    JobStatus.failed: frozenset({JobStatus.queued}),
 }
 
 

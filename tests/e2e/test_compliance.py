@@ -196,3 +196,52 @@ def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys
     assert found[0]["open"] is False and found[0]["completed_at"] is not None
     for client in (admin, downloader, auditor):
         client.close()
+
+
+def _deletion(admin: NepentheClient, version_id: str, dataset_id: str, **body: Any) -> dict:
+    request, _ = admin.submit_deletion(
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=version_id,
+        dataset_id=dataset_id,
+        **body,
+    )
+    return request
+
+
+# One epoch of fine-tuning at a tiny step forgets nothing: the gate rejects it.
+FORGETS_NOTHING = {"method": "finetune", "params": {"epochs": 1, "lr": 1e-6}}
+
+
+def test_a_retried_request_succeeds_and_satisfies_an_earlier_one(service, tmp_path):
+    admin = NepentheClient(service.url, service.admin_key)
+    reg = register(admin, tmp_path)
+    version, dataset = reg["version"]["id"], reg["dataset"]["id"]
+    earlier = _deletion(admin, version, dataset, forget_classes=[3], **FORGETS_NOTHING)
+    first = _deletion(admin, version, dataset, forget_classes=[3, 5], **FORGETS_NOTHING)
+    for request in (earlier, first):
+        assert admin.wait(request["job"]["id"], timeout=300)["status"] == "rejected"
+    with pytest.raises(ApiError) as refused:
+        admin.cancel_job(first["job"]["id"])
+    assert refused.value.code == "job_not_cancelable"
+
+    # Retried under the same request, with another method: the deadline stands, the history
+    # keeps the rejected attempt, the certificate names what finally ran.
+    retried = admin.retry(first["id"], "the fine-tune forgot nothing", method="auto", params={})
+    assert retried["job"]["status"] == "queued" and retried["due_at"] == first["due_at"]
+    assert admin.wait(first["job"]["id"], timeout=300)["status"] == "succeeded"
+    history = [(e["from_status"], e["to_status"]) for e in admin.job_events(first["job"]["id"])]
+    assert ("running", "rejected") in history and ("rejected", "queued") in history
+    certificate = admin.request_document(first["id"], "certificate")["payload"]
+    assert certificate["method"] == "auto"
+    (event,) = admin.audit(action="deletion_request.retried", request_id=first["id"])
+    assert event["details"]["previous"]["method"] == "finetune"
+    assert event["details"]["reason"] == "the fine-tune forgot nothing"
+
+    # That success forgot all of the earlier request's data, on the same model: the earlier
+    # one leaves the open requests and the deadlines, naming the request that satisfied it.
+    satisfied = admin.get_request(earlier["id"])
+    assert satisfied["satisfied_by_request_id"] == first["id"] and satisfied["open"] is False
+    assert earlier["id"] not in [r["id"] for r in admin.deadlines(within_days=60)]
+    actions = [e["action"] for e in admin.audit(request_id=earlier["id"])]
+    assert actions[-1] == "deletion_request.satisfied"
+    admin.close()
