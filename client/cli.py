@@ -403,6 +403,7 @@ def verify_file(path: Path, public_key: Path) -> int:
     for field in (
         "request_id",
         "input_checkpoint_sha256",
+        "input_checkpoint_uploaded_sha256",
         "output_checkpoint_sha256",
         "forget_spec_sha256",
         "completed_at",

@@ -396,8 +396,10 @@ def containment(session: Session, request: DeletionRequest) -> list[VersionConta
     return [
         VersionContainment(
             id=v.id,
+            model_id=v.model_id,
             number=v.number,
             sha256=v.sha256,
+            uploaded_sha256=v.uploaded_sha256,
             parent_version_id=v.parent_version_id,
             produced_by_request_id=v.produced_by_request_id,
             contains_forgotten_data=v.id in holding,

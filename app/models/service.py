@@ -28,7 +28,7 @@ from app.errors import (
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
-from app.storage import ArtifactStore, StoredObject
+from app.storage import ArtifactStore, StoredObject, file_sha256
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
@@ -149,6 +149,9 @@ class PreparedVersion:
     stored: StoredObject
     source_format: str
     parent_version_id: str | None
+    # The file as the client sent it (``stored`` is its canonical re-serialisation).
+    uploaded_sha256: str
+    uploaded_size_bytes: int
 
 
 def prepare_version(
@@ -162,7 +165,9 @@ def prepare_version(
     """Validate an upload against its model and store it as safetensors.
 
     Runs on a read-only session: the slow part (parsing, checking, hashing, writing) holds no
-    database write lock. Only a valid checkpoint reaches the store.
+    database write lock. Only a valid checkpoint reaches the store. The uploaded file's own
+    SHA-256 and size are kept beside the stored file's: the store keeps the canonical
+    re-serialisation (``checkpoints.canonical_bytes``), whose bytes differ from the upload's.
     """
     model = get_model(read, org_id, model_ref)
     if parent_version_id is not None:
@@ -170,8 +175,11 @@ def prepare_version(
         if parent is None or parent.model_id != model.id:
             raise ModelVersionNotFound(f"model {model.name!r} has no version {parent_version_id!r}")
     state, source_format = read_and_check(model, upload)
+    uploaded_sha256, uploaded_size = file_sha256(upload), upload.stat().st_size
     stored = store.put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
-    return PreparedVersion(model.id, stored, source_format, parent_version_id)
+    return PreparedVersion(
+        model.id, stored, source_format, parent_version_id, uploaded_sha256, uploaded_size
+    )
 
 
 def record_version(session: Session, prepared: PreparedVersion, actor: Actor) -> ModelVersion:
@@ -191,6 +199,7 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
         source_format,
         parent_version_id=prepared.parent_version_id,
         produced_by_request_id=None,
+        uploaded=(prepared.uploaded_sha256, prepared.uploaded_size_bytes),
     )
     audit.record(
         session,
@@ -201,6 +210,9 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
         details={
             "number": version.number,
             "sha256": version.sha256,
+            "size_bytes": version.size_bytes,
+            "uploaded_sha256": version.uploaded_sha256,
+            "uploaded_size_bytes": version.uploaded_size_bytes,
             "format": source_format,
             "superseded_by_request_id": version.superseded_by_request_id,
         },
@@ -238,8 +250,10 @@ def add_version(
     *,
     parent_version_id: str | None,
     produced_by_request_id: str | None,
+    uploaded: tuple[str, int] | None = None,
 ) -> ModelVersion:
-    """Insert the next version number; a concurrent insert of the same number is retried."""
+    """Insert the next version number; a concurrent insert of the same number is retried.
+    ``uploaded``: the SHA-256 and size of the file a client sent (None for a job's output)."""
     parent = repo.get_version(session, parent_version_id) if parent_version_id else None
     for _ in range(5):
         version = ModelVersion(
@@ -251,6 +265,8 @@ def add_version(
             source_format=source_format,
             parent_version_id=parent_version_id,
             produced_by_request_id=produced_by_request_id,
+            uploaded_sha256=uploaded[0] if uploaded else None,
+            uploaded_size_bytes=uploaded[1] if uploaded else None,
         )
         if parent is not None and parent.superseded_at is not None:
             # Derived from weights that still hold forgotten data: so does this version.
