@@ -133,6 +133,14 @@ class InputSuperseded(Conflict):
     code, title = "input_superseded", "Input version superseded"
 
 
+class ContentSuperseded(Conflict):
+    """An upload whose weights are those of a superseded version of the organisation (the same
+    stored or uploaded file, under any of its models): they still hold data a deletion removed.
+    The problem names that version and the request that superseded it."""
+
+    code, title = "content_superseded", "Content superseded"
+
+
 class ExtensionRefused(Conflict):
     code = "extension_refused"
 

@@ -139,8 +139,14 @@ class ModelVersion(Base):
     id: Mapped[str] = mapped_column(Id, primary_key=True, default=new_id)
     model_id: Mapped[str] = mapped_column(ForeignKey("model.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    # The stored file (canonical safetensors, unlearning.checkpoints.canonical_bytes): what
+    # downloads serve and jobs read.
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    # The file the client uploaded, before it was re-serialised: what the customer holds. None
+    # for versions a job produced (and for uploads recorded before migration 0009).
+    uploaded_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    uploaded_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(200))
     source_format: Mapped[str] = mapped_column(String(32))
     parent_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_version.id"))

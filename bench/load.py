@@ -197,20 +197,24 @@ def register(
     api: NepentheClient, count: int, workdir: Path, report: dict[str, Any]
 ) -> tuple[str, list[str]]:
     """The digits dataset and ``count`` models with one trained version each: (dataset id,
-    version ids)."""
+    version ids). Each model's weights are its own (the trained ones, shifted by a model's own
+    tiny offset): a deletion supersedes every version of the organisation with the same weights,
+    so identical uploads would let one client's deletion supersede the others' inputs."""
     import safetensors.torch
     import torch
 
     from tests.helpers import ARCH, CLASS_NAMES, trained_state
 
     torch.set_num_threads(1)  # this process is the clients' side: leave the cores to the service
-    path = workdir / "original.safetensors"
     t = time.perf_counter()
-    safetensors.torch.save_file(trained_state(), str(path))
+    trained = trained_state()
     report["train_s"] = time.perf_counter() - t
     dataset = api.register_dataset("digits", "sklearn_digits")
 
     def one(i: int) -> str:
+        path = workdir / f"original-{i:02d}.safetensors"
+        own = {k: v + i * 1e-5 if v.is_floating_point() else v for k, v in trained.items()}
+        safetensors.torch.save_file(own, str(path))
         model = api.register_model(
             name=f"digits-cnn-{i:02d}",
             task="classification",

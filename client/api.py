@@ -200,6 +200,11 @@ class NepentheClient:
     def request_versions(self, request_id: str) -> list[dict[str, Any]]:
         return list(self._json(self.http.get(f"/v1/deletion-requests/{request_id}/versions")))
 
+    def versions_with_content(self, sha256: str) -> list[dict[str, Any]]:
+        """Every version with the weights of the checkpoint file whose SHA-256 this is."""
+        response = self.http.get("/v1/model-versions", params={"sha256": sha256})
+        return list(self._json(response))
+
     def export_csv(self, target: Path, **filters: Any) -> None:
         params = {k: v for k, v in filters.items() if v is not None}
         with self.http.stream("GET", "/v1/deletion-requests/export.csv", params=params) as r:

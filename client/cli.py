@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -169,8 +170,19 @@ def _add_compliance_commands(sub: Any) -> None:
         doc = sub.add_parser(kind, help=f"save {text} of a request")
         doc.add_argument("request_id")
         doc.add_argument("-o", "--output", type=Path, help="file (default: print)")
-    sub.add_parser("versions", help="versions that still hold a request's data").add_argument(
-        "request_id"
+    vs = sub.add_parser(
+        "versions",
+        help="versions that still hold a request's data, or every version with some weights",
+    )
+    vs.add_argument("request_id", nargs="?", help="a deletion request")
+    content = vs.add_mutually_exclusive_group()
+    content.add_argument(
+        "--sha256", help="instead: every version whose stored or uploaded file has this SHA-256"
+    )
+    content.add_argument(
+        "--file",
+        type=Path,
+        help="instead: every version with this checkpoint file's weights (hashed here, not sent)",
     )
     csv_cmd = sub.add_parser("export-csv", help="export matching requests as CSV")
     csv_cmd.add_argument("-o", "--output", type=Path, required=True)
@@ -356,7 +368,7 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
     elif args.command in ("receipt", "certificate", "evidence"):
         _save(client.request_document(args.request_id, args.command), args.output)
     elif args.command == "versions":
-        _print(client.request_versions(args.request_id))
+        return _versions(client, args)
     elif args.command == "export-csv":
         client.export_csv(args.output, **filters)
         print(args.output)
@@ -367,6 +379,23 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
     elif args.command == "signing-key":
         args.output.write_text(client.signing_key()["public_key_pem"])
         print(args.output)
+    return 0
+
+
+def _versions(client: NepentheClient, args: argparse.Namespace) -> int:
+    """A request's versions, or every version with the weights of a file or SHA-256."""
+    given = [args.request_id is not None, args.sha256 is not None, args.file is not None]
+    if sum(given) != 1:
+        print("error: name a request id, or give --sha256 or --file", file=sys.stderr)
+        return 2
+    if args.request_id is not None:
+        _print(client.request_versions(args.request_id))
+        return 0
+    digest = args.sha256
+    if args.file is not None:
+        with args.file.open("rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    _print(client.versions_with_content(digest))
     return 0
 
 
@@ -418,6 +447,7 @@ def verify_file(path: Path, public_key: Path) -> int:
     for field in (
         "request_id",
         "input_checkpoint_sha256",
+        "input_checkpoint_uploaded_sha256",
         "output_checkpoint_sha256",
         "forget_spec_sha256",
         "completed_at",

@@ -132,3 +132,56 @@ def test_rows_written_before_organisations_move_to_a_default_one_with_a_valid_ch
     with pytest.raises(DatabaseError, match="append-only"), engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_event"))
     engine.dispose()
+
+
+def test_uploaded_digests_arrive_empty_on_existing_versions_and_leave_again(url):
+    """0009 adds the uploaded file's SHA-256 and size: NULL for versions stored before (their
+    uploaded bytes were never hashed), indexed, and gone again on downgrade with the rows kept."""
+    cfg = alembic_config(url)
+    command.downgrade(cfg, "0008")
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO organization (id, name, created_at) VALUES ('o1', 'acme', :now)"),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model (id, org_id, name, task, architecture, architecture_args, "
+                "input_shape, normalization, class_names, created_at) VALUES ('m1', 'o1', 'cnn', "
+                "'classification', 'tiny_cnn', '{}', '[1, 8, 8]', '{}', '[]', :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO model_version (id, model_id, number, sha256, size_bytes, storage_key, "
+                "source_format, created_at) VALUES ('v1', 'm1', 1, :sha, 7, 'k', 'safetensors', "
+                ":now)"
+            ),
+            {"now": now, "sha": "a" * 64},
+        )
+
+    def columns() -> dict[str, dict[str, object]]:
+        with engine.connect() as conn:
+            found = inspect(conn)
+            indexes = {i["name"] for i in found.get_indexes("model_version")}
+            names = {c["name"] for c in found.get_columns("model_version")}
+            row = conn.execute(text("SELECT * FROM model_version WHERE id = 'v1'")).mappings().one()
+        return {"indexes": indexes, "names": names, "row": dict(row)}
+
+    command.upgrade(cfg, "0009")
+    after = columns()
+    assert {"uploaded_sha256", "uploaded_size_bytes"} <= after["names"]
+    assert "ix_model_version_uploaded_sha256" in after["indexes"]
+    row = after["row"]
+    assert (row["uploaded_sha256"], row["uploaded_size_bytes"]) == (None, None)
+    assert (row["sha256"], row["size_bytes"]) == ("a" * 64, 7)
+    command.downgrade(cfg, "0008")
+    before = columns()
+    assert not {"uploaded_sha256", "uploaded_size_bytes"} & before["names"]
+    assert "ix_model_version_uploaded_sha256" not in before["indexes"]
+    assert before["row"]["sha256"] == "a" * 64
+    command.upgrade(cfg, "head")
+    engine.dispose()

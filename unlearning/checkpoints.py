@@ -37,13 +37,17 @@ class CheckpointError(ValueError):
 
 
 def sniff_format(head: bytes) -> str:
-    """Tell a safetensors file from a torch (zip or legacy pickle) file by its first bytes."""
-    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
-        return "torch"
+    """Tell a safetensors file from a torch (zip or legacy pickle) file by its first bytes.
+
+    Safetensors is tried first: its first byte is the low byte of the header length, which is
+    0x80, a pickle's first byte, for one header length in 32 (a header of 384 bytes, say). A
+    pickle never passes as safetensors: its next bytes make an absurd header length."""
     if len(head) >= 9:
         (header_len,) = struct.unpack("<Q", head[:8])
         if 0 < header_len < _MAX_SAFETENSORS_HEADER and head[8:9] == b"{":
             return "safetensors"
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        return "torch"
     raise CheckpointError(
         "checkpoint_unreadable", "the file is neither safetensors nor a torch state dict"
     )

@@ -70,6 +70,10 @@ def _request_fields(request: DeletionRequest, source: ModelVersion) -> dict[str,
         "model_id": source.model_id,
         "model_version_id": source.id,
         "input_checkpoint_sha256": source.sha256,
+        # The file the customer uploaded (the stored one above is its canonical
+        # re-serialisation); None when the input was produced by an earlier deletion.
+        "input_checkpoint_uploaded_sha256": source.uploaded_sha256,
+        "input_checkpoint_uploaded_size_bytes": source.uploaded_size_bytes,
         "dataset_id": request.dataset_id,
         "forget_spec_sha256": request.forget_spec_sha256,
         "forget_spec_salted": request.forget_spec_salt is not None,

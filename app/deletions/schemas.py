@@ -144,8 +144,10 @@ class VersionContainment(BaseModel):
     """A model version and whether it still holds the data a request names."""
 
     id: str
+    model_id: str
     number: int
     sha256: str
+    uploaded_sha256: str | None
     parent_version_id: str | None
     produced_by_request_id: str | None
     contains_forgotten_data: bool

@@ -415,7 +415,8 @@ def extend(
 
 
 def containment(session: Session, request: DeletionRequest) -> list[VersionContainment]:
-    """The request's input version and everything derived from it, each marked with whether it
+    """The request's input version and everything derived from it, then the organisation's other
+    versions with the same weights and what derives from those, each marked with whether it
     still holds the data the request names (only the request's output and what derives from
     it do not)."""
     source = models_repo.get_version(session, request.model_version_id)
@@ -424,16 +425,21 @@ def containment(session: Session, request: DeletionRequest) -> list[VersionConta
     output = (
         models_repo.get_version(session, job.output_version_id) if job.output_version_id else None
     )
-    holding = {v.id for v in lineage.still_holding(session, source, output)}
+    holding = lineage.still_holding(session, source, output)
     every = [source, *lineage.descendants(session, source)]
+    # Copies of the weights (under this model or another) and what derives from them.
+    every += [v for v in holding if v.id not in {e.id for e in every}]
+    held = {v.id for v in holding}
     return [
         VersionContainment(
             id=v.id,
+            model_id=v.model_id,
             number=v.number,
             sha256=v.sha256,
+            uploaded_sha256=v.uploaded_sha256,
             parent_version_id=v.parent_version_id,
             produced_by_request_id=v.produced_by_request_id,
-            contains_forgotten_data=v.id in holding,
+            contains_forgotten_data=v.id in held,
             superseded_at=v.superseded_at,
             superseded_by_request_id=v.superseded_by_request_id,
         )

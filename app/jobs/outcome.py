@@ -23,6 +23,7 @@ from app.db import session_scope
 from app.deletions import evidence, lifecycle
 from app.jobs import repository, states
 from app.models import lineage
+from app.models import repository as models_repo
 from app.models import service as models
 from app.orm import (
     Dataset,
@@ -274,6 +275,9 @@ def _record_outcome(
         # other's supersession mark (SQLite's write lock already serialises them).
         model = session.get(Model, ctx.model_id, with_for_update=True)
         assert job is not None and model is not None
+        # And the organisation, as an upload does: copies of the source's weights under other
+        # models are superseded with it, or the upload of one sees the mark.
+        models_repo.lock_organization(session, model.org_id)
         for name, (media, obj) in files.items():
             session.add(
                 JobArtifact(

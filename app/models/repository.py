@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from collections.abc import Collection
+
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import find_named
-from app.orm import Model, ModelVersion
+from app.orm import Model, ModelVersion, Organization
 
 
 def find_model(session: Session, org_id: str, ref: str) -> Model | None:
@@ -52,9 +54,41 @@ def list_versions(session: Session, model_id: str) -> list[ModelVersion]:
     )
 
 
+def versions_with_content(
+    session: Session, org_id: str, digests: Collection[str]
+) -> list[ModelVersion]:
+    """The organisation's versions, of any of its models, whose stored or uploaded file has one
+    of the SHA-256 ``digests``, oldest first."""
+    if not digests:
+        return []
+    wanted = sorted(set(digests))
+    return list(
+        session.scalars(
+            select(ModelVersion)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(
+                Model.org_id == org_id,
+                or_(ModelVersion.sha256.in_(wanted), ModelVersion.uploaded_sha256.in_(wanted)),
+            )
+            .order_by(ModelVersion.created_at, ModelVersion.id)
+        )
+    )
+
+
 def lock_model(session: Session, model_id: str) -> Model | None:
     """The model, its row locked until the transaction ends."""
     return session.get(Model, model_id, with_for_update=True)
+
+
+def lock_organization(session: Session, org_id: str) -> None:
+    """Lock the organisation's row until the transaction ends. Uploads and finishing jobs take
+    it after their model's lock, so they decide on content one at a time: weights superseded
+    right now under one model are either seen by an upload of the same weights under another,
+    or see it. FOR NO KEY UPDATE: rows that only refer to the organisation (audit events) are
+    still written meanwhile."""
+    session.execute(
+        select(Organization.id).where(Organization.id == org_id).with_for_update(key_share=True)
+    )
 
 
 def insert_model(session: Session, model: Model) -> None:

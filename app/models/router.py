@@ -7,6 +7,7 @@ from fastapi.responses import FileResponse
 
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import (
+    ContentSuperseded,
     InvalidArchitecture,
     InvalidCheckpoint,
     ModelNotFound,
@@ -76,6 +77,7 @@ def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> Model
     response_model=ModelVersionRead,
     responses={
         404: ModelNotFound.openapi(),
+        409: ContentSuperseded.openapi(),
         413: PayloadTooLarge.openapi(),
         422: InvalidCheckpoint.openapi(),
     },
@@ -89,12 +91,19 @@ def upload_version(
     file: Annotated[UploadFile, File(description="safetensors, or a .pt state dict")],
     parent_version_id: Annotated[str | None, Form(max_length=200), Printable] = None,
 ) -> ModelVersionRead:
-    """Validate the weights against the architecture and store them as a new version."""
-    with received(file) as path:
-        prepared = service.prepare_version(
-            read, get_store(), actor.org_id, model_ref, path, parent_version_id
-        )
-    version = service.record_version(session, prepared, actor)
+    """Validate the weights against the architecture and store them as a new version
+    (re-serialised as safetensors: ``sha256`` names the stored file, ``uploaded_sha256`` the
+    file sent). Weights of a version a deletion superseded, under any of the organisation's
+    models, are refused (409 ``content_superseded``, audited) and nothing is stored."""
+    try:
+        with received(file) as path:
+            prepared = service.prepare_version(
+                read, get_store(), actor.org_id, model_ref, path, parent_version_id
+            )
+        version = service.record_version(session, prepared, actor)
+    except ContentSuperseded as refused:
+        service.record_refusal(session, actor, refused)
+        raise
     response.headers["Location"] = service.download_url(version).removesuffix("/checkpoint")
     return service.version_read(version)
 
@@ -110,6 +119,30 @@ def list_versions(
 ) -> list[ModelVersionRead]:
     """Every version of a model, oldest first, with its lineage."""
     versions = service.list_versions(session, actor.org_id, model_ref)
+    return [service.version_read(v) for v in versions]
+
+
+@router.get(
+    "/model-versions",
+    summary="Find versions by checkpoint SHA-256",
+    response_model=list[ModelVersionRead],
+)
+def versions_with_content(
+    sha256: Annotated[
+        str,
+        Query(
+            pattern=r"^[0-9a-fA-F]{64}$",
+            description="SHA-256 of a checkpoint file: a stored one (as downloaded) or one as "
+            "it was uploaded",
+        ),
+    ],
+    session: ReadSessionDep,
+    actor: ActorDep,
+) -> list[ModelVersionRead]:
+    """Every version of the organisation's models with these weights: whose stored or uploaded
+    file has this SHA-256, and every version storing the same file as those. Oldest first, each
+    with its lineage and whether a deletion superseded it."""
+    versions = service.versions_with_content(session, actor.org_id, sha256.lower())
     return [service.version_read(v) for v in versions]
 
 

@@ -142,8 +142,18 @@ class ModelVersionRead(BaseModel):
     id: str
     model_id: str
     number: int
-    sha256: str
-    size_bytes: int
+    sha256: str = Field(
+        description="SHA-256 of the stored checkpoint: the canonical safetensors file that "
+        "downloads serve (the ETag), jobs read and receipts name as the input"
+    )
+    size_bytes: int = Field(description="size of the stored checkpoint")
+    uploaded_sha256: str | None = Field(
+        None,
+        description="SHA-256 of the file as it was uploaded, before it was re-serialised "
+        "(the customer's own file); null for versions a deletion produced and for uploads "
+        "recorded before these were kept",
+    )
+    uploaded_size_bytes: int | None = Field(None, description="size of the uploaded file")
     source_format: str
     parent_version_id: str | None
     produced_by_request_id: str | None

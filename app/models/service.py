@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from app.actors import Actor, Scope
 from app.audit import service as audit
 from app.deletions import repository as deletions_repo
 from app.errors import (
+    ContentSuperseded,
     InsufficientScope,
     InvalidArchitecture,
     InvalidCheckpoint,
@@ -25,10 +27,11 @@ from app.errors import (
     VersionConflict,
     VersionSuperseded,
 )
+from app.models import lineage
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
-from app.storage import ArtifactStore, StoredObject
+from app.storage import ArtifactStore, StoredObject, file_sha256
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
@@ -149,6 +152,9 @@ class PreparedVersion:
     stored: StoredObject
     source_format: str
     parent_version_id: str | None
+    # The file as the client sent it (``stored`` is its canonical re-serialisation).
+    uploaded_sha256: str
+    uploaded_size_bytes: int
 
 
 def prepare_version(
@@ -162,7 +168,11 @@ def prepare_version(
     """Validate an upload against its model and store it as safetensors.
 
     Runs on a read-only session: the slow part (parsing, checking, hashing, writing) holds no
-    database write lock. Only a valid checkpoint reaches the store.
+    database write lock. Only a valid checkpoint reaches the store. The uploaded file's own
+    SHA-256 and size are kept beside the stored file's: the store keeps the canonical
+    re-serialisation (``checkpoints.canonical_bytes``), whose bytes differ from the upload's.
+    Weights of a superseded version of the organisation are refused before anything is stored
+    (``ContentSuperseded``).
     """
     model = get_model(read, org_id, model_ref)
     if parent_version_id is not None:
@@ -170,8 +180,61 @@ def prepare_version(
         if parent is None or parent.model_id != model.id:
             raise ModelVersionNotFound(f"model {model.name!r} has no version {parent_version_id!r}")
     state, source_format = read_and_check(model, upload)
-    stored = store.put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
-    return PreparedVersion(model.id, stored, source_format, parent_version_id)
+    uploaded_sha256, uploaded_size = file_sha256(upload), upload.stat().st_size
+    canonical = checkpoints.canonical_bytes(state)
+    sha256 = hashlib.sha256(canonical).hexdigest()
+    refuse_superseded_content(read, model, sha256, uploaded_sha256, uploaded_size)
+    stored = store.put_bytes(canonical, ".safetensors")
+    return PreparedVersion(
+        model.id, stored, source_format, parent_version_id, uploaded_sha256, uploaded_size
+    )
+
+
+def refuse_superseded_content(
+    session: Session, model: Model, sha256: str, uploaded_sha256: str, uploaded_size: int
+) -> None:
+    """Refuse weights that a superseded version of the organisation has (the same stored or
+    uploaded file, under any of its models): they still hold data a deletion removed, and a new
+    version of them would be a copy nobody knows to supersede."""
+    copy = lineage.superseded_copy(session, model.org_id, {sha256, uploaded_sha256})
+    if copy is None:
+        return
+    owner = repo.get_model(session, copy.model_id)
+    raise ContentSuperseded(
+        f"these weights are those of version {copy.number} of model "
+        f"{owner.name if owner else copy.model_id!r}, which still holds data that deletion "
+        f"request {copy.superseded_by_request_id} removed; upload weights without that data "
+        "(the version that request produced, or a model trained without it)",
+        model_id=model.id,
+        sha256=sha256,
+        uploaded_sha256=uploaded_sha256,
+        uploaded_size_bytes=uploaded_size,
+        superseded_version_id=copy.id,
+        superseded_model_id=copy.model_id,
+        superseded_version_number=copy.number,
+        superseded_by_request_id=copy.superseded_by_request_id,
+    )
+
+
+def record_refusal(session: Session, actor: Actor, refused: ContentSuperseded) -> None:
+    """Audit a refused upload, committed at once (the route then answers the refusal, which
+    rolls back): whatever the upload's transaction began is rolled back first. The event names
+    the superseded version and its request, so it is among that request's evidence."""
+    session.rollback()
+    found = refused.extra
+    request_id = found["superseded_by_request_id"]
+    request = deletions_repo.get_request(session, request_id) if request_id else None
+    audit.record(
+        session,
+        actor,
+        "model_version.upload_refused",
+        model_id=found["model_id"],
+        model_version_id=found["superseded_version_id"],
+        request_id=request_id,
+        caller_reference=request.caller_reference if request else None,
+        details={"code": refused.code, **found},
+    )
+    session.commit()
 
 
 def record_version(session: Session, prepared: PreparedVersion, actor: Actor) -> ModelVersion:
@@ -181,7 +244,15 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
     model = repo.lock_model(session, prepared.model_id)
     if model is None:  # deleted between the two steps
         raise ModelNotFound(f"no model {prepared.model_id!r}")
+    # Then the organisation, as a finishing job does: weights superseded since prepare_version
+    # looked (by a job on any model) are seen now, and a job finishing later sees this version.
+    repo.lock_organization(session, model.org_id)
     stored, source_format = prepared.stored, prepared.source_format
+    # Nothing to remove from the store when refused here: the same weights canonicalise to the
+    # same bytes, so the content key is that of the superseded version's own file.
+    refuse_superseded_content(
+        session, model, stored.sha256, prepared.uploaded_sha256, prepared.uploaded_size_bytes
+    )
     version = add_version(
         session,
         model,
@@ -191,6 +262,7 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
         source_format,
         parent_version_id=prepared.parent_version_id,
         produced_by_request_id=None,
+        uploaded=(prepared.uploaded_sha256, prepared.uploaded_size_bytes),
     )
     audit.record(
         session,
@@ -201,6 +273,9 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
         details={
             "number": version.number,
             "sha256": version.sha256,
+            "size_bytes": version.size_bytes,
+            "uploaded_sha256": version.uploaded_sha256,
+            "uploaded_size_bytes": version.uploaded_size_bytes,
             "format": source_format,
             "superseded_by_request_id": version.superseded_by_request_id,
         },
@@ -238,8 +313,10 @@ def add_version(
     *,
     parent_version_id: str | None,
     produced_by_request_id: str | None,
+    uploaded: tuple[str, int] | None = None,
 ) -> ModelVersion:
-    """Insert the next version number; a concurrent insert of the same number is retried."""
+    """Insert the next version number; a concurrent insert of the same number is retried.
+    ``uploaded``: the SHA-256 and size of the file a client sent (None for a job's output)."""
     parent = repo.get_version(session, parent_version_id) if parent_version_id else None
     for _ in range(5):
         version = ModelVersion(
@@ -251,6 +328,8 @@ def add_version(
             source_format=source_format,
             parent_version_id=parent_version_id,
             produced_by_request_id=produced_by_request_id,
+            uploaded_sha256=uploaded[0] if uploaded else None,
+            uploaded_size_bytes=uploaded[1] if uploaded else None,
         )
         if parent is not None and parent.superseded_at is not None:
             # Derived from weights that still hold forgotten data: so does this version.
@@ -294,6 +373,15 @@ def caller_reference_of(session: Session, version: ModelVersion) -> str | None:
 
 def list_models(session: Session, org_id: str) -> list[Model]:
     return repo.list_models(session, org_id)
+
+
+def versions_with_content(session: Session, org_id: str, sha256: str) -> list[ModelVersion]:
+    """Every version of the organisation's models with the weights of the checkpoint file
+    whose SHA-256 is ``sha256``: versions whose stored or uploaded file has it, and every
+    version storing the same file as those (the same weights uploaded in another format).
+    Oldest first."""
+    direct = repo.versions_with_content(session, org_id, {sha256})
+    return repo.versions_with_content(session, org_id, {sha256, *(v.sha256 for v in direct)})
 
 
 def list_versions(session: Session, org_id: str, model_ref: str) -> list[ModelVersion]:

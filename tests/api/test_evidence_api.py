@@ -14,7 +14,7 @@ from app.orm import ModelVersion, utcnow
 from app.signing import load_public_key, verify
 from tests.api.test_bad_input import submit
 from tests.conftest import BACKENDS, new_key
-from tests.helpers import safetensors_bytes
+from tests.helpers import safetensors_bytes, trained_state
 from unlearning import data
 
 pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
@@ -87,7 +87,9 @@ def test_a_version_derived_from_a_superseded_one_is_superseded_too(api, register
         session.execute(
             original.values(superseded_at=utcnow(), superseded_by_request_id=request["id"])
         )
-    files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
+    # Fine-tuned from it (the same weights again would be refused: content_superseded).
+    tuned = {k: v + 0.01 if v.is_floating_point() else v for k, v in trained_state().items()}
+    files = {"file": ("m.safetensors", safetensors_bytes(tuned), "application/octet-stream")}
     child = api.post(
         f"/v1/models/{registered['model']['id']}/versions",
         files=files,

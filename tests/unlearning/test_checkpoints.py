@@ -39,6 +39,24 @@ def test_reads_safetensors_and_torch_state_dicts(tmp_path):
         assert torch.equal(state["fc.weight"], trained_state()["fc.weight"])
 
 
+def test_a_safetensors_header_whose_length_starts_like_a_pickle_is_still_safetensors(tmp_path):
+    """The header length's low byte is 0x80 (a pickle's first byte) for one length in 32: such
+    a file, a stored checkpoint downloaded and uploaded again say, is read as safetensors."""
+    import safetensors.torch
+
+    tensor = torch.arange(4, dtype=torch.float32)
+    for n in range(1, 300):
+        payload = safetensors.torch.save({"w" * n: tensor})
+        if payload[0] == 0x80:
+            break
+    assert payload[0] == 0x80
+    assert checkpoints.sniff_format(payload[:16]) == "safetensors"
+    state = checkpoints.read_state_dict(write(tmp_path, "x.safetensors", payload))
+    assert torch.equal(state["w" * n], tensor)
+    for pickled in (pickle.dumps({}, protocol=2), torch_bytes({"w": tensor})):
+        assert checkpoints.sniff_format(pickled[:16]) == "torch"
+
+
 @pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
 def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path, protocol):
     marker = tmp_path / "pwned"
