@@ -28,6 +28,7 @@ from app.errors import (
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
+from app.quotas import service as quotas
 from app.storage import ArtifactStore, StoredObject
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
@@ -170,7 +171,9 @@ def prepare_version(
         if parent is None or parent.model_id != model.id:
             raise ModelVersionNotFound(f"model {model.name!r} has no version {parent_version_id!r}")
     state, source_format = read_and_check(model, upload)
-    stored = store.put_bytes(checkpoints.canonical_bytes(state), ".safetensors")
+    canonical = checkpoints.canonical_bytes(state)
+    quotas.check_storage(read, org_id, len(canonical), what="this checkpoint")
+    stored = store.put_bytes(canonical, ".safetensors")
     return PreparedVersion(model.id, stored, source_format, parent_version_id)
 
 
