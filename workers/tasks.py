@@ -73,7 +73,10 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
 def _claim_and_run(delivered_job_id: str) -> str:
     claimed = claim_next(delivered_job_id)
     if claimed is None:
-        log.info("no queued job may run now (message of job %s)", delivered_job_id)
+        log.info(
+            "job %s is not queued, or may not run now, and no other job may: delivery ignored",
+            delivered_job_id,
+        )
         return "skipped"
     job_id, lease = claimed
     try:
