@@ -106,6 +106,47 @@ class Settings(BaseSettings):
         "longest job, or Redis hands a running job to a second worker",
     )
 
+    # Quotas and limits, per organisation (docs/operations.md, "Quotas and limits"); 0: none
+    quota_submissions_per_minute: int = Field(
+        120,
+        ge=0,
+        description="deletion requests an organisation may have accepted in any 60 s; more are "
+        "answered 429 rate_limited with Retry-After (an idempotent replay is no new submission)",
+    )
+    quota_queued_jobs: int = Field(
+        200,
+        ge=0,
+        description="jobs an organisation may have waiting at once; a submission past it is "
+        "answered 429 quota_exceeded with Retry-After",
+    )
+    quota_running_jobs: int = Field(
+        0,
+        ge=0,
+        description="jobs of one organisation the workers run at once; its further jobs stay "
+        "queued (phase held_by_quota) while other organisations' jobs run; 0: no limit",
+    )
+    quota_max_job_sample_passes: float = Field(
+        50_000_000,
+        ge=0,
+        description="largest estimated work of one job (its method plus a retrained reference, "
+        "in sample passes, the unit of metrics.cost); a request over it is refused with 422 "
+        "job_cost_limit_exceeded before anything is written",
+    )
+    quota_stored_bytes: int = Field(
+        100 * 1024**3,
+        ge=0,
+        description="checkpoints, uploaded datasets and job artifacts an organisation may hold; "
+        "an upload (or a request whose output version) would pass it is refused with 413 "
+        "storage_quota_exceeded before anything is stored",
+    )
+    job_time_limit_s: float = Field(
+        6 * 3600.0,
+        ge=0,
+        description="a job running longer than this (one attempt) is ended as failed, by its "
+        "worker at its next check or by the sweeper; keep it below "
+        "NEPENTHE_REDIS_VISIBILITY_TIMEOUT_S; 0: no limit",
+    )
+
     secret_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
         description="server secret that API key hashes are keyed with (HMAC-SHA256); at least "

@@ -242,6 +242,35 @@ class IdempotencyKeyReused(Unprocessable):
     title = "Idempotency key reused with another body"
 
 
+class JobCostLimitExceeded(Unprocessable):
+    """The job's estimated work is over the operator's cap (NEPENTHE_QUOTA_MAX_JOB_SAMPLE_PASSES),
+    whatever the request's own budget."""
+
+    code, title = "job_cost_limit_exceeded", "Job too costly"
+
+
+class StorageQuotaExceeded(ServiceError):
+    """The organisation's stored bytes would pass NEPENTHE_QUOTA_STORED_BYTES: nothing was
+    stored; waiting does not help, only a higher quota does."""
+
+    status, code, title = 413, "storage_quota_exceeded", "Storage quota exceeded"
+
+
+class RateLimited(ServiceError):
+    """Refused for now: the client may retry after ``retry_after_s`` seconds (the Retry-After
+    header carries it too). Nothing was written."""
+
+    status, code, title = 429, "rate_limited", "Too many submissions"
+
+    def __init__(self, detail: str, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(detail, retry_after_s=retry_after_s, **extra)
+        self.retry_after_s = retry_after_s
+
+
+class QuotaExceeded(RateLimited):
+    code, title = "quota_exceeded", "Quota exceeded"
+
+
 class CheckpointMissing(ServiceError):
     status, code, title = 500, "checkpoint_missing", "Checkpoint file missing from the store"
 
@@ -300,6 +329,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     code = getattr(exc, "instance_code", exc.code)
     response = problem_response(request, exc.status, code, exc.title, exc.detail, **exc.extra)
     response.headers.update(exc.headers)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
 
 

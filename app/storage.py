@@ -53,6 +53,10 @@ class ArtifactStore(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def size(self, key: str) -> int:
+        """The object's length in bytes; 0 when there is no such object."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is no error."""
         ...
@@ -133,6 +137,12 @@ class LocalArtifactStore:
 
     def exists(self, key: str) -> bool:
         return self.local_path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self.local_path(key).stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
@@ -263,6 +273,15 @@ class S3ArtifactStore:
                 return False
             raise
         return True
+
+    def size(self, key: str) -> int:
+        try:
+            head = self.client.head_object(Bucket=self.config.bucket, Key=self.object_name(key))
+        except ClientError as exc:
+            if _is_missing(exc):
+                return 0
+            raise
+        return int(head["ContentLength"])
 
     def delete(self, key: str) -> None:
         name = self.object_name(key)  # a bad key is refused before any request

@@ -118,6 +118,9 @@ def backend_env(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, s
         "NEPENTHE_DEVICE": "cpu",
         "NEPENTHE_DATA_ROOTS": json.dumps([str(workdir)]),
         "NEPENTHE_SIGNING_KEY_FILE": str(workdir / "signing-key.pem"),
+        # The load of one organisation on purpose: its submission and queue quotas are off.
+        "NEPENTHE_QUOTA_SUBMISSIONS_PER_MINUTE": "0",
+        "NEPENTHE_QUOTA_QUEUED_JOBS": "0",
         # Worker processes share the cores: one BLAS/OpenMP pool each, sized to fit.
         "OMP_NUM_THREADS": str(args.torch_threads),
         "MKL_NUM_THREADS": str(args.torch_threads),

@@ -33,23 +33,34 @@ class HandBack(Exception):
     """The worker is shutting down: the job goes back to the queue for another worker."""
 
 
+class TimeLimitExceeded(Exception):
+    """The job ran past NEPENTHE_JOB_TIME_LIMIT_S: the worker ends it as failed."""
+
+
 class Heartbeat:
     """While the job runs, a thread writes its heartbeat every ``interval_s``.
 
     The thread keeps beating through long steps that report no progress (a big evaluation), for
     up to ``stall_timeout_s`` since the job's last check; a database that is briefly down only
     skips beats. ``lost`` is set once the job no longer holds
-    the lease, and ``check`` turns that (or the worker's shutdown) into an exception at the job's
-    next cooperative check.
+    the lease, and ``check`` turns that (or the worker's shutdown, or ``time_limit_s`` passed
+    since the claim) into an exception at the job's next cooperative check.
     """
 
     def __init__(
-        self, job_id: str, lease: str, interval_s: float, stall_timeout_s: float = math.inf
+        self,
+        job_id: str,
+        lease: str,
+        interval_s: float,
+        stall_timeout_s: float = math.inf,
+        time_limit_s: float = math.inf,
     ) -> None:
         self.job_id = job_id
         self.lease = lease
         self.interval_s = interval_s
         self.stall_timeout_s = stall_timeout_s
+        self.time_limit_s = time_limit_s
+        self._started = time.monotonic()
         self.lost = threading.Event()
         self._last_check = time.monotonic()
         self._stop = threading.Event()
@@ -78,6 +89,8 @@ class Heartbeat:
             raise JobLost(f"job {self.job_id} was taken from this worker (lease expired)")
         if SHUTTING_DOWN.is_set():
             raise HandBack(f"the worker is shutting down; job {self.job_id} goes back to the queue")
+        if self._last_check - self._started > self.time_limit_s:
+            raise TimeLimitExceeded(f"job {self.job_id} ran past its time limit")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

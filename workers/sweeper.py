@@ -4,7 +4,9 @@ a lost message. The database, not the broker, is the source of truth.
 Each pass (at start, then every ``sweep_interval_s``):
 - running jobs whose heartbeat is older than ``lease_timeout_s`` are re-queued and sent (or
   canceled, when the client asked, or failed after ``max_attempts`` claims);
-- queued jobs whose send failed (broker down at submit) are sent after ``send_grace_s``;
+- running jobs past ``job_time_limit_s`` are failed;
+- queued jobs whose send failed (broker down at submit) are sent after ``send_grace_s``, and
+  jobs held by their organisation's running limit once it has a free slot;
 - when the broker holds fewer messages than there are queued jobs it was sent (a broker that
   kept nothing across a restart), that many of the oldest, sent ``requeue_after_s`` ago or more,
   are sent again. Jobs merely waiting behind a backlog are not sent twice.
@@ -38,17 +40,38 @@ def sweep_once() -> dict[str, int]:
         log.warning("job %s lost its worker: %s", lost.job_id, lost.status)
     requeued = [r.job_id for r in recovered if r.status is JobStatus.queued]
     with session_scope() as session:
+        overdue = jobs.end_overdue(session, settings.job_time_limit_s)
+    for job_id in overdue:
+        log.warning(
+            "job %s ran past the time limit of %g s: failed", job_id, settings.job_time_limit_s
+        )
+    with session_scope() as session:
         unsent = jobs.take_unsent(session, settings.send_grace_s)
-    sent, pending = send_until_refused(requeued + unsent)
+        released = jobs.release_held(session)
+    sent, pending = send_until_refused(requeued + unsent + released)
     if pending == 0:
         sent += resend_lost_messages(settings.requeue_after_s)
     return {
         "requeued": len(requeued),
         "failed": sum(r.status is JobStatus.failed for r in recovered),
         "canceled": sum(r.status is JobStatus.canceled for r in recovered),
+        "timed_out": len(overdue),
+        "released": len(released),
         "sent": sent,
         "unsent": pending,
     }
+
+
+def release_held() -> int:
+    """Send the held jobs whose organisation may run more now (after a job of this worker
+    ended: its slot is free at once, not at the next sweep). Returns how many were sent."""
+    try:
+        with session_scope() as session:
+            released = jobs.release_held(session)
+    except Exception:  # the sweeper releases them at its next pass
+        log.warning("held jobs not released", exc_info=True)
+        return 0
+    return send_until_refused(released)[0]
 
 
 def send_until_refused(job_ids: list[str]) -> tuple[int, int]:

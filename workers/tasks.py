@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import torch
@@ -19,8 +20,9 @@ from app.queue import RUN_JOB_TASK
 from unlearning import jobs as recipes
 from workers.celery_app import app
 from workers.failures import describe_failure
-from workers.lease import SHUTTING_DOWN, HandBack, Heartbeat, JobLost
+from workers.lease import SHUTTING_DOWN, HandBack, Heartbeat, JobLost, TimeLimitExceeded
 from workers.progress import JobCanceled, ProgressReporter
+from workers.sweeper import release_held
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,12 @@ def claim(job_id: str) -> str | None:
     """The job's new lease, or None when there is nothing to claim (see ``jobs.claim``)."""
     with session_scope() as session:
         return jobs.claim(session, job_id)
+
+
+def claim_next(delivered_job_id: str) -> tuple[str, str] | None:
+    """The fairest queued job's id and new lease, this delivery's turn (``jobs.claim_next``)."""
+    with session_scope() as session:
+        return jobs.claim_next(session, delivered_job_id)
 
 
 def finish(
@@ -62,16 +70,27 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
         return _claim_and_run(job_id)
 
 
-def _claim_and_run(job_id: str) -> str:
-    lease = claim(job_id)
-    if lease is None:
-        log.info("job %s is not queued; duplicate or canceled delivery ignored", job_id)
+def _claim_and_run(delivered_job_id: str) -> str:
+    claimed = claim_next(delivered_job_id)
+    if claimed is None:
+        log.info(
+            "job %s is not queued, or may not run now, and no other job may: delivery ignored",
+            delivered_job_id,
+        )
         return "skipped"
-    log.info("job %s claimed", job_id)
-    settings = get_settings()
-    with Heartbeat(job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s) as beat:
-        report = ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
-        return _run_claimed(job_id, lease, report)
+    job_id, lease = claimed
+    try:
+        with log_context(job_id=job_id):
+            log.info("job %s claimed (message of job %s)", job_id, delivered_job_id)
+            settings = get_settings()
+            limit = settings.job_time_limit_s or math.inf
+            with Heartbeat(
+                job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s, limit
+            ) as beat:
+                report = ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
+                return _run_claimed(job_id, lease, report)
+    finally:
+        release_held()  # a running slot of the job's organisation is free again
 
 
 def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
@@ -95,6 +114,13 @@ def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
         handed = hand_back(job_id, lease)
         log.info("job %s %s", job_id, "handed back to the queue" if handed else "ended meanwhile")
         return "handed_back"
+    except TimeLimitExceeded:
+        limit = get_settings().job_time_limit_s
+        log.warning("job %s ran past its time limit of %g s", job_id, limit)
+        reason = f"time limit: running for over {limit:g} s (stopped by its worker)"
+        error = jobs.time_limit_error(limit)
+        finish(job_id, JobStatus.failed, reason=reason, error=error, lease=lease)
+        return "failed"
     except JobLost as exc:
         log.warning("%s; this worker stops it and records nothing", exc)
         return "lost"

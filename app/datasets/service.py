@@ -18,6 +18,7 @@ from app.datasets.schemas import SamplePage, SampleRead
 from app.db import session_scope
 from app.errors import DatasetNotFound, InvalidDataset, NameTaken
 from app.orm import Dataset
+from app.quotas import service as quotas
 from app.storage import ArtifactStore, get_store
 from unlearning import data
 
@@ -75,6 +76,7 @@ def register_npz(
     train, test = _open_both("npz", str(upload))
     if repo.name_exists(session, actor.org_id, name):
         raise NameTaken(f"a dataset named {name!r} already exists")
+    quotas.check_storage(session, actor.org_id, upload.stat().st_size, what="this dataset")
     stored = store.put_bytes(upload.read_bytes(), ".npz")
     location = STORE_PREFIX + stored.key
     try:

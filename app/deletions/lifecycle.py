@@ -20,7 +20,8 @@ from app.deletions.schemas import RetryCreate
 from app.errors import InputSuperseded, RequestNotClosable, RequestNotRetryable
 from app.jobs import service as jobs
 from app.jobs import states
-from app.orm import DeletionRequest, Job, JobStatus, Model, ModelVersion, utcnow
+from app.orm import Dataset, DeletionRequest, Job, JobStatus, Model, ModelVersion, utcnow
+from app.quotas import service as quotas
 from unlearning.i2i import architectures as i2i_architectures
 
 ENDED_SHORT = (JobStatus.rejected, JobStatus.failed)
@@ -68,10 +69,17 @@ def retry(session: Session, actor: Actor, request_id: str, body: RetryCreate) ->
     params = methods.resolve_params(method, methods.with_budget(method, raw, budget), family)
     if request.forget_classes is not None:
         methods.check_memory(method.name, params, len(request.forget_classes), model.input_shape)
+    if train is None and (budget is not None or request.forget_samples is not None):
+        train = service.open_train(session, request)
     if budget is not None:
-        train = train or service.open_train(session, request)
+        assert train is not None
         sizes = service.sizes(train, request.forget_classes, request.forget_samples)
         methods.check_budget(method, params, sizes, budget)
+    dataset = session.get(Dataset, request.dataset_id)
+    assert dataset is not None
+    counts = service.cost_sizes(dataset, train, request.forget_classes, request.forget_samples)
+    estimate = methods.job_estimate(method, params, request.reference, counts)
+    quotas.check_queue_and_cost(session, actor.org_id, version.size_bytes, estimate)
     acceptance = request.acceptance
     if "acceptance" in given and body.acceptance is not None:
         wanted = body.acceptance.model_dump(exclude_unset=True)

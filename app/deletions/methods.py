@@ -141,6 +141,21 @@ def check_budget(
         )
 
 
+def job_estimate(
+    method: Method,
+    params: dict[str, Any],
+    reference: dict[str, Any] | None,
+    sizes: costs.Sizes,
+) -> float:
+    """The job's estimated work in sample passes: its method, plus the retrained reference the
+    request asked for (it runs in the same job, on the same worker)."""
+    total = method.estimate(method.config_type(**params), sizes)
+    if reference is not None:
+        ref = METHODS[reference["method"]]
+        total += ref.estimate(ref.config_type(**reference["params"]), sizes)
+    return float(total)
+
+
 def check_memory(
     method: str, params: dict[str, Any], forget_count: int, input_shape: list[int]
 ) -> None:

@@ -24,8 +24,10 @@ from app.errors import (
     InputSuperseded,
     InvalidTimeBound,
     ModelVersionNotFound,
+    RateLimited,
     RequestNotClosable,
     RequestNotRetryable,
+    StorageQuotaExceeded,
 )
 from app.orm import JobStatus, utcnow
 from app.validation import utc_bound
@@ -42,6 +44,8 @@ router = APIRouter(prefix="/v1/deletion-requests", tags=["deletion-requests"])
         404: ModelVersionNotFound.openapi(),
         422: IdempotencyKeyReused.openapi(),
         409: InputSuperseded.openapi(),
+        413: StorageQuotaExceeded.openapi(),
+        429: RateLimited.openapi(),
         400: {"description": "Malformed JSON (code `malformed_json`)"},
     },
     openapi_extra={"x-404-also": DatasetNotFound.code},
@@ -54,7 +58,9 @@ def submit(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> DeletionRequestRead:
     """Accept a request to forget classes or samples; its signed receipt is at ``receipt_url``.
-    Poll the job named by the Location header."""
+    Poll the job named by the Location header. Per-organisation quotas may refuse it: 429
+    ``rate_limited`` or ``quota_exceeded`` with Retry-After, 422 ``job_cost_limit_exceeded``,
+    413 ``storage_quota_exceeded``."""
     request, created = service.submit(session, body, idempotency_key, actor)
     read = service.to_read(session, request)
     response.headers["Location"] = f"/v1/jobs/{read.job.id}"

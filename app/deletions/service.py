@@ -57,6 +57,7 @@ from app.orm import (
     new_id,
     utcnow,
 )
+from app.quotas import service as quotas
 from unlearning import data
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.jobs import forget_mask
@@ -122,6 +123,9 @@ def submit(
     thresholds = methods.resolve_acceptance(given, forgets, model.task)
     reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)
     retain_id = retain_dataset.id if retain_dataset else None
+    sizes = cost_sizes(dataset, train, forget_classes, forget_samples)
+    estimate = methods.job_estimate(method, params, reference, sizes)
+    quotas.check_submission(session, actor.org_id, version.size_bytes, estimate)
     received = utcnow()
     request = DeletionRequest(
         # The id is set here, not at INSERT: the receipt signed below must name it.
@@ -303,13 +307,13 @@ def _preload_train(body: DeletionRequestCreate, actor: Actor) -> data.ImageSourc
 def preload_train_of(
     org_id: str, request_id: str, budget_epochs: float | None
 ) -> data.ImageSource | None:
-    """The training split of a request about to run again under a budget, read before the
-    write session takes its lock (as at submission); None when no budget applies."""
+    """The training split of a request about to run again under a budget or over samples,
+    read before the write session takes its lock (as at submission); None when neither."""
     with session_scope(read_only=True) as reader:
         request = repo.get_request(reader, request_id, False)
         if request is None or request.org_id != org_id:
             return None
-        if budget_epochs is None and request.budget_epochs is None:
+        if budget_epochs is None and request.budget_epochs is None and not request.forget_samples:
             return None
         dataset = reader.get(Dataset, request.dataset_id)
     if dataset is None:
@@ -339,6 +343,20 @@ def _sizes(
     forget = forget_mask(train, forget_classes, forget_samples)
     retain_targets = np.asarray(train.targets)[~forget]
     return costs.sizes_of(len(train), int(forget.sum()), retain_targets, len(forget_classes or ()))
+
+
+def cost_sizes(
+    dataset: Dataset,
+    train: data.ImageSource | None,
+    forget_classes: list[int] | None,
+    forget_samples: list[str] | None,
+) -> costs.Sizes:
+    """The counts of the job's cost estimate: exact when the split was read (sample ids, a
+    budget), else from the dataset's recorded counts with its classes taken as equal."""
+    if train is not None:
+        return _sizes(train, forget_classes, forget_samples)
+    classes = len(dataset.class_names)
+    return costs.balanced_sizes(dataset.train_count, classes, len(forget_classes or ()))
 
 
 def _open_train(dataset: Dataset, purpose: str) -> data.ImageSource:

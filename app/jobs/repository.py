@@ -136,3 +136,88 @@ def mark_sent(session: Session, job_id: str, only_queued: bool = False) -> None:
     if only_queued:
         query = query.where(Job.status == JobStatus.queued)
     session.execute(query.values(sent_at=utcnow()).execution_options(synchronize_session=False))
+
+
+# Fair scheduling (app.jobs.service.claim_next): what each organisation has queued and ran.
+
+
+def queued_orgs(session: Session) -> dict[str, datetime]:
+    """{org id: when its oldest queued job was created}, for organisations with queued jobs."""
+    query = (
+        select(DeletionRequest.org_id, func.min(Job.created_at))
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(Job.status == JobStatus.queued)
+        .group_by(DeletionRequest.org_id)
+    )
+    return {str(org): oldest for org, oldest in session.execute(query)}
+
+
+def last_started(session: Session, org_ids: list[str]) -> dict[str, datetime]:
+    """{org id: when a worker last claimed one of its jobs}, for those that had one claimed."""
+    query = (
+        select(DeletionRequest.org_id, func.max(Job.started_at))
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(DeletionRequest.org_id.in_(org_ids), Job.started_at.is_not(None))
+        .group_by(DeletionRequest.org_id)
+    )
+    return {org: last for org, last in session.execute(query) if last is not None}
+
+
+def oldest_queued(session: Session, org_id: str) -> Job | None:
+    query = (
+        select(Job)
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(DeletionRequest.org_id == org_id, Job.status == JobStatus.queued)
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
+def org_of(session: Session, job: Job) -> str:
+    query = select(DeletionRequest.org_id).where(DeletionRequest.id == job.request_id)
+    return str(session.scalar(query))
+
+
+def mark_waiting(session: Session, job_id: str, phase: str | None) -> bool:
+    """A queued job whose message was used up without running it: not sent any more, and
+    ``phase`` says why it waits (None: its send is simply to be made again)."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(sent_at=None, phase=phase, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def held_by_org(session: Session, phase: str) -> dict[str, list[str]]:
+    """{org id: ids of its queued jobs in ``phase``, oldest first}."""
+    query = (
+        select(DeletionRequest.org_id, Job.id)
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(Job.status == JobStatus.queued, Job.phase == phase)
+        .order_by(Job.created_at, Job.id)
+    )
+    held: dict[str, list[str]] = {}
+    for org, job_id in session.execute(query):
+        held.setdefault(org, []).append(job_id)
+    return held
+
+
+def release(session: Session, job_ids: list[str], phase: str) -> list[str]:
+    """Those of ``job_ids`` still held in ``phase``, now no longer held (each taken once)."""
+    if not job_ids:
+        return []
+    taken = session.scalars(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status == JobStatus.queued, Job.phase == phase)
+        .values(phase=None, updated_at=utcnow())
+        .returning(Job.id)
+    )
+    return list(taken)
+
+
+def running_started_before(session: Session, cutoff: datetime) -> Sequence[Job]:
+    query = select(Job).where(Job.status == JobStatus.running, Job.started_at <= cutoff)
+    return session.scalars(query).all()

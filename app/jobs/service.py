@@ -6,13 +6,14 @@ import logging
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
 from sqlalchemy.orm import Session
 
 from app.actors import Actor
 from app.audit import service as audit
+from app.config import get_settings
 from app.deletions import repository as deletions_repo
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import repository, states
@@ -21,8 +22,13 @@ from app.models import service as models
 from app.models.service import version_read
 from app.orm import Job, JobArtifact, JobStatus, ModelVersion, utcnow
 from app.queue import enqueue_after_commit
+from app.quotas import repository as quotas_repo
 
 log = logging.getLogger(__name__)
+
+# The phase of a queued job that waits for its organisation's running limit
+# (NEPENTHE_QUOTA_RUNNING_JOBS): it has no message in the broker until ``release_held``.
+HELD = "held_by_quota"
 
 
 def get(session: Session, org_id: str, job_id: str) -> Job:
@@ -132,7 +138,11 @@ def take_unsent(session: Session, grace_s: float) -> list[str]:
     """Ids of queued jobs whose send failed (the broker was down at submit) ``grace_s`` ago or
     more, marked as just taken so that several sweepers send each job once."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
-    return repository.take_queued(session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff))
+    # Jobs held by their organisation's running limit are sent by ``release_held`` instead.
+    not_held = Job.phase.is_(None) | (Job.phase != HELD)
+    return repository.take_queued(
+        session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff) & not_held
+    )
 
 
 def count_sent_queued(session: Session) -> int:
@@ -222,6 +232,7 @@ def claim(session: Session, job_id: str) -> str | None:
         values={
             "attempts": Job.attempts + 1,
             "worker": socket.gethostname(),
+            "phase": None,
             "progress": 0.0,
             "lease_id": lease,
             "heartbeat_at": utcnow(),
@@ -263,3 +274,110 @@ def hand_back(session: Session, job_id: str, lease: str) -> bool:
     if moved:
         enqueue_after_commit(session, job_id)
     return moved
+
+
+def claim_next(session: Session, delivered_job_id: str) -> tuple[str, str] | None:
+    """Claim the job that is fairest to run now, whichever job's message was delivered: (its
+    id, its lease), or None when no queued job may run.
+
+    A message is one worker's turn. The turn goes to the organisation with the fewest running
+    jobs that is under its running limit (NEPENTHE_QUOTA_RUNNING_JOBS), of those to the one
+    whose job a worker claimed least recently, and to its oldest queued job: one organisation's
+    many jobs do not make another's wait behind them all. Every queued job keeps one message
+    (or is held): the delivered job, when it stays queued, is sent again when the turn went to
+    a job that had none, held when its organisation is at its limit.
+    """
+    limit = get_settings().quota_running_jobs
+    full: set[str] = set()
+    for _ in range(8):  # a lost race (another worker took the job) tries the next
+        job = _fairest(session, limit, full)
+        if job is None:
+            break
+        org = repository.org_of(session, job)
+        if limit:
+            quotas_repo.lock_org(session, org)  # two workers never both take the last slot
+            if quotas_repo.org_jobs(session, org, JobStatus.running) >= limit:
+                full.add(org)
+                continue
+        had_message = job.sent_at is not None
+        lease = claim(session, job.id)
+        if lease is None:
+            continue
+        if job.id != delivered_job_id and not had_message:
+            # The turn ran a job without a message: the delivered one needs another.
+            delivered = session.get(Job, delivered_job_id)
+            if delivered is not None and delivered.status == JobStatus.queued:
+                enqueue_after_commit(session, delivered_job_id)
+        return job.id, lease
+    delivered = session.get(Job, delivered_job_id)
+    if delivered is not None and delivered.status == JobStatus.queued:
+        org = repository.org_of(session, delivered)
+        at_limit = limit and quotas_repo.org_jobs(session, org, JobStatus.running) >= limit
+        # Held: sent again once the organisation runs fewer; else sent by the sweeper.
+        repository.mark_waiting(session, delivered_job_id, HELD if at_limit else None)
+    return None
+
+
+def _fairest(session: Session, limit: int, full: set[str]) -> Job | None:
+    queued = repository.queued_orgs(session)
+    running = {
+        org: n for (org, _), n in quotas_repo.jobs_by_org(session, [JobStatus.running]).items()
+    }
+    eligible = [
+        org for org in queued if org not in full and (not limit or running.get(org, 0) < limit)
+    ]
+    if not eligible:
+        return None
+    last = repository.last_started(session, eligible)
+
+    def turn(org: str) -> tuple[int, bool, datetime, datetime]:
+        served = last.get(org)
+        return (running.get(org, 0), served is not None, served or queued[org], queued[org])
+
+    return repository.oldest_queued(session, min(eligible, key=turn))
+
+
+def release_held(session: Session) -> list[str]:
+    """Ids of held jobs whose organisation may now run them (no more than its free running
+    slots), no longer held; the caller sends them after commit."""
+    limit = get_settings().quota_running_jobs
+    held = repository.held_by_org(session, HELD)
+    if not held:
+        return []
+    running = {
+        org: n for (org, _), n in quotas_repo.jobs_by_org(session, [JobStatus.running]).items()
+    }
+    released: list[str] = []
+    for org, job_ids in held.items():
+        free = len(job_ids) if not limit else max(0, limit - running.get(org, 0))
+        released += repository.release(session, job_ids[:free], HELD)
+    return released
+
+
+def time_limit_error(limit_s: float) -> str:
+    return (
+        f"the job ran longer than the service's time limit of {limit_s:g} s "
+        "(NEPENTHE_JOB_TIME_LIMIT_S) and was stopped; submit it again with fewer epochs or "
+        "steps, or a cheaper method"
+    )
+
+
+def end_overdue(session: Session, limit_s: float) -> list[str]:
+    """Running jobs past the time limit (their worker did not stop them: it is between two
+    checks, or stuck), ended as failed; their worker's lease is void, so it records nothing."""
+    if not limit_s:
+        return []
+    cutoff = utcnow() - timedelta(seconds=limit_s)
+    ended = []
+    for job in repository.running_started_before(session, cutoff):
+        if states.transition(
+            session,
+            job,
+            JobStatus.failed,
+            lease=job.lease_id,
+            reason=f"time limit: running for over {limit_s:g} s (ended by the sweeper)",
+            values={"error": time_limit_error(limit_s)},
+            where=[Job.started_at <= cutoff],
+        ):
+            ended.append(job.id)
+    return ended

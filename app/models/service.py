@@ -31,6 +31,7 @@ from app.models import lineage
 from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
+from app.quotas import service as quotas
 from app.storage import ArtifactStore, StoredObject, file_sha256
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
@@ -184,6 +185,7 @@ def prepare_version(
     canonical = checkpoints.canonical_bytes(state)
     sha256 = hashlib.sha256(canonical).hexdigest()
     refuse_superseded_content(read, model, sha256, uploaded_sha256, uploaded_size)
+    quotas.check_storage(read, org_id, len(canonical), what="this checkpoint")
     stored = store.put_bytes(canonical, ".safetensors")
     return PreparedVersion(
         model.id, stored, source_format, parent_version_id, uploaded_sha256, uploaded_size

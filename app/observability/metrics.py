@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterable, Iterator
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -26,11 +27,15 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import get_settings
 from app.db import session_scope
 from app.observability import repository
 from app.orm import JobStatus
+from app.quotas import repository as quotas_repo
+from app.quotas import service as quotas
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +122,79 @@ class JobCollector:
             with session_scope(read_only=True) as session:
                 counts = repository.status_counts(session)
                 durations = repository.duration_histograms(session, TERMINAL, JOB_DURATION_BUCKETS)
+                by_org = quotas_repo.jobs_by_org(session, [JobStatus.queued, JobStatus.running])
+                stored = _stored_bytes(session)
         except (SQLAlchemyError, OSError) as exc:  # the scrape still answers, with up = 0
             log.warning("metrics: the database could not be read: %r", exc)
             up.add_metric([], 0)
             yield up
+            yield from _quota_families({}, None)
             return
         up.add_metric([], 1)
         yield up
         yield from _job_families(counts, durations)
+        yield from _org_families(by_org)
+        yield from _quota_families(stored, by_org)
+
+
+def _stored_bytes(session: Session) -> dict[str, int]:
+    try:
+        return quotas.stored_bytes(session)
+    except (BotoCoreError, ClientError) as exc:  # the S3 store does not answer: left out
+        log.warning("metrics: stored bytes could not be read from the store: %r", exc)
+        return {}
+
+
+def _org_families(by_org: dict[tuple[str, str], int]) -> Iterable[Metric]:
+    """Per organisation (labelled by id, never by name: one series per organisation)."""
+    for status in (JobStatus.queued, JobStatus.running):
+        family = GaugeMetricFamily(
+            f"nepenthe_org_jobs_{status.value}",
+            f"{status.value} jobs of each organisation that has some",
+            labels=["org"],
+        )
+        for (org, of_status), n in sorted(by_org.items()):
+            if of_status == status:
+                family.add_metric([org], n)
+        yield family
+
+
+def _quota_families(
+    stored: dict[str, int], by_org: dict[tuple[str, str], int] | None
+) -> Iterable[Metric]:
+    settings = get_settings()
+    if by_org is not None:
+        stored_family = GaugeMetricFamily(
+            "nepenthe_org_stored_bytes",
+            "checkpoints, job artifacts and uploaded datasets each organisation stores",
+            labels=["org"],
+        )
+        for org, n in sorted(stored.items()):
+            stored_family.add_metric([org], n)
+        yield stored_family
+    refused = CounterMetricFamily(
+        "nepenthe_quota_refusals",
+        "requests this process refused for a quota, by organisation and reason",
+        labels=["org", "reason"],
+    )
+    for (org, reason), n in sorted(quotas.refusals().items()):
+        refused.add_metric([org, reason], n)
+    yield refused
+    limits = GaugeMetricFamily(
+        "nepenthe_quota_limit",
+        "each per-organisation limit as configured (0: none)",
+        labels=["quota"],
+    )
+    for quota, value in (
+        ("submissions_per_minute", settings.quota_submissions_per_minute),
+        ("queued_jobs", settings.quota_queued_jobs),
+        ("running_jobs", settings.quota_running_jobs),
+        ("job_sample_passes", settings.quota_max_job_sample_passes),
+        ("stored_bytes", settings.quota_stored_bytes),
+        ("job_time_limit_seconds", settings.job_time_limit_s),
+    ):
+        limits.add_metric([quota], float(value))
+    yield limits
 
 
 def _job_families(

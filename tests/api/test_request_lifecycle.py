@@ -85,3 +85,12 @@ def test_a_retry_changes_only_what_it_names_and_a_refused_one_changes_nothing(ap
     drive(body["job"]["id"], "running", "rejected")
     other = api.post(f"{url}/retry", json={"reason": "try SalUn", "method": "salun"}).json()
     assert other["method"] == "salun" and other["params"]["lr"] == 0.001  # its own defaults
+
+
+def test_a_retry_is_held_to_the_job_cost_limit_like_a_submission(api, registered):
+    request = ended(api, registered, "rejected")
+    url = f"/v1/deletion-requests/{request['id']}"
+    days = {"reason": "longer", "method": "unsir", "params": {"noise_steps": 10_000_000}}
+    refused = api.post(f"{url}/retry", json=days)
+    assert refused.status_code == 422 and refused.json()["code"] == "job_cost_limit_exceeded"
+    assert api.get(url).json()["job"]["status"] == "rejected"

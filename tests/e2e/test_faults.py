@@ -34,7 +34,9 @@ FAST_SWEEP = {
     "NEPENTHE_SEND_GRACE_S": "0.5",
     "NEPENTHE_REQUEUE_AFTER_S": "2",
 }
-LONG_JOB = {"noise_steps": 1_000_000}  # runs until it is stopped
+# Runs until it is stopped; small noise batches keep it under the default cost cap
+# (NEPENTHE_QUOTA_MAX_JOB_SAMPLE_PASSES: 2 classes x 1,000,000 steps x 8 = 16M passes).
+LONG_JOB = {"noise_steps": 1_000_000, "noise_batch": 8}
 
 
 @contextmanager

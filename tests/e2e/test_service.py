@@ -147,7 +147,7 @@ def test_a_duplicate_delivery_does_nothing(client, service, tmp_path):
 
 def test_cancel_a_running_job(client, tmp_path):
     reg = register(client, tmp_path)
-    job_id = submit(client, reg, noise_steps=1_000_000)["job"]["id"]
+    job_id = submit(client, reg, noise_steps=1_000_000, noise_batch=8)["job"]["id"]  # under the cap
     deadline = time.monotonic() + 120
     while client.get_job(job_id)["phase"] != "noise":
         assert time.monotonic() < deadline, "the job never started learning noise"

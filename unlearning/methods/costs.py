@@ -44,6 +44,14 @@ def sizes_of(train: int, forget: int, retain_targets: np.ndarray, forget_classes
     return Sizes(train, forget, tuple(int(n) for n in by_class if n), forget_classes)
 
 
+def balanced_sizes(train: int, classes: int, forget_classes: int) -> Sizes:
+    """Sizes of a class request from the split's counts alone, its classes taken as equal in
+    size: for a cost estimate when the split itself is not read."""
+    per_class = train // classes if classes else 0
+    retain = tuple(per_class for _ in range(classes - forget_classes) if per_class)
+    return Sizes(train, per_class * forget_classes, retain, forget_classes)
+
+
 def unsir(c: UnsirConfig, s: Sizes) -> float:
     subset = sum(min(c.retain_per_class, n) for n in s.retain_by_class)
     noise = s.forget_classes * c.noise_steps * c.noise_batch
