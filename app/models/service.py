@@ -24,6 +24,7 @@ from app.errors import (
     ModelVersionNotFound,
     NameTaken,
     Unprocessable,
+    UploadInflatesTooFar,
     VersionConflict,
     VersionSuperseded,
 )
@@ -32,6 +33,7 @@ from app.models import repository as repo
 from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
 from app.storage import ArtifactStore, StoredObject, file_sha256
+from app.uploads import inflate_limits
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
@@ -284,13 +286,17 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
 
 
 def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, str]:
+    net = network_on_meta(model)
     try:
         with upload.open("rb") as fh:
             source_format = checkpoints.sniff_format(fh.read(16))
-        state = checkpoints.read_state_dict(upload)
-        net = network_on_meta(model)
+        # Bounded before anything is inflated: by the settings, and by what the network needs.
+        state = checkpoints.read_state_dict(upload, inflate_limits(), checkpoints.byte_budget(net))
     except checkpoints.CheckpointError as exc:
-        raise InvalidCheckpoint(str(exc), code=exc.code) from exc
+        if exc.code == UploadInflatesTooFar.code:
+            raise UploadInflatesTooFar(str(exc)) from exc
+        extra = {"problems": exc.problems} if exc.problems else {}
+        raise InvalidCheckpoint(str(exc), code=exc.code, **extra) from exc
     problems = checkpoints.fit_problems(net, state)
     if problems:
         raise InvalidCheckpoint(
