@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         "inflates past 64 MiB (413 above): compression bombs inflate a thousandfold, image "
         "arrays and checkpoints rarely tenfold",
     )
+    max_model_parameters: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="most parameters and buffers a registered network may have, counted on "
+        "the meta device before anything is allocated (422 above); every torchvision "
+        "classifier has fewer",
+    )
     max_body_bytes: int = Field(
         4 * 1024**2,
         ge=1024,

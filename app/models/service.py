@@ -13,6 +13,7 @@ from torch import nn
 
 from app.actors import Actor, Scope
 from app.audit import service as audit
+from app.config import get_settings
 from app.deletions import repository as deletions_repo
 from app.errors import (
     ContentSuperseded,
@@ -93,6 +94,7 @@ def _check_image_to_image(body: ModelCreate) -> tuple[list[str], dict[str, Any]]
         net = i2i_architectures.build_on_meta(
             body.architecture.name, body.input_shape, body.architecture.args
         )
+        _check_size(net, body)
         i2i_architectures.check_input_shape(net, body.input_shape)
         encoder = i2i_architectures.resolve_encoder(net, body.encoder)
     except architectures.ArchitectureError as exc:
@@ -126,9 +128,15 @@ def _check_architecture(body: ModelCreate) -> None:
         net = architectures.build_on_meta(
             body.architecture.name, len(body.class_names), body.architecture.args
         )
+        _check_size(net, body)
         architectures.check_input_shape(net, tuple(body.input_shape), len(body.class_names))
     except architectures.ArchitectureError as exc:
         raise InvalidArchitecture(str(exc)) from exc
+
+
+def _check_size(net: nn.Module, body: ModelCreate) -> None:
+    label = f"{body.architecture.name!r} with arguments {body.architecture.args}"
+    architectures.check_size(net, get_settings().max_model_parameters, label)
 
 
 def get_model(session: Session, org_id: str, ref: str) -> Model:
@@ -286,7 +294,10 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
 
 
 def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, str]:
-    net = network_on_meta(model)
+    try:
+        net = network_on_meta(model)
+    except architectures.ArchitectureError as exc:  # registered before its arguments were bounded
+        raise InvalidArchitecture(f"model {model.name!r} cannot be built: {exc}") from exc
     try:
         with upload.open("rb") as fh:
             source_format = checkpoints.sniff_format(fh.read(16))

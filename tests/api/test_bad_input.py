@@ -740,6 +740,34 @@ def test_architecture_constructors_that_crash(api, store):
     assert snapshot(store) == before
 
 
+def test_unbounded_architecture_arguments_are_refused_naming_them(api, store, monkeypatch):
+    from tests.conftest import reset_caches
+
+    before = snapshot(store)
+    for name, args, shape, named in (
+        ("small_vit", {"hidden_dim": 10**7}, [3, 32, 32], "hidden_dim"),
+        ("mlp", {"in_features": 64, "hidden": 10**9}, [1, 8, 8], "hidden"),
+        ("mobilenet_v2", {"inverted_residual_setting": [[1, 16, 10**9, 1]]}, [3, 32, 32], ""),
+        ("mobilenet_v2", {"width_mult": 1000}, [3, 32, 32], "width_mult"),
+        ("vit_b_16", {"image_size": 10**6}, [3, 32, 32], "image_size"),
+    ):
+        body = {
+            **model_body("unbounded"),
+            "input_shape": shape,
+            "architecture": {"name": name, "args": args},
+        }
+        problem = assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+        assert f"argument '{named or next(iter(args))}'" in problem["detail"], problem
+    # Within every argument's range, the parameter count (counted on meta) is bounded too.
+    monkeypatch.setenv("NEPENTHE_MAX_MODEL_PARAMETERS", "1000")
+    reset_caches()
+    problem = assert_problem(
+        api.post("/v1/models", json=model_body("big")), 422, "invalid_architecture"
+    )
+    assert "parameters and buffers" in problem["detail"]
+    assert snapshot(store) == before
+
+
 def test_architecture_arguments_too_large_to_build_are_refused_at_once(api, store):
     before = snapshot(store)
     for args in (
