@@ -43,6 +43,28 @@ class Settings(BaseSettings):
         "ImageFolder trees); anything else is refused, so no client can read the server's files",
     )
     max_upload_bytes: int = Field(2 * 1024**3, description="largest accepted upload (413 above)")
+    max_inflated_bytes: int = Field(
+        2 * 1024**3,
+        ge=1,
+        le=8 * 1024**3,  # unlearning.archives.MAX_INFLATED_BYTES: what workers read
+        description="most bytes an uploaded zip archive (a .pt checkpoint, an .npz dataset) may "
+        "inflate to: checked on its zip directory before anything is inflated, and each member "
+        "held to its declared size while it inflates (413 above); at most 8 GiB",
+    )
+    max_compression_ratio: float = Field(
+        100.0,
+        ge=1,
+        description="most times its own size an uploaded archive may inflate to, once it "
+        "inflates past 64 MiB (413 above): compression bombs inflate a thousandfold, image "
+        "arrays and checkpoints rarely tenfold",
+    )
+    max_model_parameters: int = Field(
+        1_000_000_000,
+        ge=1,
+        description="most parameters and buffers a registered network may have, counted on "
+        "the meta device before anything is allocated (422 above); every torchvision "
+        "classifier has fewer",
+    )
     max_body_bytes: int = Field(
         4 * 1024**2,
         ge=1024,

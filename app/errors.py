@@ -292,6 +292,14 @@ class PayloadTooLarge(ServiceError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
 
+class UploadInflatesTooFar(ServiceError):
+    """An uploaded archive that would inflate past NEPENTHE_MAX_INFLATED_BYTES or
+    NEPENTHE_MAX_COMPRESSION_RATIO, or whose members inflate past their declared sizes: refused
+    before (or while) inflating, and nothing kept."""
+
+    status, code, title = 413, "upload_inflates_too_far", "Upload inflates too far"
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document; ``code`` is the stable machine-readable error."""
 

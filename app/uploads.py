@@ -1,4 +1,5 @@
-"""Receive an uploaded file into a temporary file, enforcing the size limit."""
+"""Receive an uploaded file into a temporary file, enforcing the size limit; the limits on how
+far an uploaded archive may inflate."""
 
 from __future__ import annotations
 
@@ -6,13 +7,28 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import UploadFile
 
 from app.config import get_settings
-from app.errors import EmptyUpload, PayloadTooLarge
+from app.errors import EmptyUpload, PayloadTooLarge, UploadInflatesTooFar
+from unlearning import archives
 
 CHUNK = 1024 * 1024
+# The upload routes' 413: the body itself, or the archive it holds once inflated.
+TOO_LARGE: dict[str, Any] = {
+    **PayloadTooLarge.openapi(),
+    "description": f"{PayloadTooLarge.title} (code `{PayloadTooLarge.code}`), or an archive "
+    f"that inflates too far (code `{UploadInflatesTooFar.code}`)",
+}
+
+
+def inflate_limits() -> archives.InflateLimits:
+    """How far an uploaded archive may inflate (NEPENTHE_MAX_INFLATED_BYTES and
+    NEPENTHE_MAX_COMPRESSION_RATIO)."""
+    settings = get_settings()
+    return archives.InflateLimits(settings.max_inflated_bytes, settings.max_compression_ratio)
 
 
 @contextmanager

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -75,3 +79,128 @@ def i2i_trained_state() -> dict[str, torch.Tensor]:
     from client.demo_i2i import train_original
 
     return train_original()
+
+
+# Zip archives written byte by byte, so that a test can make one whose directory declares what it
+# likes: a compression bomb (truthful or not), or a member that inflates past its declared size.
+
+MiB = 1024 * 1024
+
+
+@lru_cache
+def _zeros_block() -> bytes:
+    """1 MiB of zeros deflated to about 1 kB, ending on a full flush so that copies of it make
+    one valid deflate stream."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return deflater.compress(bytes(MiB)) + deflater.flush(zlib.Z_FULL_FLUSH)
+
+
+def deflated_zeros(mib: int, prefix: bytes = b"") -> tuple[bytes, int]:
+    """A raw deflate stream of ``prefix`` then ``mib`` MiB of zeros (about 1 kB a MiB) and its
+    CRC-32: a compression bomb built without holding what it inflates to."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    head = deflater.compress(prefix) + deflater.flush(zlib.Z_FULL_FLUSH) if prefix else b""
+    crc, block = zlib.crc32(prefix), bytes(MiB)
+    for _ in range(mib):
+        crc = zlib.crc32(block, crc)
+    # After a full flush a deflater starts afresh: the block's bytes follow as they are.
+    return head + _zeros_block() * mib + b"\x03\x00", crc  # \x03\x00: an empty final block
+
+
+@dataclass(frozen=True)
+class Member:
+    """A zip member as written: ``data`` as stored (deflated when ``deflated``), and the inflated
+    size and CRC-32 the archive declares for it."""
+
+    name: str
+    data: bytes
+    size: int
+    crc: int
+    deflated: bool = True
+
+
+def member(name: str, content: bytes, deflated: bool = False) -> Member:
+    """A truthful member holding ``content``."""
+    if not deflated:
+        return Member(name, content, len(content), zlib.crc32(content), deflated=False)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    data = deflater.compress(content) + deflater.flush()
+    return Member(name, data, len(content), zlib.crc32(content))
+
+
+def zeros_member(name: str, mib: int, declared: int | None = None, prefix: bytes = b"") -> Member:
+    """A member of ``prefix`` and ``mib`` MiB of zeros, declared at that size (a truthful bomb)
+    or at ``declared`` bytes, with the CRC of that many of its first bytes (a lying one)."""
+    data, crc = deflated_zeros(mib, prefix)
+    if declared is None:
+        return Member(name, data, len(prefix) + mib * MiB, crc)
+    start = (prefix + bytes(max(0, declared - len(prefix))))[:declared]
+    return Member(name, data, declared, zlib.crc32(start))
+
+
+def raw_zip(members: list[Member]) -> bytes:
+    """A zip archive (no zip64: members under 4 GiB) of ``members``, sizes as they declare."""
+    out, central = io.BytesIO(), io.BytesIO()
+    for m in members:
+        name, method = m.name.encode(), 8 if m.deflated else 0
+        offset = out.tell()
+        out.write(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                20,
+                0,
+                method,
+                0,
+                33,
+                m.crc,
+                len(m.data),
+                m.size,
+                len(name),
+                0,
+            )
+        )
+        out.write(name + m.data)
+        central.write(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                method,
+                0,
+                33,
+                m.crc,
+                len(m.data),
+                m.size,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+        )
+        central.write(name)
+    start, directory = out.tell(), central.getvalue()
+    out.write(directory)
+    out.write(
+        struct.pack(
+            "<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(directory), start, 0
+        )
+    )
+    return out.getvalue()
+
+
+def torch_members(obj: object, deflated: bool = False) -> list[Member]:
+    """The members of ``torch.save(obj)``'s archive, as they are or deflated."""
+    archive = zipfile.ZipFile(io.BytesIO(torch_bytes(obj)))
+    return [member(i.filename, archive.read(i), deflated) for i in archive.infolist()]
+
+
+def largest_storage(members: list[Member]) -> int:
+    """The index of the largest tensor storage member (``<archive>/data/<n>``)."""
+    storages = [i for i, m in enumerate(members) if "/data/" in m.name]
+    return max(storages, key=lambda i: members[i].size)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +14,95 @@ from torch import nn
 
 class ArchitectureError(ValueError):
     """The architecture name or its arguments are unusable."""
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A constructor argument a registration may pass: its JSON type (int, float or bool) and
+    inclusive range, or, with ``items``, a list of (least, most) such values. Bounding every
+    argument before anything is built keeps a registration's trial build, on the meta device,
+    to a fraction of a second; the parameter count (check_size) bounds the rest."""
+
+    kind: type
+    low: float = 0
+    high: float = 0
+    items: tuple[int, int] | None = None
+    nullable: bool = False
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is refused, or None."""
+        if value is None and self.nullable:
+            return None
+        if self.items is None:
+            return None if self._fits(value) else f"must be {self._describe()}"
+        least, most = self.items
+        if not isinstance(value, list | tuple) or not least <= len(value) <= most:
+            return f"must be a list of at least {least} and at most {most} {self._describe(True)}"
+        bad = next((v for v in value if not self._fits(v)), None)
+        return None if bad is None else f"lists {_shown(bad)}; each item must be {self._describe()}"
+
+    def _fits(self, value: object) -> bool:
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        return self.low <= value <= self.high  # exact for ints of any size
+
+    def _describe(self, plural: bool = False) -> str:
+        if self.kind is bool:
+            return "booleans" if plural else "true or false"
+        noun = {int: "integer", float: "number"}[self.kind]
+        what = f"{noun}s, each" if plural else f"an {noun}" if noun == "integer" else f"a {noun}"
+        text = f"{what} at least {_number(self.low)} and at most {_number(self.high)}"
+        return f"null or {text}" if self.nullable and not plural else text
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too large to print"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_args(name: str, args: Mapping[str, Any], accepted: Mapping[str, Arg]) -> None:
+    """Refuse (ArchitectureError, naming it) the first argument not in ``accepted`` or out of its
+    range."""
+    for key, value in args.items():
+        spec = accepted.get(key)
+        if spec is None:
+            raise ArchitectureError(
+                f"cannot build {name!r}: argument {key!r} is not accepted "
+                f"(accepted: {', '.join(sorted(accepted)) or 'none'})"
+            )
+        problem = spec.problem(value)
+        if problem is not None:
+            shown = _shown(value)
+            raise ArchitectureError(f"argument {key!r} of {name!r} is {shown}: it {problem}")
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Elements of every parameter and buffer (the state dict), counted without allocating."""
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def check_size(model: nn.Module, max_parameters: int, label: str = "the network") -> None:
+    """Refuse a network (built on meta) with more than ``max_parameters`` parameters and
+    buffers, before anything allocates them."""
+    count = parameter_count(model)
+    if count > max_parameters:
+        raise ArchitectureError(
+            f"{label} has {count:,} parameters and buffers, more than the {max_parameters:,} "
+            "this server accepts: choose smaller arguments"
+        )
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -59,6 +150,9 @@ class _BasicBlock(nn.Module):
 
 
 MAX_STAGES, MAX_BLOCKS, MAX_WIDTH, MAX_CHANNELS = 8, 64, 1024, 4096
+# Bounds of the other built-ins' (and the image-to-image networks') arguments.
+MAX_LAYERS, MAX_HEADS, MAX_DIM, MAX_HIDDEN, MAX_SIDE = 48, 64, 4096, 16384, 4096
+MAX_FEATURES = 3 * MAX_SIDE * MAX_SIDE  # a flattened [3, 4096, 4096] input
 
 
 class SmallResNet(nn.Module):
@@ -144,6 +238,60 @@ BUILTIN: dict[str, Callable[..., nn.Module]] = {
     "small_vit": small_vit,
     "mlp": MLP,
 }
+_CHANNELS = Arg(int, 1, MAX_CHANNELS)
+BUILTIN_ARGS: dict[str, dict[str, Arg]] = {
+    "tiny_cnn": {"in_channels": _CHANNELS, "width": Arg(int, 1, MAX_WIDTH)},
+    "small_resnet": {
+        "in_channels": _CHANNELS,
+        "width": Arg(int, 1, MAX_WIDTH),
+        "blocks": Arg(int, 1, MAX_BLOCKS, items=(1, MAX_STAGES)),
+    },
+    "small_vit": {
+        "image_size": Arg(int, 1, MAX_SIDE),
+        "patch_size": Arg(int, 1, MAX_SIDE),
+        "num_layers": Arg(int, 1, MAX_LAYERS),
+        "num_heads": Arg(int, 1, MAX_HEADS),
+        "hidden_dim": Arg(int, 1, MAX_DIM),
+        "mlp_dim": Arg(int, 1, MAX_HIDDEN),
+    },
+    "mlp": {"in_features": Arg(int, 1, MAX_FEATURES), "hidden": Arg(int, 1, MAX_HIDDEN)},
+}
+# torchvision's builders fix each network's structure (depths, stage widths) and pass the rest of
+# their keyword arguments to its class: these are the ones a JSON body can sensibly set, by name
+# across every classifier (a builder refuses those its network does not take). Structure lists
+# such as mobilenet_v2's inverted_residual_setting, and layer classes, are not accepted.
+_RATE = Arg(float, 0, 1)
+_FLAG = Arg(bool)
+TORCHVISION_ARGS: dict[str, Arg] = {
+    "dropout": _RATE,
+    "attention_dropout": _RATE,
+    "dropout_aux": _RATE,
+    "mlp_dropout": _RATE,
+    "drop_rate": _RATE,
+    "stochastic_depth_prob": _RATE,
+    "layer_scale": _RATE,
+    "aux_logits": _FLAG,
+    "transform_input": _FLAG,
+    "init_weights": _FLAG,
+    "zero_init_residual": _FLAG,
+    "memory_efficient": _FLAG,
+    "reduced_tail": _FLAG,
+    "dilated": _FLAG,
+    "progress": _FLAG,
+    "replace_stride_with_dilation": Arg(bool, items=(3, 3)),
+    "width_mult": Arg(float, 0.01, 4),
+    "round_nearest": Arg(int, 1, 64),
+    "mlp_ratio": Arg(float, 0.01, 16),
+    "expansion_ratio": Arg(float, 0.01, 16),
+    "squeeze_ratio": Arg(float, 0.01, 1),
+    "bn_size": Arg(int, 1, 16),
+    "groups": Arg(int, 1, 256),
+    "width_per_group": Arg(int, 1, 1024),
+    "stem_width": Arg(int, 1, 1024),
+    "image_size": Arg(int, 1, MAX_SIDE),
+    "input_size": Arg(int, 1, MAX_SIDE, items=(2, 2)),
+    "representation_size": Arg(int, 1, MAX_DIM, nullable=True),
+}
 
 
 def torchvision_classifiers() -> list[str]:
@@ -160,12 +308,14 @@ def build_classifier(name: str, num_classes: int, args: dict[str, Any] | None = 
     args = dict(args or {})
     if "num_classes" in args:
         raise ArchitectureError("num_classes comes from the model's class names; do not pass it")
-    if "weights" in args and args["weights"] is not None:
+    if "weights" in args and args.pop("weights") is not None:
         raise ArchitectureError("pretrained weights cannot be downloaded here; upload a checkpoint")
     if name in BUILTIN:
         factory: Callable[..., nn.Module] = BUILTIN[name]
+        check_args(name, args, BUILTIN_ARGS[name])
     elif name in torchvision_classifiers():
         factory = lambda **kw: torchvision.models.get_model(name, weights=None, **kw)  # noqa: E731
+        check_args(name, args, TORCHVISION_ARGS)
     else:
         raise ArchitectureError(f"unknown architecture {name!r}")
     try:

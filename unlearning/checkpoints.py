@@ -2,6 +2,9 @@
 
 Uploaded files are never unpickled as code: safetensors is parsed as data, and a ``.pt`` file only
 goes through ``torch.load(weights_only=True)``, which refuses any global it does not allow-list.
+
+Nor do they take more memory than their network can need: a ``.pt`` zip archive is held to its
+inflate limits and, like any upload, to the architecture's byte budget before torch reads it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import pickle
 import struct
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,6 +29,10 @@ StateDict = dict[str, torch.Tensor]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_SAFETENSORS_HEADER = 100_000_000
+# What a checkpoint of a network may hold: 8 bytes (float64) per element of its state dict, four
+# times over (an optimizer's state saved beside the weights), plus room for the pickle and extras.
+BUDGET_BYTES_PER_ELEMENT = 32
+BUDGET_SLACK_BYTES = 64 * 1024**2
 
 
 class CheckpointError(ValueError):
@@ -53,13 +61,42 @@ def sniff_format(head: bytes) -> str:
     )
 
 
-def read_state_dict(path: Path) -> StateDict:
-    """Read tensors from an uploaded file, without executing code."""
+def byte_budget(model: nn.Module) -> int:
+    """The most bytes a checkpoint of ``model`` (which may live on meta) may hold or inflate to."""
+    elements = sum(t.numel() for t in model.state_dict().values())
+    return BUDGET_BYTES_PER_ELEMENT * elements + BUDGET_SLACK_BYTES
+
+
+def read_state_dict(
+    path: Path, limits: archives.InflateLimits | None = None, budget: int | None = None
+) -> StateDict:
+    """Read tensors from an uploaded file, without executing code. A zip archive (``.pt``) may
+    inflate as far as ``limits`` (code ``upload_inflates_too_far`` past them); any file may hold
+    at most ``budget`` bytes (byte_budget of its network; ``checkpoint_mismatch`` past it)."""
     with path.open("rb") as fh:
         head = fh.read(16)
-    if sniff_format(head) == "safetensors":
+    fmt = sniff_format(head)
+    if head.startswith(_ZIP_MAGIC):  # what torch takes for a zip archive
+        _refuse_escaping_members(path)
+        _check_inflation(path, limits, budget)
+    elif budget is not None:
+        # safetensors and the legacy pickle format hold their tensors' bytes as they are: reading
+        # them allocates no more than the file's size (safetensors checks its header's offsets
+        # against that size before allocating; torch checks each storage's).
+        _within_budget(path.stat().st_size, budget, "holds")
+    if fmt == "safetensors":
         return _read_safetensors(path)
     return _read_torch(path)
+
+
+def _within_budget(size: int, budget: int, verb: str) -> None:
+    if size > budget:
+        message = (
+            f"the checkpoint {verb} {size} bytes ({archives.mib(size)}), more than any checkpoint "
+            f"of this architecture can ({archives.mib(budget)}: its parameters and buffers at 8 "
+            "bytes each, four times over, plus 64 MiB): these are another network's weights"
+        )
+        raise CheckpointError("checkpoint_mismatch", message, [message])
 
 
 def _read_safetensors(path: Path) -> StateDict:
@@ -71,7 +108,6 @@ def _read_safetensors(path: Path) -> StateDict:
 
 
 def _read_torch(path: Path) -> StateDict:
-    _refuse_escaping_members(path)
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols other than 2; the refusal below is what matters.
@@ -106,6 +142,22 @@ def _refuse_escaping_members(path: Path) -> None:
             "archive_path_escapes",
             f"the archive has members whose paths leave its folder: {escaping[:5]}",
         )
+
+
+def _check_inflation(path: Path, limits: archives.InflateLimits | None, budget: int | None) -> None:
+    # torch allocates each member at the size the zip directory declares, then inflates into it.
+    try:
+        declared = archives.check_directory(path, limits or archives.DEFAULT_LIMITS)
+        if budget is not None:
+            _within_budget(declared, budget, "inflates to")
+        archives.check_streams(path)
+    except CheckpointError:
+        raise
+    except archives.ArchiveError as exc:
+        code = exc.code if exc.code == archives.INFLATES_TOO_FAR else "checkpoint_unreadable"
+        raise CheckpointError(code, str(exc)) from exc
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError("checkpoint_unreadable", f"unreadable torch file: {exc}") from exc
 
 
 def fit_problems(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:

@@ -25,7 +25,7 @@ Split = Literal["train", "test"]
 KINDS = ("sklearn_digits", "fashion_mnist", "image_folder", "npz")
 HELD_OUT_PERMILLE = 200  # 20% held out where a source has no split of its own
 MAX_CLASSES = 100_000
-MAX_NPZ_BYTES = 8 * 1024**3  # uncompressed: refuses archives that inflate beyond memory
+MAX_NPZ_BYTES = archives.MAX_INFLATED_BYTES  # inflated: the most an .npz archive is read to
 
 
 class DatasetError(ValueError):
@@ -122,9 +122,15 @@ def inside(root: Path, rel: str) -> Path:
 
 
 def open_split(
-    kind: str, location: str | None, split: Split, size: tuple[int, int] | None = None
+    kind: str,
+    location: str | None,
+    split: Split,
+    size: tuple[int, int] | None = None,
+    limits: archives.InflateLimits | None = None,
 ) -> ImageSource:
-    """Open one split of a registered dataset. ``location`` is a folder or an .npz file."""
+    """Open one split of a registered dataset. ``location`` is a folder or an .npz file, which
+    may inflate as far as ``limits`` (an upload's; default: MAX_NPZ_BYTES by the zip directory,
+    for a stored file, checked in full when it was registered)."""
     if kind == "sklearn_digits":
         return _digits(split)
     if location is None:
@@ -135,16 +141,19 @@ def open_split(
     if kind == "image_folder":
         return _image_folder(path, split, size)
     if kind == "npz":
-        return _npz_split(_load_npz(path), split)
+        return _npz_split(_load_npz(path, limits), split)
     raise DatasetError("dataset_kind_unknown", f"unknown dataset kind {kind!r}; known: {KINDS}")
 
 
 def open_splits(
-    kind: str, location: str | None, size: tuple[int, int] | None = None
+    kind: str,
+    location: str | None,
+    size: tuple[int, int] | None = None,
+    limits: archives.InflateLimits | None = None,
 ) -> tuple[ImageSource, ImageSource]:
     """Both splits (train, held-out); an .npz archive is read from disk once for the two."""
     if kind == "npz" and location is not None:
-        arrays = _load_npz(Path(location))
+        arrays = _load_npz(Path(location), limits)
         return _npz_split(arrays, "train"), _npz_split(arrays, "test")
     return open_split(kind, location, "train", size), open_split(kind, location, "test", size)
 
@@ -212,8 +221,8 @@ def _train_dir_or_root(root: Path) -> Path:
     return root / "train" if (root / "train").is_dir() else root
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    _check_npz_size(path)
+def _load_npz(path: Path, limits: archives.InflateLimits | None) -> dict[str, np.ndarray]:
+    _check_npz_size(path, limits)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -268,23 +277,45 @@ def _npz_split(arrays: dict[str, np.ndarray], split: Split) -> ArrayImages:
     return full.subset(mask)
 
 
-def _check_npz_size(path: Path) -> None:
-    """Refuse archives with members that escape their folder, and archives that would inflate
-    past MAX_NPZ_BYTES, by the zip directory and by each array's own header (a header may
-    declare a shape far larger than its data). Nothing is inflated before these checks."""
+def _check_npz_size(path: Path, limits: archives.InflateLimits | None = None) -> None:
+    """Refuse archives with members that escape their folder, archives that would inflate past
+    ``limits`` (by the zip directory, then, for an upload, by inflating each member, counting
+    and discarding) and arrays whose own header declares more than that, or more than its
+    member holds (numpy allocates what the header declares before reading). No array is
+    allocated before these. Without ``limits`` (a stored file, checked in full when it was
+    registered) only the directory is read, against MAX_NPZ_BYTES."""
     try:
         with zipfile.ZipFile(path) as archive:
             _refuse_escaping_members(archive)
-            inflated = sum(info.file_size for info in archive.infolist())
-            declared = sum(_declared_bytes(archive, info) for info in archive.infolist())
+        if limits is None:
+            limits = archives.InflateLimits(MAX_NPZ_BYTES)
+            archives.check_directory(path, limits)
+        else:
+            archives.check_inflation(path, limits)
+        with zipfile.ZipFile(path) as archive:
+            arrays = [
+                (info.filename, _declared_bytes(archive, info), info.file_size)
+                for info in archive.infolist()
+            ]
+    except archives.ArchiveError as exc:
+        code = exc.code if exc.code == archives.INFLATES_TOO_FAR else "dataset_unreadable"
+        raise DatasetError(code, str(exc)) from exc
     except DatasetError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise DatasetError("dataset_unreadable", f"not a readable .npz archive: {exc}") from exc
-    if max(inflated, declared) > MAX_NPZ_BYTES:
+    total = sum(declared for _, declared, _ in arrays)
+    if total > limits.max_bytes:
         raise DatasetError(
             "dataset_too_large",
-            f"the archive holds {max(inflated, declared)} bytes of arrays (max {MAX_NPZ_BYTES})",
+            f"the archive's arrays declare {total} bytes ({archives.mib(total)}), more than "
+            f"the {limits.max_bytes} bytes an upload may inflate to",
+        )
+    lying = [name for name, declared, held in arrays if declared > held]
+    if lying:
+        raise DatasetError(
+            "dataset_unreadable",
+            f"arrays {lying[:5]} declare more data than their members hold",
         )
 
 

@@ -8,15 +8,9 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from app.datasets import service
 from app.datasets.schemas import NAME_PATTERN, DatasetCreate, DatasetRead, SamplePage
 from app.deps import ActorDep, ReadSessionDep, RegisterDep, SessionDep
-from app.errors import (
-    DatasetNotFound,
-    InvalidDataset,
-    InvalidPageToken,
-    NameTaken,
-    PayloadTooLarge,
-)
+from app.errors import DatasetNotFound, InvalidDataset, InvalidPageToken, NameTaken
 from app.storage import get_store
-from app.uploads import received
+from app.uploads import TOO_LARGE, received
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ERRORS: dict[int | str, dict[str, Any]] = {409: NameTaken.openapi(), 422: InvalidDataset.openapi()}
@@ -43,7 +37,7 @@ def register(
     status_code=201,
     summary="Upload an .npz dataset",
     response_model=DatasetRead,
-    responses={**ERRORS, 413: PayloadTooLarge.openapi()},
+    responses={**ERRORS, 413: TOO_LARGE},
 )
 def upload_npz(
     session: SessionDep,

@@ -16,10 +16,11 @@ from app.config import get_settings
 from app.datasets import repository as repo
 from app.datasets.schemas import SamplePage, SampleRead
 from app.db import session_scope
-from app.errors import DatasetNotFound, InvalidDataset, NameTaken
+from app.errors import DatasetNotFound, InvalidDataset, NameTaken, UploadInflatesTooFar
 from app.orm import Dataset
 from app.quotas import service as quotas
 from app.storage import ArtifactStore, get_store
+from app.uploads import inflate_limits
 from unlearning import data
 
 STORE_PREFIX = "store:"
@@ -109,8 +110,11 @@ def _allowed_path(location: str) -> Path:
 
 def _open_both(kind: str, location: str | None) -> tuple[data.ImageSource, data.ImageSource]:
     try:
-        train, test = data.open_splits(kind, location)
+        # An .npz archive is bounded before anything is inflated.
+        train, test = data.open_splits(kind, location, limits=inflate_limits())
     except data.DatasetError as exc:
+        if exc.code == UploadInflatesTooFar.code:
+            raise UploadInflatesTooFar(str(exc)) from exc
         raise InvalidDataset(str(exc), code=exc.code) from exc
     except (OSError, ValueError, RuntimeError) as exc:  # filesystem trouble is the input's
         raise InvalidDataset(f"cannot read the dataset: {exc}", code="dataset_unreadable") from exc

@@ -13,13 +13,12 @@ from app.errors import (
     ModelNotFound,
     ModelVersionNotFound,
     NameTaken,
-    PayloadTooLarge,
     VersionSuperseded,
 )
 from app.models import service
 from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVersionRead
 from app.storage import get_store, served_file
-from app.uploads import received
+from app.uploads import TOO_LARGE, received
 from app.validation import Printable
 from unlearning import architectures
 from unlearning.i2i import architectures as i2i_architectures
@@ -78,7 +77,7 @@ def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> Model
     responses={
         404: ModelNotFound.openapi(),
         409: ContentSuperseded.openapi(),
-        413: PayloadTooLarge.openapi(),
+        413: TOO_LARGE,
         422: InvalidCheckpoint.openapi(),
     },
 )

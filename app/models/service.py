@@ -13,6 +13,7 @@ from torch import nn
 
 from app.actors import Actor, Scope
 from app.audit import service as audit
+from app.config import get_settings
 from app.deletions import repository as deletions_repo
 from app.errors import (
     ContentSuperseded,
@@ -24,6 +25,7 @@ from app.errors import (
     ModelVersionNotFound,
     NameTaken,
     Unprocessable,
+    UploadInflatesTooFar,
     VersionConflict,
     VersionSuperseded,
 )
@@ -33,6 +35,7 @@ from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
 from app.quotas import service as quotas
 from app.storage import ArtifactStore, StoredObject, file_sha256
+from app.uploads import inflate_limits
 from unlearning import architectures, checkpoints
 from unlearning.i2i import architectures as i2i_architectures
 from unlearning.i2i import masks
@@ -92,6 +95,7 @@ def _check_image_to_image(body: ModelCreate) -> tuple[list[str], dict[str, Any]]
         net = i2i_architectures.build_on_meta(
             body.architecture.name, body.input_shape, body.architecture.args
         )
+        _check_size(net, body)
         i2i_architectures.check_input_shape(net, body.input_shape)
         encoder = i2i_architectures.resolve_encoder(net, body.encoder)
     except architectures.ArchitectureError as exc:
@@ -125,9 +129,15 @@ def _check_architecture(body: ModelCreate) -> None:
         net = architectures.build_on_meta(
             body.architecture.name, len(body.class_names), body.architecture.args
         )
+        _check_size(net, body)
         architectures.check_input_shape(net, tuple(body.input_shape), len(body.class_names))
     except architectures.ArchitectureError as exc:
         raise InvalidArchitecture(str(exc)) from exc
+
+
+def _check_size(net: nn.Module, body: ModelCreate) -> None:
+    label = f"{body.architecture.name!r} with arguments {body.architecture.args}"
+    architectures.check_size(net, get_settings().max_model_parameters, label)
 
 
 def get_model(session: Session, org_id: str, ref: str) -> Model:
@@ -287,12 +297,19 @@ def record_version(session: Session, prepared: PreparedVersion, actor: Actor) ->
 
 def read_and_check(model: Model, upload: Path) -> tuple[checkpoints.StateDict, str]:
     try:
+        net = network_on_meta(model)
+    except architectures.ArchitectureError as exc:  # registered before its arguments were bounded
+        raise InvalidArchitecture(f"model {model.name!r} cannot be built: {exc}") from exc
+    try:
         with upload.open("rb") as fh:
             source_format = checkpoints.sniff_format(fh.read(16))
-        state = checkpoints.read_state_dict(upload)
-        net = network_on_meta(model)
+        # Bounded before anything is inflated: by the settings, and by what the network needs.
+        state = checkpoints.read_state_dict(upload, inflate_limits(), checkpoints.byte_budget(net))
     except checkpoints.CheckpointError as exc:
-        raise InvalidCheckpoint(str(exc), code=exc.code) from exc
+        if exc.code == UploadInflatesTooFar.code:
+            raise UploadInflatesTooFar(str(exc)) from exc
+        extra = {"problems": exc.problems} if exc.problems else {}
+        raise InvalidCheckpoint(str(exc), code=exc.code, **extra) from exc
     problems = checkpoints.fit_problems(net, state)
     if problems:
         raise InvalidCheckpoint(

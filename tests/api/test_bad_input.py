@@ -15,7 +15,18 @@ import pytest
 from PIL import Image
 
 from tests.api.conftest import BACKENDS, snapshot
-from tests.helpers import model_body, safetensors_bytes, torch_bytes, trained_state
+from tests.helpers import (
+    MiB,
+    largest_storage,
+    member,
+    model_body,
+    raw_zip,
+    safetensors_bytes,
+    torch_bytes,
+    torch_members,
+    trained_state,
+    zeros_member,
+)
 
 pytestmark = pytest.mark.parametrize("service_env", BACKENDS, indirect=True)
 PROBLEM = "application/problem+json"
@@ -404,7 +415,7 @@ def test_npz_declaring_far_more_than_it_holds(api, store):
         for name, content in npz_members().items():
             archive.writestr(name, content)
         archive.infolist()[0].file_size = 2**40
-    assert_problem(upload_npz(api, buf.getvalue()), 422, "dataset_too_large")
+    assert_problem(upload_npz(api, buf.getvalue()), 413, "upload_inflates_too_far")
     # An .npy header declaring 10^12 images of 8x8 over a few bytes of data.
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
@@ -416,15 +427,88 @@ def test_npz_declaring_far_more_than_it_holds(api, store):
 
 
 def test_npz_that_inflates_past_the_limit(api, store, monkeypatch):
-    import unlearning.data
+    from tests.conftest import reset_caches
 
     before = snapshot(store)
-    monkeypatch.setattr(unlearning.data, "MAX_NPZ_BYTES", 1_000_000)
+    monkeypatch.setenv("NEPENTHE_MAX_INFLATED_BYTES", "1000000")
+    reset_caches()
     # 10 MB of zeros deflates to about 10 kB: a ratio of 1000, truthfully declared.
     bomb = zip_bytes(npz_members(np.zeros((10, 1000, 1000), np.uint8)), zipfile.ZIP_DEFLATED)
     assert len(bomb) < 100_000
-    body = assert_problem(upload_npz(api, bomb), 422, "dataset_too_large")
+    body = assert_problem(upload_npz(api, bomb), 413, "upload_inflates_too_far")
     assert "1000000" in body["detail"]
+    assert snapshot(store) == before
+
+
+def test_npz_bombs_are_refused_at_the_default_limits(api, store):
+    before = snapshot(store)
+    # 1 MB inflating to 1 GiB of valid (black) 1024x1024 images: refused by its ratio.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": (1024, 1024, 1024)}
+    )
+    images = zeros_member("images.npy", 1024, prefix=header.getvalue())
+    labels = member("labels.npy", npy_bytes(np.arange(1024) % 2))
+    bomb = raw_zip([images, labels])
+    assert len(bomb) < 1.1 * MiB
+    body = assert_problem(upload_npz(api, bomb), 413, "upload_inflates_too_far")
+    assert "times its size" in body["detail"]
+    # A member whose data runs on past the size the directory declares for it.
+    small = npy_bytes(np.zeros((10, 8, 8), np.uint8))
+    lying = zeros_member("images.npy", 64, declared=len(small), prefix=small)
+    labels = member("labels.npy", npy_bytes(np.arange(10) % 2))
+    body = assert_problem(upload_npz(api, raw_zip([lying, labels])), 413, "upload_inflates_too_far")
+    assert "inflates past" in body["detail"]
+    assert snapshot(store) == before
+    # The same archives, honest and deflated, are accepted.
+    honest = raw_zip([member("images.npy", small, True), labels])
+    assert upload_npz(api, honest).status_code == 201
+
+
+def torch_bomb(mib: int, declared: int | None = None) -> bytes:
+    """The trained state's .pt archive, its largest storage replaced by deflated zeros."""
+    members = torch_members(trained_state())
+    i = largest_storage(members)
+    members[i] = zeros_member(members[i].name, mib, declared)
+    return raw_zip(members)
+
+
+def test_torch_bombs_are_refused_before_torch_reads_them(api, registered, store):
+    before = snapshot(store)
+    model_id = registered["model"]["id"]
+    # 512 MiB of zeros in half a megabyte (the issue's 511 kB .pt took 500 MiB to refuse).
+    bomb = torch_bomb(512)
+    assert len(bomb) < 600_000
+    body = assert_problem(upload(api, model_id, bomb, "w.pt"), 413, "upload_inflates_too_far")
+    assert "times its size" in body["detail"]
+    # A storage that inflates past the size its directory entry declares.
+    members = torch_members(trained_state())
+    lying = torch_bomb(64, declared=members[largest_storage(members)].size)
+    body = assert_problem(upload(api, model_id, lying, "w.pt"), 413, "upload_inflates_too_far")
+    assert "inflates past" in body["detail"]
+    assert snapshot(store) == before
+    # The same archive, honestly deflated, is accepted.
+    honest = raw_zip(torch_members(trained_state(), deflated=True))
+    assert upload(api, model_id, honest, "w.pt").status_code == 201
+
+
+def test_checkpoints_past_the_inflate_limit_or_the_architecture(
+    api, registered, store, monkeypatch
+):
+    from tests.conftest import reset_caches
+
+    before = snapshot(store)
+    model_id = registered["model"]["id"]
+    # No ratio bound to speak of: 80 MiB is still more than tiny_cnn can need (about 64.6 MiB).
+    monkeypatch.setenv("NEPENTHE_MAX_COMPRESSION_RATIO", "1000000")
+    reset_caches()
+    body = assert_problem(upload(api, model_id, torch_bomb(80), "w.pt"), 422, "checkpoint_mismatch")
+    assert "another network's weights" in body["problems"][0]
+    monkeypatch.setenv("NEPENTHE_MAX_INFLATED_BYTES", "10000")
+    reset_caches()
+    stored = torch_bytes(trained_state())  # a plain torch.save archive of about 100 kB
+    body = assert_problem(upload(api, model_id, stored, "w.pt"), 413, "upload_inflates_too_far")
+    assert "10000 bytes" in body["detail"]
     assert snapshot(store) == before
 
 
@@ -653,6 +737,34 @@ def test_architecture_constructors_that_crash(api, store):
             "architecture": {"name": "mobilenet_v2", "args": args},
         }
         assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+    assert snapshot(store) == before
+
+
+def test_unbounded_architecture_arguments_are_refused_naming_them(api, store, monkeypatch):
+    from tests.conftest import reset_caches
+
+    before = snapshot(store)
+    for name, args, shape, named in (
+        ("small_vit", {"hidden_dim": 10**7}, [3, 32, 32], "hidden_dim"),
+        ("mlp", {"in_features": 64, "hidden": 10**9}, [1, 8, 8], "hidden"),
+        ("mobilenet_v2", {"inverted_residual_setting": [[1, 16, 10**9, 1]]}, [3, 32, 32], ""),
+        ("mobilenet_v2", {"width_mult": 1000}, [3, 32, 32], "width_mult"),
+        ("vit_b_16", {"image_size": 10**6}, [3, 32, 32], "image_size"),
+    ):
+        body = {
+            **model_body("unbounded"),
+            "input_shape": shape,
+            "architecture": {"name": name, "args": args},
+        }
+        problem = assert_problem(api.post("/v1/models", json=body), 422, "invalid_architecture")
+        assert f"argument '{named or next(iter(args))}'" in problem["detail"], problem
+    # Within every argument's range, the parameter count (counted on meta) is bounded too.
+    monkeypatch.setenv("NEPENTHE_MAX_MODEL_PARAMETERS", "1000")
+    reset_caches()
+    problem = assert_problem(
+        api.post("/v1/models", json=model_body("big")), 422, "invalid_architecture"
+    )
+    assert "parameters and buffers" in problem["detail"]
     assert snapshot(store) == before
 
 

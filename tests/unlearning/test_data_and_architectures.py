@@ -174,3 +174,59 @@ def test_a_link_swapped_in_after_listing_is_refused_when_read(tmp_path):
     first.symlink_to(tmp_path / "private" / "secret" / "0.png")
     with pytest.raises(data.DatasetError):
         train.images(np.array([0]))
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "named"),
+    [
+        ("small_vit", {"hidden_dim": 10**6}, "hidden_dim"),
+        ("small_vit", {"num_layers": 10**5}, "num_layers"),
+        ("small_vit", {"patch_size": 2.5}, "patch_size"),
+        ("mlp", {"hidden": 10**9}, "hidden"),
+        ("mlp", {"in_features": True}, "in_features"),
+        ("tiny_cnn", {"width": 10**7}, "width"),
+        ("tiny_cnn", {"depth": 3}, "depth"),
+        ("small_resnet", {"blocks": [1] * 9}, "blocks"),
+        # torchvision: structure lists are not accepted, and scalars are bounded.
+        ("mobilenet_v2", {"inverted_residual_setting": [[1, 16, 10**6, 1]]}, "inverted_residual"),
+        ("mobilenet_v2", {"width_mult": 1e308}, "width_mult"),
+        ("vit_b_16", {"image_size": 10**6}, "image_size"),
+        ("resnet18", {"replace_stride_with_dilation": [1, 0, 0]}, "replace_stride"),
+        ("densenet121", {"drop_rate": float("nan")}, "drop_rate"),
+    ],
+)
+def test_unbounded_arguments_are_refused_before_building(name, args, named, monkeypatch):
+    def unbuilt(*args, **kwargs):
+        raise AssertionError("the network was built before its arguments were checked")
+
+    monkeypatch.setattr(architectures, "BUILTIN", dict.fromkeys(architectures.BUILTIN, unbuilt))
+    monkeypatch.setattr(architectures.torchvision.models, "get_model", unbuilt)
+    with pytest.raises(architectures.ArchitectureError, match=f"argument '{named}"):
+        architectures.build_on_meta(name, 10, args)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "named"),
+    [
+        ("mae_vit", {"depth": 10**6}, "depth"),
+        ("mae_vit", {"mlp_ratio": 1e9}, "mlp_ratio"),
+        ("unet_inpainter", {"levels": 40}, "levels"),
+        ("unet_inpainter", {"channels": 3}, "channels"),
+    ],
+)
+def test_unbounded_image_to_image_arguments_are_refused(name, args, named):
+    from unlearning.i2i import architectures as i2i
+
+    with pytest.raises(architectures.ArchitectureError, match=f"argument '{named}'"):
+        i2i.build_on_meta(name, [1, 32, 32], args)
+
+
+def test_bounded_arguments_still_build_and_the_parameter_count_caps_the_rest():
+    model = architectures.build_on_meta("vit_b_16", 10, {"image_size": 32, "weights": None})
+    architectures.check_input_shape(model, (3, 32, 32), 10)
+    mobilenet = architectures.build_on_meta("mobilenet_v2", 10, {"width_mult": 0.5})
+    architectures.check_size(mobilenet, 10**7)
+    wide = architectures.build_on_meta("mlp", 10, {"in_features": 3 * 4096 * 4096, "hidden": 4096})
+    assert architectures.parameter_count(wide) > 2 * 10**11  # on meta: nothing allocated
+    with pytest.raises(architectures.ArchitectureError, match="parameters and buffers"):
+        architectures.check_size(wide, 10**9)

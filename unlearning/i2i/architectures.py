@@ -21,7 +21,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearning.architectures import ArchitectureError
+from unlearning.architectures import (
+    MAX_DIM,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_SIDE,
+    MAX_WIDTH,
+    ArchitectureError,
+    Arg,
+    check_args,
+)
 
 Features = list[torch.Tensor]
 
@@ -271,6 +280,19 @@ BUILTIN: dict[str, Callable[..., I2IModel]] = {
     "mae_vit": MaskedAutoencoder,
     "unet_inpainter": UNetInpainter,
 }
+BUILTIN_ARGS: dict[str, dict[str, Arg]] = {
+    "mae_vit": {
+        "patch_size": Arg(int, 1, MAX_SIDE),
+        "dim": Arg(int, 1, MAX_DIM),
+        "depth": Arg(int, 1, MAX_LAYERS),
+        "heads": Arg(int, 1, MAX_HEADS),
+        "decoder_dim": Arg(int, 1, MAX_DIM),
+        "decoder_depth": Arg(int, 1, MAX_LAYERS),
+        "mlp_ratio": Arg(float, 0.01, 16),
+    },
+    # 2**12 is the largest power of two that divides a side of at most 4096 pixels.
+    "unet_inpainter": {"base": Arg(int, 1, MAX_WIDTH), "levels": Arg(int, 1, 12)},
+}
 ENCODER_PREFIX = "encoder."
 
 
@@ -287,6 +309,7 @@ def build(
         raise ArchitectureError(
             f"unknown image-to-image architecture {name!r}; built in: {sorted(BUILTIN)}"
         )
+    check_args(name, args, BUILTIN_ARGS[name])
     c, h, w = input_shape
     try:
         return factory(in_channels=c, image_size=(h, w), **args)
