@@ -443,7 +443,7 @@ def _measured(argv: list[str], seconds: float) -> list[str]:
         ),
         "",
         "```",
-        ".venv/bin/python " + " ".join(documented(argv, ("--doc", "--json", "--work"))),
+        ".venv/bin/python " + " ".join(documented(_without_values(argv))),
         "```",
         "",
         wrap(
@@ -454,6 +454,19 @@ def _measured(argv: list[str], seconds: float) -> list[str]:
         ),
         "",
     ]
+
+
+def _without_values(argv: list[str]) -> list[str]:
+    """The command line without the flags (and their values) that name this run's files."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--doc", "--json", "--work"):
+            skip = True
+        else:
+            kept.append(arg)
+    return kept
 
 
 def _not_run(missing: list[tuple] | None) -> list[str]:
