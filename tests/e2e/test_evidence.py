@@ -139,7 +139,12 @@ def test_a_sample_deletion_moves_the_samples_membership_toward_held_out(client, 
     train = data.open_split("sklearn_digits", None, "train")
     picked = np.random.default_rng(0).choice(len(train), 30, replace=False)
     forget_ids = [train.ids[i] for i in sorted(picked)]
-    request = submit(client, reg, forget_samples=forget_ids + forget_ids[:3])  # repeats: once
+    # SalUn's repository rate, for a move clear enough to compare two measurements of it: the
+    # default lr 0.001 stops once the member rate is within its margin, which on this small
+    # model leaves the mean score about halfway between held-out and training data.
+    request = submit(
+        client, reg, forget_samples=forget_ids + forget_ids[:3], params={"lr": 0.013}
+    )  # repeats: once
     assert request["method"] == "salun"
     assert request["forget_samples_count"] == 30
     assert request["acceptance"]["max_forget_accuracy"] is None
