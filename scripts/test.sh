@@ -8,4 +8,6 @@ export NEPENTHE_TEST_FASHION_ROOT="$(bash scripts/fashion_mnist.sh var/data)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# One test process per core: e2e tests spend much of their time waiting on API and worker
+# processes, and every test has its own database, queues, ports and store.
+.venv/bin/python -m pytest -n "${NEPENTHE_TEST_PROCESSES:-auto}" "$@"
