@@ -1,11 +1,12 @@
 """End-to-end demo on the embedded default: SQLite, local store, filesystem broker.
 
 It starts the API and a worker, trains a small classifier on scikit-learn's digits, registers it,
-asks over HTTP to forget two classes with UNSIR (with a retrained reference to compare against),
-shows progress, downloads the result, checks it and prints before/after accuracy per class, the
-membership-inference evidence and the acceptance decision. Then it asks to forget 30 individual
-training images (SalUn) and shows their membership score move toward the held-out level. Last,
-the audit records. It stops what it started.
+asks over HTTP to forget two classes with the default method (with a retrained reference to
+compare against), shows progress, downloads the result, checks it and prints before/after accuracy
+per class, the membership-inference evidence and the acceptance decision. Then it asks to forget 30
+individual training images (SalUn) and shows their membership score next to the held-out and
+training levels, and the epoch at which SalUn's stop rule found them looking unseen. Last, the
+audit records. It stops what it started.
 """
 
 from __future__ import annotations
@@ -151,6 +152,14 @@ def forget_samples(client: NepentheClient, version_id: str, dataset_id: str) -> 
         f"{score[1]['retain_member_score']:.3f}); retain accuracy {retain[0]:.1%} -> "
         f"{retain[1]:.1%}"
     )
+    details = metrics.get("method_details", {})
+    if "epochs_run" in details:
+        gaps = ", ".join(f"{g:+.3f}" for g in details.get("member_gap_by_epoch", []))
+        print(
+            f"  {request['method']} stopped after {details['epochs_run']} epoch(s): the forgotten "
+            f"images' member rate minus held-out data's, by epoch: {gaps} (the stop rule: at "
+            "most +0.05, so they look unseen and no more)"
+        )
     return job
 
 
