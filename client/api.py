@@ -182,6 +182,22 @@ class NepentheClient:
         url = f"/v1/deletion-requests/{request_id}/extensions"
         return dict(self._json(self.http.post(url, json=body)))
 
+    def samples(
+        self, dataset: str, split: str | None = None, label: int | None = None, limit: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Up to ``limit`` of the dataset's samples (id, split, label, class_name), page by
+        page."""
+        params: dict[str, Any] = {"limit": min(limit, 1000)}  # a page per 1,000
+        params |= {k: v for k, v in (("split", split), ("label", label)) if v is not None}
+        left = limit
+        while left > 0:
+            page = self._json(self.http.get(f"/v1/datasets/{dataset}/samples", params=params))
+            yield from page["items"][:left]
+            left -= len(page["items"])
+            if not page["next_page_token"]:
+                return
+            params["page_token"] = page["next_page_token"]
+
     def retry(self, request_id: str, reason: str, **changes: Any) -> dict[str, Any]:
         """Run a rejected or failed request again; ``changes``: method, params, acceptance,
         budget_epochs (left out: the request's own)."""

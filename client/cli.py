@@ -147,6 +147,11 @@ def _add_compliance_commands(sub: Any) -> None:
 
     rq = sub.add_parser("requests", help="find deletion requests (auditor's query)")
     _add_request_filters(rq)
+    sm = sub.add_parser("samples", help="a dataset's sample ids, with label and split")
+    sm.add_argument("dataset")
+    sm.add_argument("--split", choices=["train", "test"], help="train: the forgettable ones")
+    sm.add_argument("--label", type=int, help="only this class index")
+    sm.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     dd = sub.add_parser("deadlines", help="open requests overdue or due within N days")
     dd.add_argument("--within-days", type=float, default=7.0)
     ex = sub.add_parser("extend", help="extend a request's deadline, with a reason")
@@ -350,6 +355,9 @@ def _dispatch_compliance(client: NepentheClient, args: argparse.Namespace) -> in
     elif args.command == "requests":
         for request in client.list_requests(filters):
             print(json.dumps(request, default=str))
+    elif args.command == "samples":
+        for sample in client.samples(args.dataset, args.split, args.label, args.limit):
+            print(f"{sample['id']}\t{sample['split']}\t{sample['label']}\t{sample['class_name']}")
     elif args.command == "deadlines":
         for r in client.deadlines(args.within_days):
             state = "OVERDUE" if r["overdue"] else "due"

@@ -66,6 +66,11 @@ def test_register_upload_forget_wait_download_audit(url, capsys, tmp_path):
     assert version["number"] == 1
     code, _ = run(url, capsys, "register-dataset", "--name", "digits", "--kind", "sklearn_digits")
     assert code == 0
+    # The ids a sample request names, read in pages of 1,000: two here.
+    code, out = run(url, capsys, "samples", "digits", "--split", "train", "--limit", "5000")
+    rows = [line.split("\t") for line in out.splitlines()]
+    assert code == 0 and len(rows) == 1428 and rows[0] == ["0", "train", "0", "0"]
+    assert len({r[0] for r in rows}) == 1428 and {r[1] for r in rows} == {"train"}
     code, out = run(
         url,
         capsys,
