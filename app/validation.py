@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
-from app.errors import InvalidTimeBound
+from app.errors import InvalidPageToken, InvalidTimeBound
 
 MAX_DEPTH = 32
 
@@ -80,3 +81,12 @@ def utc_bound(moment: datetime | None, name: str) -> datetime | None:
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except (OverflowError, ValueError) as exc:
         raise InvalidTimeBound(f"{name} is outside the representable range of times") from exc
+
+
+def page_position(page_token: str | None) -> int:
+    """The position a ``next_page_token`` this API issued names (0 for the first page)."""
+    if not page_token:
+        return 0
+    if not re.fullmatch(r"[0-9]{1,18}", page_token):
+        raise InvalidPageToken("page_token is not one this API issued")
+    return int(page_token)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -9,10 +8,10 @@ from fastapi import APIRouter, Query
 from app.audit import service
 from app.audit.schemas import AuditEventRead, AuditPage, ChainBreak, ChainVerification, SigningKey
 from app.deps import ActorDep, AuditDep, ReadSessionDep
-from app.errors import InvalidPageToken, InvalidTimeBound, Unprocessable
+from app.errors import InvalidTimeBound, Unprocessable
 from app.keys import get_signer
 from app.signing import ALGORITHM, public_pem
-from app.validation import utc_bound
+from app.validation import page_position, utc_bound
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 HASH = r"^[0-9a-f]{64}$"
@@ -39,11 +38,7 @@ def list_events(
 ) -> AuditPage:
     """The organisation's audit events in chain order, filtered in the database and paginated
     by cursor."""
-    after_seq = 0
-    if page_token:
-        if not re.fullmatch(r"[0-9]{1,18}", page_token):
-            raise InvalidPageToken("page_token is not one this API issued")
-        after_seq = int(page_token)
+    after_seq = page_position(page_token)
     rows = service.search(
         session,
         actor.org_id,

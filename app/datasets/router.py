@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
@@ -11,6 +10,7 @@ from app.deps import ActorDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import DatasetNotFound, InvalidDataset, InvalidPageToken, NameTaken
 from app.storage import get_store
 from app.uploads import TOO_LARGE, received
+from app.validation import page_position
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 ERRORS: dict[int | str, dict[str, Any]] = {409: NameTaken.openapi(), 422: InvalidDataset.openapi()}
@@ -86,10 +86,6 @@ def list_samples(
     page_token: str | None = None,
 ) -> SamplePage:
     """The ids a sample deletion request names, with each one's label and split."""
-    offset = 0
-    if page_token:
-        if not re.fullmatch(r"[0-9]{1,12}", page_token):
-            raise InvalidPageToken("page_token is not one this API issued")
-        offset = int(page_token)
+    offset = page_position(page_token)
     dataset = service.get(session, actor.org_id, ref)
     return service.sample_page(dataset, split, label, offset, limit)

@@ -73,7 +73,7 @@ def retry(session: Session, actor: Actor, request_id: str, body: RetryCreate) ->
         train = service.open_train(session, request)
     if budget is not None:
         assert train is not None
-        sizes = service.sizes(train, request.forget_classes, request.forget_samples)
+        sizes = service.split_sizes(train, request.forget_classes, request.forget_samples)
         methods.check_budget(method, params, sizes, budget)
     dataset = session.get(Dataset, request.dataset_id)
     assert dataset is not None

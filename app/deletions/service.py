@@ -108,7 +108,7 @@ def submit(
     _check_options(body, model)
     if body.budget_epochs is not None:
         train = train or _open_train(dataset, "to estimate the work")
-        sizes = _sizes(train, forget_classes, forget_samples)
+        sizes = split_sizes(train, forget_classes, forget_samples)
         methods.check_budget(method, params, sizes, body.budget_epochs)
     retain_dataset = None
     if body.retain_dataset_id is not None:
@@ -330,13 +330,7 @@ def open_train(session: Session, request: DeletionRequest) -> data.ImageSource:
     return _open_train(dataset, "to estimate the work")
 
 
-def sizes(
-    train: data.ImageSource, forget_classes: list[int] | None, forget_samples: list[str] | None
-) -> costs.Sizes:
-    return _sizes(train, forget_classes, forget_samples)
-
-
-def _sizes(
+def split_sizes(
     train: data.ImageSource, forget_classes: list[int] | None, forget_samples: list[str] | None
 ) -> costs.Sizes:
     """The training split's counts a method's cost estimate reads."""
@@ -354,7 +348,7 @@ def cost_sizes(
     """The counts of the job's cost estimate: exact when the split was read (sample ids, a
     budget), else from the dataset's recorded counts with its classes taken as equal."""
     if train is not None:
-        return _sizes(train, forget_classes, forget_samples)
+        return split_sizes(train, forget_classes, forget_samples)
     classes = len(dataset.class_names)
     return costs.balanced_sizes(dataset.train_count, classes, len(forget_classes or ()))
 
