@@ -160,9 +160,18 @@ def _check_inflation(path: Path, limits: archives.InflateLimits | None, budget: 
         raise CheckpointError("checkpoint_unreadable", f"unreadable torch file: {exc}") from exc
 
 
+def file_state(model: nn.Module) -> StateDict:
+    """The model's tensors under the names its checkpoint files use. They are the state dict's
+    names, except for library networks whose modules were renamed since the file format was
+    fixed (``to_checkpoint``: transformers 5 loads older names into new modules)."""
+    state = model.state_dict()
+    rename = getattr(model, "to_checkpoint", None)
+    return dict(rename(state)) if rename is not None else state
+
+
 def fit_problems(model: nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
     """Every reason the tensors cannot be loaded into ``model`` (which may live on meta)."""
-    expected = model.state_dict()
+    expected = file_state(model)
     problems = [f"missing tensor {k!r}" for k in expected if k not in state]
     problems += [f"unexpected tensor {k!r}" for k in state if k not in expected]
     for key, ref in expected.items():
@@ -199,10 +208,12 @@ def load_file(path: Path) -> StateDict:
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load tensors named as the model's checkpoint files name them (``file_state``)."""
     problems = fit_problems(model, state)
     if problems:
         raise CheckpointError("checkpoint_mismatch", "; ".join(problems[:5]), problems)
-    model.load_state_dict(dict(state), strict=True)
+    rename = getattr(model, "from_checkpoint", None)
+    model.load_state_dict(dict(rename(state)) if rename is not None else dict(state), strict=True)
     return model
 
 

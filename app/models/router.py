@@ -32,7 +32,8 @@ def list_architectures(_: ActorDep) -> ArchitectureList:
     """Built-in small classifiers, every torchvision classifier, and the built-in
     image-to-image networks."""
     return ArchitectureList(
-        **architectures.list_architectures(), image_to_image=sorted(i2i_architectures.BUILTIN)
+        **architectures.list_architectures(), image_to_image=sorted(i2i_architectures.BUILTIN),
+        image_to_image_libraries=sorted(i2i_architectures.LIBRARY_FAMILIES),
     )
 
 

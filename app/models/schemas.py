@@ -172,3 +172,7 @@ class ArchitectureList(BaseModel):
     builtin: list[str]
     torchvision: list[str]
     image_to_image: list[str]
+    image_to_image_libraries: list[str] = Field(
+        description="library classes registered from save_pretrained files: args.config is "
+        "the config.json"
+    )

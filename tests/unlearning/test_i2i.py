@@ -142,7 +142,7 @@ def test_metrics_give_known_answers():
     assert v.frechet_distance(feats[:1], feats) is None
 
 
-class _Recorder(architectures.I2IModel):
+class _Recorder(architectures.BuiltinI2I):
     """A one-layer encoder/decoder that records every (input, mask) its encoder sees; the list is
     shared with the deep copy the method takes as teacher."""
 
@@ -153,7 +153,7 @@ class _Recorder(architectures.I2IModel):
         self.encoder = nn.Conv2d(2, 4, 3, padding=1)
         self.decoder = nn.Conv2d(4, 1, 3, padding=1)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         self.calls.append((x.detach().clone(), mask.detach().clone()))
         return [self.encoder(torch.cat([x * (1 - mask), mask], dim=1))]
 

@@ -31,26 +31,104 @@ from unlearning.architectures import (
     Arg,
     check_args,
 )
+from unlearning.i2i.masks import Transform, train_mask
 
 Features = list[torch.Tensor]
+# What else an encoder reads beside the image and the mask, drawn once per batch so the student,
+# the frozen teacher and the forget target see the same (a diffusion model's timesteps and
+# noise): tensors with the batch first.
+Condition = dict[str, torch.Tensor]
 
 
 class I2IModel(nn.Module, ABC):
-    encoder: nn.Module
-    decoder: nn.Module
+    """What the method and the evaluation need of an image-to-image network."""
+
     # The methods doc's per-family defaults (section 2.7): the forget weight alpha and the recipe.
     family: str = "vqgan"
+    # Parameter-name prefixes unlearning may train (nothing outside feeds the encoder's
+    # embedding alone), and those it trains when the registration declares none.
+    encoder_scope: tuple[str, ...] = ("encoder.",)
+    default_encoder: tuple[str, ...] = ("encoder.",)
+    # True for autoencoders: the encoder sees the whole image and the whole output is measured.
+    reconstructs: bool = False
+    # Forward passes of the network per completed image (a sampler's steps).
+    evaluation_passes: int = 1
 
     @abstractmethod
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
+    def encode(
+        self, x: torch.Tensor, mask: torch.Tensor, condition: Condition | None = None
+    ) -> Features:
         """The embedding the method matches: one tensor per feature level."""
+
+    @abstractmethod
+    def complete(
+        self, x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The whole predicted image, in model input space (``gen`` seeds any sampling)."""
+
+    def training_condition(self, n: int, gen: torch.Generator) -> Condition | None:  # noqa: ARG002
+        """The per-image condition of a training batch (None: the encoder needs none)."""
+        return None
+
+    def evaluation_condition(self, n: int, gen: torch.Generator) -> Condition | None:  # noqa: ARG002
+        return None
+
+    def forget_target(
+        self,
+        forget: torch.Tensor,
+        noise: torch.Tensor,
+        mask: torch.Tensor,  # noqa: ARG002
+    ) -> torch.Tensor:
+        """The input whose original embedding a forget image is pulled to: the noise image."""
+        return noise
+
+    def training_mask(
+        self, transform: Transform, n: int, h: int, w: int, gen: torch.Generator
+    ) -> torch.Tensor:
+        """The random transform T of a training batch."""
+        return train_mask(transform, n, h, w, gen)
+
+    def training_loss(
+        self, x: torch.Tensor, mask: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """The loss the original is trained with (to build originals in tests and benchmarks):
+        squared error of the completion on the measured pixels."""
+        region = torch.ones_like(mask) if self.reconstructs else mask
+        err = (self.complete(x, mask, gen) - x) ** 2 * region
+        return err.sum() / (region.sum() * x.shape[1]).clamp(min=1)
+
+
+class BuiltinI2I(I2IModel):
+    """The built-in networks: ``decode`` predicts the image from the encoder's features."""
+
+    encoder: nn.Module
+    decoder: nn.Module
 
     @abstractmethod
     def decode(self, features: Features, mask: torch.Tensor) -> torch.Tensor:
         """The whole predicted image, in model input space."""
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        condition: Condition | None = None,  # noqa: ARG002
+    ) -> Features:
+        return self.features(x, mask)
+
+    @abstractmethod
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> Features: ...
+
+    def complete(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        gen: torch.Generator | None = None,  # noqa: ARG002
+    ) -> torch.Tensor:
         return self.decode(self.encode(x, mask), mask)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.complete(x, mask)
 
 
 def _size(image_size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
@@ -138,7 +216,7 @@ class _ViTDecoder(nn.Module):
         return F.fold(patches, size, kernel_size=self.patch, stride=self.patch)
 
 
-class MaskedAutoencoder(I2IModel):
+class MaskedAutoencoder(BuiltinI2I):
     """A small ViT masked autoencoder: hidden patches enter the encoder as a learned mask token
     (SimMIM-style, so any mask shape works) and a light transformer decoder predicts pixels."""
 
@@ -170,7 +248,7 @@ class MaskedAutoencoder(I2IModel):
             in_channels, grid, patch_size, dim, decoder_dim, decoder_depth, heads, mlp_ratio
         )
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
         return [self.encoder(x, mask)]
 
     def decode(self, features: Features, mask: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
@@ -244,7 +322,7 @@ class _UNetDecoder(nn.Module):
         return self.out(h)
 
 
-class UNetInpainter(I2IModel):
+class UNetInpainter(BuiltinI2I):
     """A small convolutional U-Net that inpaints from the masked image and the mask (the layout
     of Palette's U-Net without the diffusion steps): its encoder is every input block plus the
     middle block, and ``encode`` returns each of their outputs."""
@@ -269,7 +347,7 @@ class UNetInpainter(I2IModel):
         self.encoder = _UNetEncoder(in_channels, base, levels)
         self.decoder = _UNetDecoder(in_channels, base, levels)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> Features:
         return list(self.encoder(x, mask))
 
     def decode(self, features: Features, mask: torch.Tensor) -> torch.Tensor:  # noqa: ARG002
@@ -299,15 +377,21 @@ ENCODER_PREFIX = "encoder."
 def build(
     name: str, input_shape: tuple[int, int, int] | list[int], args: dict[str, Any] | None = None
 ) -> I2IModel:
-    """Build an untrained I2I network for images of ``input_shape`` [C, H, W]."""
+    """Build an untrained I2I network for images of ``input_shape`` [C, H, W]: a built-in one by
+    name, or a ``transformers:``/``diffusers:`` class from its config.json (args.config)."""
+    from unlearning.i2i import pretrained  # imports the libraries: only when one is named
+
     args = dict(args or {})
+    if pretrained.is_pretrained(name):
+        return pretrained.build(name, input_shape, args)
     for taken in ("in_channels", "image_size"):
         if taken in args:
             raise ArchitectureError(f"{taken} comes from the model's input_shape; do not pass it")
     factory = BUILTIN.get(name)
     if factory is None:
         raise ArchitectureError(
-            f"unknown image-to-image architecture {name!r}; built in: {sorted(BUILTIN)}"
+            f"unknown image-to-image architecture {name!r}; built in: {sorted(BUILTIN)}; "
+            f"from save_pretrained checkpoints: {sorted(LIBRARY_FAMILIES)}"
         )
     check_args(name, args, BUILTIN_ARGS[name])
     c, h, w = input_shape
@@ -319,8 +403,18 @@ def build(
         raise ArchitectureError(f"cannot build {name!r} with arguments {args}: {exc}") from exc
 
 
+# The library classes and the family whose recipe each takes (see unlearning.i2i.pretrained).
+LIBRARY_FAMILIES = {
+    "transformers:ViTMAEForPreTraining": "vqgan",
+    "diffusers:UNet2DModel": "diffusion",
+    "diffusers:VQModel": "vqgan",
+}
+
+
 def family_of(name: str) -> str:
     """The family whose recipe a network takes ("vqgan" or "diffusion")."""
+    if name in LIBRARY_FAMILIES:
+        return LIBRARY_FAMILIES[name]
     factory = BUILTIN.get(name)
     return str(getattr(factory, "family", "vqgan"))
 
@@ -333,7 +427,11 @@ def build_on_meta(
 
 
 def check_input_shape(model: I2IModel, input_shape: tuple[int, int, int] | list[int]) -> None:
-    """A forward pass on the meta device: the network must return an image of its input's shape."""
+    """A forward pass on the meta device: the network must return an image of its input's shape.
+    Library networks check their configuration against the shape when built, and their
+    samplers index schedules that do not live on the meta device."""
+    if not isinstance(model, BuiltinI2I):
+        return
     shape = (2, *input_shape)
     try:
         with torch.no_grad():
@@ -348,25 +446,27 @@ def check_input_shape(model: I2IModel, input_shape: tuple[int, int, int] | list[
         )
 
 
-def encoder_parameters(model: nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if n.startswith(ENCODER_PREFIX)]
+def default_encoder(model: I2IModel) -> list[str]:
+    return list(model.default_encoder)
 
 
-def resolve_encoder(model: nn.Module, declared: list[str] | None) -> list[str]:
-    """The parameter-name prefixes unlearning may train: the whole encoder by default, or the
+def resolve_encoder(model: I2IModel, declared: list[str] | None) -> list[str]:
+    """The parameter-name prefixes unlearning may train: the family's default encoder, or the
     declared part of it. Every prefix must name encoder parameters and only those."""
     if not declared:
-        return [ENCODER_PREFIX]
+        return default_encoder(model)
+    scope = model.encoder_scope
     names = [n for n, _ in model.named_parameters()]
     for prefix in declared:
         matched = [n for n in names if n.startswith(prefix)]
         if not matched:
             raise ArchitectureError(f"encoder prefix {prefix!r} names no parameter of the network")
-        outside = [n for n in matched if not n.startswith(ENCODER_PREFIX)]
+        outside = [n for n in matched if not n.startswith(scope)]
         if outside:
             raise ArchitectureError(
                 f"encoder prefix {prefix!r} names decoder parameters ({outside[0]!r}): only "
-                f"parameters under {ENCODER_PREFIX!r} feed the embedding the method matches"
+                f"parameters under {', '.join(map(repr, scope))} feed the embedding the method "
+                "matches"
             )
     return list(dict.fromkeys(declared))
 

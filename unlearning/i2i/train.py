@@ -10,7 +10,7 @@ import torch
 
 from unlearning.data import ImageSource, InputSpec
 from unlearning.i2i.architectures import I2IModel
-from unlearning.i2i.masks import Transform, train_mask
+from unlearning.i2i.masks import Transform
 from unlearning.progress import Progress, no_progress
 
 
@@ -28,7 +28,8 @@ def train_inpainter(
     device: torch.device | None = None,
     progress: Progress = no_progress,
 ) -> dict[str, float]:
-    """Adam on the squared error of the hidden pixels; returns samples, seconds and last loss."""
+    """Adam on the network's own training loss (``I2IModel.training_loss``: the squared error
+    of the hidden pixels for inpainters); returns samples, seconds and last loss."""
     device = device or torch.device("cpu")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -40,9 +41,8 @@ def train_inpainter(
         order = indices[torch.randperm(len(indices), generator=gen).numpy()]
         for s in range(0, len(order), batch_size):
             x = spec.prepare(source.images(order[s : s + batch_size])).to(device)
-            mask = train_mask(transform, len(x), h, w, gen).to(device)
-            err = (model(x, mask) - x) ** 2 * mask
-            loss = err.sum() / (mask.sum() * x.shape[1]).clamp(min=1)
+            mask = model.training_mask(transform, len(x), h, w, gen).to(device)
+            loss = model.training_loss(x, mask, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

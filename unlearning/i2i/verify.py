@@ -31,6 +31,7 @@ from unlearning.i2i.masks import Transform, eval_mask
 
 GROUP_CAP = 256  # held-out images measured per group; more adds time, not information
 GRID_IMAGES = 6  # images per group in the PNG
+EVAL_NOISE_SEED = 1234
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,11 @@ def run_completions(
     h, w = spec.shape[1:]
     for start in range(0, len(group.idx), batch_size):
         x = spec.prepare(group.source.images(group.idx[start : start + batch_size])).to(device)
-        mask = eval_mask(transform, len(x), h, w).to(device)
-        features = model.encode(x, mask)
-        out = x * (1 - mask) + model.decode(features, mask) * mask
+        mask = measured_mask(model, eval_mask(transform, len(x), h, w)).to(device)
+        # Seeded per batch: the same noise before and after unlearning, and on every run.
+        gen = torch.Generator().manual_seed(EVAL_NOISE_SEED + start)
+        features = model.encode(x, mask, model.evaluation_condition(len(x), gen))
+        out = x * (1 - mask) + model.complete(x, mask, gen) * mask
         parts["truth"].append(to_pixels(x, spec).cpu())
         parts["completed"].append(to_pixels(out, spec).cpu())
         parts["mask"].append(mask.cpu())
@@ -112,6 +115,12 @@ def run_completions(
         empty = torch.empty(0)
         return Completions(empty, empty, empty, empty)
     return Completions(*(torch.cat(parts[k]) for k in ("truth", "completed", "mask", "emb")))
+
+
+def measured_mask(model: I2IModel, mask: torch.Tensor) -> torch.Tensor:
+    """The pixels measured: those the transform hides, or every pixel of an autoencoder's
+    reconstruction (its encoder sees the whole image)."""
+    return torch.ones_like(mask) if model.reconstructs else mask
 
 
 def region_mse(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -242,12 +251,20 @@ def measure(
     done = {k: run_completions(model, g, spec, transform, device) for k, g in sets.groups().items()}
     ref = originals or done
     report: dict[str, object] = {k: group_report(done[k], ref[k]) for k in done}
-    report["transform"] = {"kind": transform.kind, "size": transform.size, "cell": transform.cell}
+    report["transform"] = (
+        {"kind": "reconstruction"}
+        if model.reconstructs
+        else {"kind": transform.kind, "size": transform.size, "cell": transform.cell}
+    )
     return report, done
 
 
-def forward_samples(report: dict[str, object]) -> int:
-    return sum(int(g["samples"]) for g in report.values() if isinstance(g, dict) and "samples" in g)
+def forward_samples(report: dict[str, object], passes: int = 1) -> int:
+    """Forward passes of one measurement (``passes`` per image: a sampler's steps)."""
+    images = sum(
+        int(g["samples"]) for g in report.values() if isinstance(g, dict) and "samples" in g
+    )
+    return images * passes
 
 
 def _tile(img: torch.Tensor, scale: int) -> Image.Image:

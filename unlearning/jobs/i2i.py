@@ -87,7 +87,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         job.forget_classes,
         job.input_spec,
         transform,
-        job.encoder or [architectures.ENCODER_PREFIX],
+        job.encoder or architectures.default_encoder(model),
         device,
         progress=report,
     )
@@ -101,7 +101,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         after, after_done = i2i_verify.measure(
             model, sets, job.input_spec, transform, device, originals=before_done
         )
-    cost.forward += 2 * i2i_verify.forward_samples(before)
+    cost.forward += 2 * i2i_verify.forward_samples(before, model.evaluation_passes)
     shown = _may_show_forget(job)
     failed = acceptance.i2i_failures(acceptance.I2IThresholds(**job.acceptance), before, after)
     metrics: dict[str, Any] = {
@@ -144,7 +144,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     grid = i2i_verify.completion_grid(before_done, after_done, show_forget=shown)
     return Outcome(
         metrics,
-        None if failed else model.state_dict(),
+        None if failed else checkpoints.file_state(model),
         failed,
         artifacts={GRID_NAME: ("image/png", grid)},
     )

@@ -21,8 +21,8 @@ import torch
 from torch.nn import functional as F
 
 from unlearning.data import ImageSource, InputSpec, sample_per_class
-from unlearning.i2i.architectures import Features, I2IModel, trainable
-from unlearning.i2i.masks import NOISE_TYPES, Transform, noise_input, train_mask
+from unlearning.i2i.architectures import Condition, Features, I2IModel, trainable
+from unlearning.i2i.masks import NOISE_TYPES, Transform, noise_input
 from unlearning.i2i.verify import to_pixels
 from unlearning.methods.common import SEED, MethodResult, check_bounds
 from unlearning.progress import Progress, no_progress
@@ -221,13 +221,26 @@ def feature_loss(student: Features, target: Features) -> torch.Tensor:
     )
 
 
+def _on(condition: Condition | None, device: torch.device) -> Condition | None:
+    return None if condition is None else {k: v.to(device) for k, v in condition.items()}
+
+
+def _part(condition: Condition | None, rows: slice) -> Condition | None:
+    return None if condition is None else {k: v[rows] for k, v in condition.items()}
+
+
 def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
     c = config.resolved(task.model.family)
     device, model = task.device, task.model.to(task.device)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    params = [(n, p) for n, p in model.named_parameters() if trainable(n, task.encoder)]
+    # Parameters the library marks fixed (a sin-cos position table) stay fixed.
+    fixed = {n for n, p in model.named_parameters() if not p.requires_grad}
+    params = [
+        (n, p) for n, p in model.named_parameters() if trainable(n, task.encoder) and n not in fixed
+    ]
+    chosen = {n for n, _ in params}
     for name, p in model.named_parameters():
-        p.requires_grad_(trainable(name, task.encoder))
+        p.requires_grad_(name in chosen)
     opt = _optimizer(params, c)
     forget, retain = training_sets(task, c)
     half = c.batch_size // 2
@@ -237,26 +250,29 @@ def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
     torch.manual_seed(c.seed)
     start, seen, losses = time.perf_counter(), 0, {"retain": 0.0, "forget": 0.0}
     model.train()
+    h, w = task.spec.shape[1:]
     batches = zip(_cycled(forget, half, total, gen), _cycled(retain, half, total, gen), strict=True)
     for step, (f_idx, r_idx) in enumerate(batches):
         for group in opt.param_groups:
             group["lr"] = learning_rate(c, step, steps_per_epoch)
         xr = task.spec.prepare(task.retain_source.images(r_idx))
         xf = task.spec.prepare(task.forget_source.images(f_idx))
-        h, w = task.spec.shape[1:]
-        mask = train_mask(task.transform, len(xr) + len(xf), h, w, gen)
+        n_r = len(xr)
+        mask = model.training_mask(task.transform, n_r + len(xf), h, w, gen)
         x = torch.cat([xr, xf])
         # Noise statistics of the whole mixed batch, at the model's size (MAGE's batch stats).
         noise = noise_input(to_pixels(x, task.spec), len(xf), c.noise_type, task.spec, gen)
+        condition = _on(model.training_condition(len(x), gen), device)
         x = x.to(device)
         mask, noise = mask.to(device), noise.to(device)
+        target = model.forget_target(x[n_r:], noise, mask[n_r:])
         with _autocast(c, device):
             with torch.no_grad():
-                target_r = teacher.encode(x[: len(xr)], mask[: len(xr)])
-                target_f = teacher.encode(noise, mask[len(xr) :])
-            student = model.encode(x, mask)
-            retain_loss = feature_loss([s[: len(xr)] for s in student], target_r)
-            forget_loss = feature_loss([s[len(xr) :] for s in student], target_f)
+                target_r = teacher.encode(x[:n_r], mask[:n_r], _part(condition, slice(0, n_r)))
+                target_f = teacher.encode(target, mask[n_r:], _part(condition, slice(n_r, None)))
+            student = model.encode(x, mask, condition)
+            retain_loss = feature_loss([s[:n_r] for s in student], target_r)
+            forget_loss = feature_loss([s[n_r:] for s in student], target_f)
             loss = c.retain_alpha * retain_loss + float(c.alpha or 0.0) * forget_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,7 +282,8 @@ def run_i2i(task: I2ITask, config: I2IConfig) -> MethodResult:
         seen += len(x)
         losses = {"retain": float(retain_loss.detach()), "forget": float(forget_loss.detach())}
         task.progress("i2i", (step + 1) / total)
-    model.requires_grad_(True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in fixed)
     model.eval()
     return MethodResult(
         phase_seconds={"i2i": time.perf_counter() - start},
