@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
 
 from app.deps import ActorDep, DownloadDep, ReadSessionDep, RegisterDep, SessionDep
 from app.errors import (
@@ -20,19 +21,36 @@ from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVe
 from app.storage import get_store, served_file
 from app.uploads import TOO_LARGE, received
 from app.validation import Printable
-from unlearning import architectures
+from unlearning import architectures, timm_models
 from unlearning.i2i import architectures as i2i_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
 VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version number")]
 
 
-@router.get("/architectures", summary="List architectures", response_model=ArchitectureList)
-def list_architectures(_: ActorDep) -> ArchitectureList:
-    """Built-in small classifiers, every torchvision classifier, and the built-in
-    image-to-image networks."""
-    return ArchitectureList(
-        **architectures.list_architectures(), image_to_image=sorted(i2i_architectures.BUILTIN)
+class TimmArchitectures(BaseModel):
+    """timm classifiers are accepted by name, ``timm:<model_name>``: the names are those of
+    ``timm.list_models()`` of the server's timm, too many to list here."""
+
+    prefix: str = Field(examples=["timm:"])
+    version: str = Field(description="the server's timm version")
+    count: int = Field(description="how many names timm.list_models() lists")
+    names: str = Field(description="where the names are listed")
+    args: list[str] = Field(description="the constructor arguments a registration may pass")
+
+
+class ArchitectureListing(ArchitectureList):
+    timm: TimmArchitectures
+
+
+@router.get("/architectures", summary="List architectures", response_model=ArchitectureListing)
+def list_architectures(_: ActorDep) -> ArchitectureListing:
+    """Built-in small classifiers, every torchvision classifier, the timm classifiers (by the
+    prefix ``timm:``), and the built-in image-to-image networks."""
+    return ArchitectureListing(
+        **architectures.list_architectures(),
+        timm=TimmArchitectures(**timm_models.summary()),
+        image_to_image=sorted(i2i_architectures.BUILTIN),
     )
 
 
