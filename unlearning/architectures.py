@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,15 +19,17 @@ class ArchitectureError(ValueError):
 @dataclass(frozen=True)
 class Arg:
     """A constructor argument a registration may pass: its JSON type (int, float or bool) and
-    inclusive range, or, with ``items``, a list of (least, most) such values. Bounding every
-    argument before anything is built keeps a registration's trial build, on the meta device,
-    to a fraction of a second; the parameter count (check_size) bounds the rest."""
+    inclusive range, or, with ``items``, a list of (least, most) such values; or a string among
+    ``choices``. Bounding every argument before anything is built keeps a registration's trial
+    build, on the meta device, to a fraction of a second; the parameter count (check_size) bounds
+    the rest."""
 
     kind: type
     low: float = 0
     high: float = 0
     items: tuple[int, int] | None = None
     nullable: bool = False
+    choices: tuple[str, ...] = ()
 
     def problem(self, value: object) -> str | None:
         """Why ``value`` is refused, or None."""
@@ -42,6 +44,8 @@ class Arg:
         return None if bad is None else f"lists {_shown(bad)}; each item must be {self._describe()}"
 
     def _fits(self, value: object) -> bool:
+        if self.kind is str:
+            return isinstance(value, str) and value in self.choices
         if self.kind is bool:
             return isinstance(value, bool)
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -53,6 +57,8 @@ class Arg:
         return self.low <= value <= self.high  # exact for ints of any size
 
     def _describe(self, plural: bool = False) -> str:
+        if self.kind is str:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
         if self.kind is bool:
             return "booleans" if plural else "true or false"
         noun = {int: "integer", float: "number"}[self.kind]
@@ -303,9 +309,23 @@ def list_architectures() -> dict[str, list[str]]:
     return {"builtin": sorted(BUILTIN), "torchvision": torchvision_classifiers()}
 
 
-def build_classifier(name: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
-    """Build an untrained classifier; raises ArchitectureError with a readable reason."""
+def build_classifier(
+    name: str,
+    num_classes: int,
+    args: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> nn.Module:
+    """Build an untrained classifier; raises ArchitectureError with a readable reason.
+
+    ``input_shape`` ([C, H, W], the registration's) gives a timm network its input channels
+    (``in_chans``; 3 when it is not given); the other architectures take theirs from ``args``.
+    """
+    from unlearning import timm_models  # it builds on Arg and check_args, above
+
     args = dict(args or {})
+    if timm_models.is_timm(name):
+        in_chans = int(input_shape[0]) if input_shape is not None else 3
+        return timm_models.build(name, num_classes, in_chans, args)
     if "num_classes" in args:
         raise ArchitectureError("num_classes comes from the model's class names; do not pass it")
     if "weights" in args and args.pop("weights") is not None:
@@ -317,7 +337,10 @@ def build_classifier(name: str, num_classes: int, args: dict[str, Any] | None = 
         factory = lambda **kw: torchvision.models.get_model(name, weights=None, **kw)  # noqa: E731
         check_args(name, args, TORCHVISION_ARGS)
     else:
-        raise ArchitectureError(f"unknown architecture {name!r}")
+        raise ArchitectureError(
+            f"unknown architecture {name!r}: GET /v1/architectures lists the built-in and "
+            f"torchvision names; timm models are named {timm_models.PREFIX}<model_name>"
+        )
     try:
         return factory(num_classes=num_classes, **args)
     except ArchitectureError:
@@ -332,14 +355,24 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], num_classe
         with torch.no_grad():
             out = model.eval()(torch.empty((2, *input_shape), device="meta"))
     except Exception as exc:  # any failure in an arbitrary network's forward is a shape problem
-        raise ArchitectureError(f"input shape {list(input_shape)} does not fit: {exc}") from exc
+        hint = ""
+        if hasattr(model, "pretrained_cfg"):  # a timm network: those of one image size say so
+            hint = " (timm networks built for one image size take the argument img_size)"
+        raise ArchitectureError(
+            f"input shape {list(input_shape)} does not fit: {exc}{hint}"
+        ) from exc
     if tuple(out.shape) != (2, num_classes):
         raise ArchitectureError(
             f"the network outputs shape {list(out.shape)[1:]}, expected [{num_classes}] logits"
         )
 
 
-def build_on_meta(name: str, num_classes: int, args: dict[str, Any] | None = None) -> nn.Module:
+def build_on_meta(
+    name: str,
+    num_classes: int,
+    args: dict[str, Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> nn.Module:
     """Build without allocating weights: cheap enough for request-time validation."""
     with torch.device("meta"):
-        return build_classifier(name, num_classes, args)
+        return build_classifier(name, num_classes, args, input_shape)

@@ -16,11 +16,17 @@ from app.errors import (
     VersionSuperseded,
 )
 from app.models import service
-from app.models.schemas import ArchitectureList, ModelCreate, ModelRead, ModelVersionRead
+from app.models.schemas import (
+    ArchitectureList,
+    ModelCreate,
+    ModelRead,
+    ModelVersionRead,
+    TimmArchitectures,
+)
 from app.storage import get_store, served_file
 from app.uploads import TOO_LARGE, received
 from app.validation import Printable
-from unlearning import architectures
+from unlearning import architectures, timm_models
 from unlearning.i2i import architectures as i2i_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -29,10 +35,13 @@ VersionNumber = Annotated[int, Path(ge=1, le=2**31 - 1, description="version num
 
 @router.get("/architectures", summary="List architectures", response_model=ArchitectureList)
 def list_architectures(_: ActorDep) -> ArchitectureList:
-    """Built-in small classifiers, every torchvision classifier, and the built-in
-    image-to-image networks."""
+    """Built-in small classifiers, every torchvision classifier, the timm classifiers (by the
+    prefix ``timm:``), the built-in image-to-image networks and the library classes registered
+    from save_pretrained files."""
     return ArchitectureList(
-        **architectures.list_architectures(), image_to_image=sorted(i2i_architectures.BUILTIN),
+        **architectures.list_architectures(),
+        timm=TimmArchitectures(**timm_models.summary()),
+        image_to_image=sorted(i2i_architectures.BUILTIN),
         image_to_image_libraries=sorted(i2i_architectures.LIBRARY_FAMILIES),
     )
 

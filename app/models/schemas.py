@@ -168,8 +168,20 @@ class ModelVersionRead(BaseModel):
     download_url: str = ""
 
 
+class TimmArchitectures(BaseModel):
+    """timm classifiers are accepted by name, ``timm:<model_name>``: the names are those of
+    ``timm.list_models()`` of the server's timm, too many to list here."""
+
+    prefix: str = Field(examples=["timm:"])
+    version: str = Field(description="the server's timm version")
+    count: int = Field(description="how many names timm.list_models() lists")
+    names: str = Field(description="where the names are listed")
+    args: list[str] = Field(description="the constructor arguments a registration may pass")
+
+
 class ArchitectureList(BaseModel):
     builtin: list[str]
+    timm: TimmArchitectures
     torchvision: list[str]
     image_to_image: list[str]
     image_to_image_libraries: list[str] = Field(

@@ -120,14 +120,20 @@ def network_on_meta(model: Model) -> nn.Module:
             model.architecture, model.input_shape, model.architecture_args
         )
     return architectures.build_on_meta(
-        model.architecture, len(model.class_names), model.architecture_args
+        model.architecture,
+        len(model.class_names),
+        model.architecture_args,
+        tuple(model.input_shape),
     )
 
 
 def _check_architecture(body: ModelCreate) -> None:
     try:
         net = architectures.build_on_meta(
-            body.architecture.name, len(body.class_names), body.architecture.args
+            body.architecture.name,
+            len(body.class_names),
+            body.architecture.args,
+            tuple(body.input_shape),
         )
         _check_size(net, body)
         architectures.check_input_shape(net, tuple(body.input_shape), len(body.class_names))

@@ -208,7 +208,7 @@ def only_retain_short(failed: list[dict[str, Any]]) -> bool:
 def fresh_model(job: JobSpec) -> torch.nn.Module:
     """A freshly initialised network of the job's architecture."""
     return architectures.build_classifier(
-        job.architecture, len(job.class_names), job.architecture_args
+        job.architecture, len(job.class_names), job.architecture_args, job.input_spec.shape
     )
 
 
