@@ -161,3 +161,55 @@ def test_refusals_leave_nothing_behind(api, i2i, registered, store):
     nan = {"file": ("n.safetensors", safetensors.torch.save(state), "application/octet-stream")}
     assert_problem(api.post(url, files=nan), 422, "checkpoint_mismatch")
     assert snapshot(store) == before
+
+
+def library_body(saved: Any, config: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": f"lib-{saved.folder.name}",
+        "task": "image_to_image",
+        "architecture": {"name": saved.name, "args": {"config": config or saved.config}},
+        "input_shape": [1, 28, 28],
+        "normalization": {"mean": [0.5], "std": [0.5]},
+        **extra,
+    }
+
+
+def test_library_checkpoints_register_from_config_json_and_refuse_what_does_not_fit(
+    api, store, tmp_path
+):
+    from tests.i2i_libraries import save_mae, save_unet
+
+    listed = api.get("/v1/architectures").json()
+    assert "transformers:ViTMAEForPreTraining" in listed["image_to_image_libraries"]
+    mae, unet = save_mae(tmp_path / "mae"), save_unet(tmp_path / "unet")
+    before = snapshot(store)
+    for body, code, detail in (
+        (
+            library_body(mae, {**mae.config, "hidden_size": "wide"}),
+            "invalid_architecture",
+            "hidden_size",
+        ),
+        (
+            library_body(mae, {**mae.config, "auto_map": {"x": "y"}}),
+            "invalid_architecture",
+            "remote code",
+        ),
+        (library_body(unet, {**unet.config, "bogus_key": 1}), "invalid_architecture", "bogus_key"),
+        (library_body(unet, encoder=["up_blocks."]), "invalid_architecture", "decoder parameters"),
+        (library_body(mae, input_shape=[1, 32, 32]), "invalid_architecture", "image_size"),
+    ):
+        problem = assert_problem(api.post("/v1/models", json=body), 422, code)
+        assert detail in problem["detail"], problem["detail"]
+    assert snapshot(store) == before
+
+    model = api.post("/v1/models", json=library_body(mae)).json()
+    assert model["encoder"] == ["vit."]
+    url = f"/v1/models/{model['id']}/versions"
+    state = safetensors.torch.load(mae.weights.read_bytes())
+    key = "vit.encoder.layer.0.attention.attention.query.weight"  # the file's name for it
+    state[key] = torch.zeros(3, 3)
+    files = {"file": ("m.safetensors", safetensors.torch.save(state), "application/octet-stream")}
+    problem = assert_problem(api.post(url, files=files), 422, "checkpoint_mismatch")
+    assert f"tensor {key!r} has shape [3, 3]" in problem["detail"]
+    files = {"file": ("m.safetensors", mae.weights.read_bytes(), "application/octet-stream")}
+    assert api.post(url, files=files).status_code == 201
