@@ -75,7 +75,7 @@ class I2IModel(nn.Module, ABC):
 
     def forget_target(
         self,
-        forget: torch.Tensor,
+        forget: torch.Tensor,  # noqa: ARG002
         noise: torch.Tensor,
         mask: torch.Tensor,  # noqa: ARG002
     ) -> torch.Tensor:

@@ -430,7 +430,7 @@ class VQGAN(PretrainedI2I):
     def encode(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor,  # noqa: ARG002
         condition: Condition | None = None,  # noqa: ARG002
     ) -> Features:
         return [self.quant_conv(self.encoder(x))]
