@@ -55,10 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reg.add_argument(
         "--arch",
-        required=True,
-        help="tiny_cnn, small_resnet, mlp or torchvision (classifiers); mae_vit or "
-        "unet_inpainter (image_to_image)",
+        help="tiny_cnn, small_resnet, mlp, torchvision or timm:<name> (classifiers); mae_vit or "
+        "unet_inpainter (image_to_image); read from config.json with --pretrained",
     )
+    reg.add_argument(
+        "--pretrained",
+        type=Path,
+        help="image_to_image: a save_pretrained folder (config.json and *.safetensors); its "
+        "weights are uploaded as version 1",
+    )
+    reg.add_argument(
+        "--scheduler",
+        type=Path,
+        help="diffusers U-Nets: the training noise schedule's scheduler_config.json",
+    )
+    reg.add_argument("--sampling-steps", type=int, help="diffusers U-Nets: DDIM steps (10)")
     reg.add_argument("--arch-args", default="{}", help="JSON object")
     reg.add_argument("--input-shape", required=True, help="C,H,W")
     reg.add_argument("--mean", default="0")
@@ -236,31 +247,64 @@ def main(argv: list[str] | None = None) -> int:
     client = NepentheClient(args.url, args.api_key)
     try:
         return _dispatch(client, args)
-    except ApiError as exc:
+    except (ApiError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
 
 
+def _pretrained_architecture(args: argparse.Namespace) -> dict[str, Any]:
+    """The architecture of a save_pretrained folder: its class, from config.json (transformers
+    names it under "architectures", diffusers under "_class_name"), and the file itself."""
+    config = json.loads((args.pretrained / "config.json").read_text())
+    name = args.arch
+    if name is None and config.get("_class_name"):
+        name = f"diffusers:{config['_class_name']}"
+    elif name is None and config.get("architectures"):
+        name = f"transformers:{config['architectures'][0]}"
+    if name is None:
+        raise ValueError("config.json names no class: pass --arch, e.g. diffusers:UNet2DModel")
+    extra: dict[str, Any] = {"config": config}
+    if args.scheduler:
+        extra["scheduler"] = json.loads(args.scheduler.read_text())
+    if args.sampling_steps:
+        extra["sampling_steps"] = args.sampling_steps
+    return {"name": name, "args": extra}
+
+
+def _register(client: NepentheClient, args: argparse.Namespace) -> None:
+    extra: dict[str, Any] = {}
+    if args.encoder:
+        extra["encoder"] = args.encoder
+    if args.transform:
+        extra["transform"] = json.loads(args.transform)
+    if args.pretrained:
+        architecture, task = _pretrained_architecture(args), "image_to_image"
+        weights = sorted(args.pretrained.glob("*.safetensors"))
+        if len(weights) != 1:
+            raise ValueError(f"{args.pretrained} must hold one .safetensors file")
+    elif args.arch:
+        architecture, task = {"name": args.arch, "args": json.loads(args.arch_args)}, args.task
+    else:
+        raise ValueError("pass --arch, or --pretrained with a save_pretrained folder")
+    model = client.register_model(
+        name=args.name,
+        task=task,
+        architecture=architecture,
+        input_shape=[int(s) for s in _csv(args.input_shape)],
+        normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
+        class_names=_csv(args.classes or ""),
+        **extra,
+    )
+    _print(model)
+    if args.pretrained:
+        _print(client.upload_version(model["id"], weights[0]))
+
+
 def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     if args.command == "register-model":
-        extra: dict[str, Any] = {}
-        if args.encoder:
-            extra["encoder"] = args.encoder
-        if args.transform:
-            extra["transform"] = json.loads(args.transform)
-        _print(
-            client.register_model(
-                name=args.name,
-                task=args.task,
-                architecture={"name": args.arch, "args": json.loads(args.arch_args)},
-                input_shape=[int(s) for s in _csv(args.input_shape)],
-                normalization={"mean": _floats(args.mean), "std": _floats(args.std)},
-                class_names=_csv(args.classes or ""),
-                **extra,
-            )
-        )
+        _register(client, args)
     elif args.command == "upload":
         _print(client.upload_version(args.model, args.file, args.parent))
     elif args.command == "register-dataset":

@@ -51,7 +51,11 @@ def save_mae(folder: Path, seed: int = 0) -> Saved:
         decoder_num_attention_heads=4,
         decoder_intermediate_size=64,
     )
-    ViTMAEForPreTraining(config).save_pretrained(folder)
+    from unlearning.i2i.pretrained import set_mae_position_tables
+
+    model = ViTMAEForPreTraining(config)
+    set_mae_position_tables(model)
+    model.save_pretrained(folder)
     return Saved("transformers:ViTMAEForPreTraining", folder, ViTMAEForPreTraining)
 
 

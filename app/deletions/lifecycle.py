@@ -22,7 +22,6 @@ from app.jobs import service as jobs
 from app.jobs import states
 from app.orm import Dataset, DeletionRequest, Job, JobStatus, Model, ModelVersion, utcnow
 from app.quotas import service as quotas
-from unlearning.i2i import architectures as i2i_architectures
 
 ENDED_SHORT = (JobStatus.rejected, JobStatus.failed)
 # What a retried job starts again without: the last attempt's outcome stays in its history.
@@ -63,9 +62,7 @@ def retry(session: Session, actor: Actor, request_id: str, body: RetryCreate) ->
     else:
         raw = dict(request.params) if method.name == request.method else {}
     budget = body.budget_epochs if "budget_epochs" in given else request.budget_epochs
-    family = (
-        i2i_architectures.family_of(model.architecture) if model.task == "image_to_image" else None
-    )
+    family = methods.family_of(model)
     params = methods.resolve_params(method, methods.with_budget(method, raw, budget), family)
     if request.forget_classes is not None:
         methods.check_memory(method.name, params, len(request.forget_classes), model.input_shape)

@@ -19,8 +19,12 @@ from app.errors import (
     MethodUnsupportedForModel,
     UnknownMethod,
 )
+from app.orm import Model
 from unlearning import acceptance
+from unlearning.architectures import ArchitectureError
+from unlearning.i2i import architectures as i2i_architectures
 from unlearning.methods import DEFAULT_METHOD, METHODS, Method, costs
+from unlearning.methods.i2i import recipe_family
 
 
 def choose(method: str | None, forgets: str, task: str = "classification") -> Method:
@@ -43,6 +47,22 @@ def choose(method: str | None, forgets: str, task: str = "classification") -> Me
             supported=able,
         )
     return found
+
+
+def family_of(model: Model) -> str | None:
+    """The recipe family of an image-to-image model: its architecture's (MAGE's or Palette's),
+    the small variant when its trainable encoder is small (None for classifiers)."""
+    if model.task != "image_to_image":
+        return None
+    family = i2i_architectures.family_of(model.architecture)
+    try:
+        net = i2i_architectures.build_on_meta(
+            model.architecture, model.input_shape, model.architecture_args
+        )
+    except ArchitectureError:  # registered before a bound it now fails: the family's recipe
+        return family
+    encoder = model.encoder or i2i_architectures.default_encoder(net)
+    return recipe_family(family, i2i_architectures.encoder_size(net, encoder))
 
 
 def resolve_params(

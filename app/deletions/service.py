@@ -59,7 +59,6 @@ from app.orm import (
 )
 from app.quotas import service as quotas
 from unlearning import data
-from unlearning.i2i import architectures as i2i_architectures
 from unlearning.jobs import forget_mask
 from unlearning.methods import costs
 
@@ -87,7 +86,6 @@ def submit(
         if existing is not None:
             return existing, False
     version, model, dataset = _targets(session, actor.org_id, body)
-    image_to_image = model.task == "image_to_image"
     forget_classes: list[int] | None = None
     forget_samples: list[str] | None = None
     train = preloaded  # read once, for the sample ids and the budget
@@ -99,7 +97,7 @@ def submit(
         forgets = "samples"
         forget_samples = _check_samples(dataset, train, body.forget_samples or [])
     method = methods.choose(body.method, forgets, model.task)
-    family = i2i_architectures.family_of(model.architecture) if image_to_image else None
+    family = methods.family_of(model)
     params = methods.resolve_params(
         method, methods.with_budget(method, body.params, body.budget_epochs), family
     )

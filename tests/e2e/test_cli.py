@@ -119,3 +119,20 @@ def test_errors_are_printed_with_their_code(url, capsys):
     code = main(["--url", url, "upload", "no-such-model", __file__])
     assert code == 1
     assert "404 model_not_found" in capsys.readouterr().err
+
+
+def test_register_a_save_pretrained_folder(url, capsys, tmp_path):
+    from tests.i2i_libraries import save_vq
+
+    saved = save_vq(tmp_path / "vq")
+    args = ["--name", "vq", "--input-shape", "1,28,28", "--mean", "0.5", "--std", "0.5"]
+    code, out = run(url, capsys, "register-model", "--pretrained", str(saved.folder), *args)
+    assert code == 0, out
+    model, version = (json.loads(part) for part in out.replace("}\n{", "}\n\x00{").split("\x00"))
+    assert model["architecture"] == "diffusers:VQModel"
+    assert model["architecture_args"] == {"config": saved.config}
+    assert model["encoder"] == ["encoder.", "quant_conv."]
+    assert version["number"] == 1 and version["model_id"] == model["id"]
+    missing = str(tmp_path / "none")
+    assert main(["--url", url, "register-model", "--pretrained", missing, *args]) == 1
+    assert "config.json" in capsys.readouterr().err

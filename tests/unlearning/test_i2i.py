@@ -27,6 +27,7 @@ from unlearning.methods.i2i import (
     I2ITask,
     defaults_for,
     learning_rate,
+    recipe_family,
     run_i2i,
 )
 
@@ -254,6 +255,16 @@ def test_recipes_follow_the_methods_doc():
     assert learning_rate(c, 50, 10) == pytest.approx(5e-5)  # end of warm-up
     assert learning_rate(c, 55, 10) == pytest.approx(2.5e-5)  # half way down the cosine
     assert learning_rate(c, 60, 10) == pytest.approx(0.0, abs=1e-12)
+    small = defaults_for("vqgan/small")
+    assert (small["recipe"], small["lr"], small["epochs"], small["alpha"]) == (
+        "mage_small",
+        1e-3,
+        10,
+        0.3,
+    )
+    assert defaults_for("diffusion/small")["recipe"] == "palette_small"
+    assert recipe_family("vqgan", 60_000) == "vqgan/small"
+    assert recipe_family("diffusion", 86_000_000) == "diffusion"
     for bad in (
         {"lr": 0},
         {"batch_size": 1},

@@ -446,6 +446,14 @@ def check_input_shape(model: I2IModel, input_shape: tuple[int, int, int] | list[
         )
 
 
+def encoder_size(model: I2IModel, encoder: list[str]) -> int:
+    """Parameters unlearning trains: those under ``encoder`` the network does not keep fixed
+    (works on the meta device)."""
+    return sum(
+        p.numel() for n, p in model.named_parameters() if p.requires_grad and trainable(n, encoder)
+    )
+
+
 def default_encoder(model: I2IModel) -> list[str]:
     return list(model.default_encoder)
 

@@ -598,3 +598,17 @@ def build(
     net.configure(shape, extras)
     net.check_input(shape)
     return net
+
+
+def set_mae_position_tables(model: nn.Module) -> None:
+    """Fill a freshly built ViTMAE's fixed sin-cos position tables (encoder and decoder), as the
+    library's own ``initialize_weights`` computes them. transformers 5 leaves them at zero when
+    the network is built from a config: its weight initialisation skips them. A network built
+    that way cannot tell its patches apart; checkpoints read from files hold their tables."""
+    vit: Any = model.vit
+    decoder: Any = model.decoder
+    embeddings = vit.embeddings
+    embeddings.patch_embeddings.projection.__dict__.pop("_is_hf_initialized", None)
+    with torch.no_grad():
+        embeddings.initialize_weights()
+        decoder.initialize_weights(embeddings.patch_embeddings.num_patches)

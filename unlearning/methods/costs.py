@@ -102,7 +102,7 @@ def i2i(c: I2IConfig, s: Sizes) -> float:
     forget = s.forget
     if s.forget_classes:
         forget = min(s.forget, c.images_per_class * s.forget_classes)
-    retain = min(s.retain, max(1, math.ceil(c.retain_ratio * forget)))
+    retain = min(s.retain, max(1, math.ceil(float(c.retain_ratio or 1.0) * forget)))
     half = c.batch_size // 2
     steps = max(1, math.ceil(max(forget, retain) / half)) * int(c.epochs or 1)
     return float(steps * 2 * half)
