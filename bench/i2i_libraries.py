@@ -55,7 +55,8 @@ TRAIN = {"images": 12_000, "epochs": 5, "lr": 2e-3, "batch_size": 64, "seed": 0}
 # The transformer trains at a smaller step (at 2e-3 its completions stalled near a grey fill);
 # the convolutional networks on fewer images, to fit the 2-core CPU (about 100 images/s).
 TRAIN_LR = {"mae": 5e-4}
-TRAIN_IMAGES = {"unet": 3_000, "vq": 3_000}
+TRAIN_IMAGES = {"unet": 6_000, "vq": 3_000}
+TRAIN_EPOCHS = {"unet": 8}
 
 
 def build_library_model(family: str) -> Any:
@@ -90,8 +91,8 @@ def build_library_model(family: str) -> Any:
             in_channels=3,
             out_channels=1,
             block_out_channels=(32, 64),
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
             layers_per_block=1,
             norm_num_groups=8,
         )
@@ -131,6 +132,7 @@ def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]
     images = TRAIN_IMAGES.get(family, int(TRAIN["images"]))
     subset = np.sort(rng.choice(len(train), size=images, replace=False))
     lr = TRAIN_LR.get(family, float(TRAIN["lr"]))
+    epochs = TRAIN_EPOCHS.get(family, int(TRAIN["epochs"]))
     start = time.perf_counter()
     stats = train_inpainter(
         model,
@@ -138,7 +140,7 @@ def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]
         subset,
         SPEC,
         TRANSFORM,
-        epochs=TRAIN["epochs"],
+        epochs=epochs,
         lr=lr,
         batch_size=TRAIN["batch_size"],
         seed=TRAIN["seed"],
@@ -149,6 +151,7 @@ def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]
     info = {
         **TRAIN,
         "images": images,
+        "epochs": epochs,
         "lr": lr,
         "seconds": seconds,
         "samples": stats["samples"],
@@ -161,7 +164,12 @@ def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]
 
 
 def job_spec(
-    family: str, config: dict[str, Any], request: str, root: str, trained: dict[str, Any]
+    family: str,
+    config: dict[str, Any],
+    request: str,
+    root: str,
+    trained: dict[str, Any],
+    params: dict[str, Any],
 ) -> JobSpec:
     train = data.open_split("fashion_mnist", root, "train")
     samples = None
@@ -171,7 +179,7 @@ def job_spec(
     net = architectures.build_on_meta(NAMES[family], SPEC.shape, {"config": config})
     return JobSpec(
         method="i2i",
-        params={},
+        params=params,
         forget_classes=FORGET if request == "classes" else None,
         forget_samples=samples,
         acceptance={},
@@ -191,14 +199,14 @@ def job_spec(
     )
 
 
-def run(family: str, request: str, root: str) -> dict[str, Any]:
+def run(family: str, request: str, root: str, params: dict[str, Any]) -> dict[str, Any]:
     from unlearning.jobs import i2i as i2i_job
 
     train = data.open_split("fashion_mnist", root, "train", size=(28, 28))
     folder, trained = original(family, train)
     config = json.loads((folder / "config.json").read_text())
     (weights,) = folder.glob("*.safetensors")
-    spec = job_spec(family, config, request, root, trained)
+    spec = job_spec(family, config, request, root, trained, params)
     start = time.perf_counter()
     outcome = i2i_job.run(spec, weights, torch.device("cpu"), NoProgress())
     total = time.perf_counter() - start
@@ -207,6 +215,7 @@ def run(family: str, request: str, root: str) -> dict[str, Any]:
         "family": family,
         "architecture": NAMES[family],
         "request": request,
+        "params": params,
         "date": time.strftime("%Y-%m-%d"),
         "device": device_name(torch.device("cpu")),
         "job_seconds": total,
@@ -231,8 +240,11 @@ def markdown(row: dict[str, Any]) -> str:
         else "no: "
         + ", ".join(f"{f['check']} {f['measured']:.2f}" for f in m["acceptance"]["failures"])
     )
+    asked = f"`{json.dumps(row['params'])}`" if row["params"] else "defaults"
+    recipe = m["method_details"]["resolved_params"]["recipe"]
     return (
-        f"| {row['architecture']} | {row['request']} | {b['retain']['psnr']:.2f} → "
+        f"| {row['architecture']} | {row['request']} | {asked} ({recipe}) | "
+        f"{b['retain']['psnr']:.2f} → "
         f"{a['retain']['psnr']:.2f} ({ch['retain']['psnr']:+.2f}) | {b['forget']['psnr']:.2f} → "
         f"{a['forget']['psnr']:.2f} ({ch['forget']['psnr']:+.2f}) | {a['retain']['ssim']:.3f} / "
         f"{a['forget']['ssim']:.3f} | {b['forget']['fd_random']:.3g} → "
@@ -244,10 +256,11 @@ def markdown(row: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "| network | request | retain PSNR (dB) | forget PSNR (dB) | SSIM after retain / forget "
+    "| network | request | method params (recipe) | retain PSNR (dB) | forget PSNR (dB) "
+    "| SSIM after retain / forget "
     "| forget fd_random | forget enc. cosine | decoder unchanged | gate passed | method "
     "sample passes (share of training) | method (s) | original's training (s) |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -257,12 +270,14 @@ def main() -> None:
     parser.add_argument("--family", choices=sorted(NAMES), action="append")
     parser.add_argument("--request", choices=["classes", "samples"], action="append")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--params", default="{}", help="method parameters (JSON); none: defaults")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(HEADER)
     for family in args.family or sorted(NAMES):
         for request in args.request or ["classes", "samples"]:
-            print(markdown(run(family, request, args.root)), flush=True)
+            row = run(family, request, args.root, json.loads(args.params))
+            print(markdown(row), flush=True)
 
 
 if __name__ == "__main__":

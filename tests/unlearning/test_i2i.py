@@ -263,6 +263,7 @@ def test_recipes_follow_the_methods_doc():
         0.3,
     )
     assert defaults_for("diffusion/small")["recipe"] == "palette_small"
+    assert (defaults_for("mae/small")["alpha"], defaults_for("vq/small")["alpha"]) == (0.6, 0.15)
     assert recipe_family("vqgan", 60_000) == "vqgan/small"
     assert recipe_family("diffusion", 86_000_000) == "diffusion"
     for bad in (

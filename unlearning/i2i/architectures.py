@@ -405,14 +405,15 @@ def build(
 
 # The library classes and the family whose recipe each takes (see unlearning.i2i.pretrained).
 LIBRARY_FAMILIES = {
-    "transformers:ViTMAEForPreTraining": "vqgan",
+    "transformers:ViTMAEForPreTraining": "mae",
     "diffusers:UNet2DModel": "diffusion",
-    "diffusers:VQModel": "vqgan",
+    "diffusers:VQModel": "vq",
 }
 
 
 def family_of(name: str) -> str:
-    """The family whose recipe a network takes ("vqgan" or "diffusion")."""
+    """The family whose recipe a network takes: "vqgan" (the built-in ViT, MAGE's recipe),
+    "mae" and "vq" (MAGE's recipe, their own small variants) or "diffusion" (Palette's)."""
     if name in LIBRARY_FAMILIES:
         return LIBRARY_FAMILIES[name]
     factory = BUILTIN.get(name)

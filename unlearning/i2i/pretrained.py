@@ -125,7 +125,7 @@ class PretrainedI2I(I2IModel):
 class MAE(PretrainedI2I):
     """``ViTMAEForPreTraining``; its methods come from the library class (see ``build``)."""
 
-    family = "vqgan"  # token-based: MAGE's recipe
+    family = "mae"  # token-based: MAGE's recipe
     library = "transformers"
     encoder_scope = ("vit.",)
     default_encoder = ("vit.",)
@@ -406,7 +406,7 @@ class DiffusionUNet(_Diffusion):
 class VQGAN(PretrainedI2I):
     """``VQModel``: encoder and quantiser input train, codebook and decoder stay."""
 
-    family = "vqgan"
+    family = "vq"  # MAGE's recipe
     library = "diffusers"
     encoder_scope = ("encoder.", "quant_conv.")
     default_encoder = ("encoder.", "quant_conv.")

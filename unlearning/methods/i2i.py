@@ -59,10 +59,20 @@ RECIPES: dict[str, dict[str, object]] = {
 }
 RECIPES["mage_small"] = {**RECIPES["mage"], **_SMALL, "warmup_epochs": 1.0}
 RECIPES["palette_small"] = {**RECIPES["palette"], **_SMALL}
+# The library families' forget weights, measured on Fashion-MNIST class requests
+# (docs/benchmarks.md, library checkpoints): transformers' MAE needs twice the built-in ViT's
+# pull (0.3 moved its forget completions 0.85 dB), a VQ-GAN's convolutional encoder half of it
+# (0.3 cost its retain reconstructions 1.54 dB).
+RECIPES["mae_small"] = {**RECIPES["mage_small"], "alpha": 0.6}
+RECIPES["vq_small"] = {**RECIPES["mage_small"], "alpha": 0.15}
 FAMILY_RECIPE = {
     "vqgan": "mage",
+    "mae": "mage",
+    "vq": "mage",
     "diffusion": "palette",
     "vqgan/small": "mage_small",
+    "mae/small": "mae_small",
+    "vq/small": "vq_small",
     "diffusion/small": "palette_small",
 }
 # Below this many trainable encoder parameters a network takes its family's small recipe.
