@@ -268,7 +268,7 @@ def _pretrained_architecture(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {"config": config}
     if args.scheduler:
         extra["scheduler"] = json.loads(args.scheduler.read_text())
-    if args.sampling_steps:
+    if args.sampling_steps is not None:
         extra["sampling_steps"] = args.sampling_steps
     return {"name": name, "args": extra}
 

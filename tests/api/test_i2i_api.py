@@ -200,6 +200,12 @@ def test_library_checkpoints_register_from_config_json_and_refuse_what_does_not_
         (library_body(unet, {**unet.config, "bogus_key": 1}), "invalid_architecture", "bogus_key"),
         (library_body(unet, encoder=["up_blocks."]), "invalid_architecture", "decoder parameters"),
         (library_body(mae, input_shape=[1, 32, 32]), "invalid_architecture", "image_size"),
+        (library_body(unet, {**unet.config, "sample_size": "ab"}), "invalid_architecture", "size"),
+        (
+            library_body(mae, {**mae.config, "attn_implementation": "kernels-community/x"}),
+            "invalid_architecture",
+            "attn_implementation",
+        ),
     ):
         problem = assert_problem(api.post("/v1/models", json=body), 422, code)
         assert detail in problem["detail"], problem["detail"]

@@ -67,6 +67,48 @@ def test_configs_are_checked_by_the_library_classes(saved):
         architectures.build_on_meta(saved.name, SHAPE, {"config": {**config, field: 10**9}})
 
 
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        ({"attn_implementation": "kernels-community/flash-attn"}, "attn_implementation"),
+        ({"num_labels": 10**9}, "num_labels"),
+        ({"id2label": {"0": "a"}}, "id2label"),
+    ],
+)
+def test_an_mae_config_takes_only_the_networks_own_fields(tmp_path, extra, detail):
+    mae = SAVERS["mae"](tmp_path / "m")
+    with pytest.raises(ArchitectureError, match=detail):
+        architectures.build_on_meta(mae.name, SHAPE, {"config": {**mae.config, **extra}})
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "detail"),
+    [
+        ({"sample_size": "ab"}, {}, "image size"),
+        ({"sample_size": [28]}, {}, "image size"),
+        ({"time_embedding_type": "fourier"}, {}, "fourier"),
+        ({}, {"scheduler": {"num_train_timesteps": 50}, "sampling_steps": 100}, "at most"),
+        ({}, {"scheduler": {"num_train_timesteps": 50, "trained_betas": [0.1]}}, "trained_betas"),
+    ],
+)
+def test_unet_configs_that_could_not_run_are_refused_at_registration(
+    tmp_path, config, args, detail
+):
+    unet = SAVERS["unet"](tmp_path / "u")
+    with pytest.raises(ArchitectureError, match=detail):
+        architectures.build_on_meta(unet.name, SHAPE, {"config": {**unet.config, **config}, **args})
+
+
+def test_an_mae_trained_on_normalised_patches_completes_from_visible_pixels_only(tmp_path):
+    mae = SAVERS["mae"](tmp_path / "m")
+    model = architectures.build(mae.name, SHAPE, {"config": {**mae.config, "norm_pix_loss": True}})
+    x = torch.rand(2, 1, 28, 28)
+    mask = masks.eval_mask(TRANSFORM, 2, 28, 28)
+    changed = x * (1 - mask) + torch.rand(2, 1, 28, 28) * mask
+    with torch.no_grad():
+        assert torch.equal(model.complete(x, mask), model.complete(changed, mask))
+
+
 def test_a_unet_needs_a_known_scheduler_and_a_layout_it_can_condition(tmp_path):
     unet = SAVERS["unet"](tmp_path / "u")
     with pytest.raises(ArchitectureError, match="not supported"):
@@ -129,12 +171,14 @@ def test_a_diffusion_batch_shares_timesteps_and_noise_with_the_teacher_and_targe
     unet = SAVERS["unet"](tmp_path / "u")
     model = architectures.build(unet.name, SHAPE, unet.args())
     seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    masks_seen: list[torch.Tensor] = []
     real_encode = type(model).encode
 
     def recording(self, x, mask, condition=None):  # type: ignore[no-untyped-def]
         seen.append(
             (x.detach().clone(), condition["timesteps"].clone(), condition["noise"].clone())
         )
+        masks_seen.append(mask.detach().clone())
         return real_encode(self, x, mask, condition)
 
     type(model).encode = recording  # type: ignore[method-assign]
@@ -149,10 +193,22 @@ def test_a_diffusion_batch_shares_timesteps_and_noise_with_the_teacher_and_targe
     n = len(retain_target[0])
     assert torch.equal(student[1][:n], retain_target[1])
     assert torch.equal(student[1][n:], forget_target[1])
+    assert torch.equal(student[2][:n], retain_target[2])
     assert torch.equal(student[2][n:], forget_target[2])
     # The forget target keeps the known pixels and puts noise in the hidden ones.
     assert torch.equal(student[0][:n], retain_target[0])
-    assert not torch.equal(student[0][n:], forget_target[0])
+    hidden = masks_seen[2][n:]
+    assert torch.equal(forget_target[0] * (1 - hidden), student[0][n:] * (1 - hidden))
+    assert not torch.equal(forget_target[0] * hidden, student[0][n:] * hidden)
+
+
+def test_an_mae_trains_on_a_random_transform_whose_cells_miss_its_patch_grid(tmp_path):
+    mae = SAVERS["mae"](tmp_path / "m")
+    model = architectures.build(mae.name, SHAPE, mae.args())
+    task = _digits_task(model, ["vit."])
+    task.transform = masks.Transform("random", 0.4, cell=8)  # 28 px: edge cells are cut short
+    result = run_i2i(task, I2IConfig(epochs=1, images_per_class=16, batch_size=8))
+    assert result.details["steps"] == 8
 
 
 def test_evaluation_runs_the_generator_and_is_seeded(saved):

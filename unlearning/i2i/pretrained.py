@@ -14,11 +14,14 @@ the library saves and loads (an unlearned checkpoint reloads with the library's
   the pre-quantisation latents. It reconstructs the whole image, which is what is measured.
 
 Nothing from an upload is executed: the configuration is parsed by the library's config class
-(unknown keys refused), the network is built from it, and weights are read as data.
+(only the network's own fields: keys that choose code, such as attn_implementation, are
+refused), the network is built from it, and weights are read as data.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -63,11 +66,18 @@ def _bounded(config: Mapping[str, Any], limits: Mapping[str, int], family: str) 
 
 
 def _side(size: Any) -> tuple[int, int] | None:
+    """An image size of a config (an integer, or [height, width]), or None if it sets none."""
     if size is None:
         return None
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         return size, size
-    return int(size[0]), int(size[1])
+    if (
+        isinstance(size, list | tuple)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
+    ):
+        return int(size[0]), int(size[1])
+    raise ArchitectureError(f"the config's image size {size!r} is not an integer or [h, w]")
 
 
 class _Noised:
@@ -203,22 +213,34 @@ class MAE(PretrainedI2I):
         out = self._encode(x, mask)
         patches = self.decoder(out.last_hidden_state, out.ids_restore).logits
         if self.config.norm_pix_loss:
-            # The decoder predicts each patch normalised: its mean and variance come from the
-            # true patch, so completions are compared on structure within patches.
-            target = self.patchify(x)
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            patches = patches * (var + 1.0e-6) ** 0.5 + mean
+            # The decoder predicts each patch normalised to its own mean and variance, which a
+            # hidden patch does not show: take those of the image's visible patches instead, so
+            # nothing hidden reaches the completion.
+            patches = self._denormalised(patches, x, mask)
         return self.unpatchify(patches, tuple(x.shape[2:]))
+
+    def _denormalised(
+        self, patches: torch.Tensor, x: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        target = self.patchify(x)  # (B, L, p*p*C)
+        visible = (1 - self._hidden_patches(mask)).unsqueeze(-1)  # (B, L, 1)
+        count = visible.sum(dim=1, keepdim=True).clamp(min=1)
+        means = target.mean(dim=-1, keepdim=True)
+        variances = target.var(dim=-1, keepdim=True)
+        mean = (means * visible).sum(dim=1, keepdim=True) / count
+        var = (variances * visible).sum(dim=1, keepdim=True) / count
+        return patches * (var + 1.0e-6) ** 0.5 + mean
 
     def training_mask(
         self, transform: masks.Transform, n: int, h: int, w: int, gen: torch.Generator
     ) -> torch.Tensor:
-        """One hidden share per batch (MAE keeps the same number of patches for every image):
-        half of the batches hide the registered transform's shape at a jittered size (x0.75 to
-        x1.25), half random patches at MAGE's truncated-normal ratio (mean 0.55, sd 0.25, held
-        to [0.5, 0.9] so some patches stay visible)."""
-        if float(torch.rand((), generator=gen)) < 0.5:
+        """One hidden share per batch (MAE keeps the same number of patches for every image,
+        and the teacher encodes the retain and forget halves apart): half of the batches hide
+        the registered centre square or border at a jittered size (x0.75 to x1.25), the same
+        for every image, the others (all of them for a random transform) random patches at
+        MAGE's truncated-normal ratio (mean 0.55, sd 0.25, held to [0.5, 0.9] so some patches
+        stay visible)."""
+        if float(torch.rand((), generator=gen)) < 0.5 and transform.kind != "random":
             upper = 0.49 if transform.kind == "outpaint" else 0.95
             jitter = 0.75 + 0.5 * float(torch.rand((), generator=gen))
             size = min(upper, max(0.05, transform.size * jitter))
@@ -455,6 +477,16 @@ class VQGAN(PretrainedI2I):
         return F.mse_loss(out.sample, x) + out.commit_loss.mean()
 
 
+@functools.cache
+def _adapter(hooks: type, library_class: type) -> type:
+    """The library class with the method's hooks first in its MRO, under the library's name
+    (made once per pair: classes are not freed)."""
+    return type(library_class.__name__, (hooks, library_class), {})
+
+
+_MAE_BOOKKEEPING = {"model_type", "architectures", "transformers_version", "dtype", "torch_dtype"}
+
+
 def _vit_mae(config: Mapping[str, Any]) -> nn.Module:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
@@ -464,6 +496,21 @@ def _vit_mae(config: Mapping[str, Any]) -> nn.Module:
         )
     if "auto_map" in config:
         raise ArchitectureError("config.json names remote code (auto_map): it is never run here")
+    # Only the network's own fields and save_pretrained's bookkeeping: the generic config keys
+    # choose code (attn_implementation can name a kernel to download) or size tables
+    # (num_labels, id2label) that an MAE never uses.
+    fields = {
+        name
+        for name, p in inspect.signature(ViTMAEConfig.__init__).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(config) - fields - _MAE_BOOKKEEPING)
+    if unknown:
+        raise ArchitectureError(
+            f"config.json has keys ViTMAEConfig does not take for an MAE: {unknown[:5]} (only "
+            "the network's own fields and model_type, architectures, transformers_version, "
+            "dtype are read)"
+        )
     limits = {
         "num_hidden_layers": MAX_LAYERS,
         "decoder_num_hidden_layers": MAX_LAYERS,
@@ -477,13 +524,12 @@ def _vit_mae(config: Mapping[str, Any]) -> nn.Module:
         "num_channels": 3,
     }
     _bounded(config, limits, "MAE")
-    kwargs = {k: v for k, v in config.items() if k not in ("architectures", "auto_map")}
+    kwargs = {k: v for k, v in config.items() if k in fields}
     try:
         parsed = ViTMAEConfig(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ArchitectureError(f"invalid ViTMAEConfig: {exc}") from exc
-    adapter = type("ViTMAEForPreTraining", (MAE, ViTMAEForPreTraining), {})
-    return adapter(parsed)
+    return _adapter(MAE, ViTMAEForPreTraining)(parsed)
 
 
 def _unet(config: Mapping[str, Any]) -> nn.Module:
@@ -498,9 +544,11 @@ def _unet(config: Mapping[str, Any]) -> nn.Module:
         "num_train_timesteps": 100_000,
     }
     _bounded(config, limits, "UNet2DModel")
+    if config.get("time_embedding_type", "positional") != "positional":
+        # Fourier embeddings take log(t) and divide the output by t: undefined at t = 0.
+        raise ArchitectureError("only positional time embeddings are supported (not fourier)")
     init = _diffusers_config(UNet2DModel, config, "UNet2DModel")
-    adapter = type("UNet2DModel", (DiffusionUNet, UNet2DModel), {})
-    return adapter(**init)
+    return _adapter(DiffusionUNet, UNet2DModel)(**init)
 
 
 def _vq(config: Mapping[str, Any]) -> nn.Module:
@@ -518,8 +566,7 @@ def _vq(config: Mapping[str, Any]) -> nn.Module:
     }
     _bounded(config, limits, "VQModel")
     init = _diffusers_config(VQModel, config, "VQModel")
-    adapter = type("VQModel", (VQGAN, VQModel), {})
-    return adapter(**init)
+    return _adapter(VQGAN, VQModel)(**init)
 
 
 FAMILIES: dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
@@ -552,6 +599,11 @@ def _check_scheduler(scheduler: Any) -> dict[str, Any]:
     steps = scheduler.get("num_train_timesteps", 1000)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100_000:
         raise ArchitectureError("scheduler num_train_timesteps must be an integer from 1 to 100000")
+    betas = scheduler.get("trained_betas")
+    if betas is not None and (not isinstance(betas, list) or len(betas) != steps):
+        raise ArchitectureError(
+            f"scheduler trained_betas must list num_train_timesteps ({steps}) values"
+        )
     for cls in (DDPMScheduler, DDIMScheduler):
         try:
             cls.from_config(scheduler)
@@ -582,8 +634,11 @@ def build(
         steps = args.get("sampling_steps", DEFAULT_SAMPLING_STEPS)
         if isinstance(steps, bool) or not isinstance(steps, int):
             raise ArchitectureError("sampling_steps must be an integer")
-        if not 1 <= steps <= MAX_SAMPLING_STEPS:
-            raise ArchitectureError(f"sampling_steps must be from 1 to {MAX_SAMPLING_STEPS}")
+        most = min(MAX_SAMPLING_STEPS, int(extras["scheduler"].get("num_train_timesteps", 1000)))
+        if not 1 <= steps <= most:
+            raise ArchitectureError(
+                f"sampling_steps must be from 1 to {most} (at most the schedule's timesteps)"
+            )
         extras["sampling_steps"] = steps
     elif "scheduler" in args or "sampling_steps" in args:
         raise ArchitectureError(f"{name} takes no scheduler: only diffusion U-Nets sample")
@@ -595,8 +650,13 @@ def build(
     except Exception as exc:  # the libraries fail in many ways on bad configurations
         raise ArchitectureError(f"cannot build {name} from this config.json: {exc}") from exc
     assert isinstance(net, PretrainedI2I)
-    net.configure(shape, extras)
-    net.check_input(shape)
+    try:
+        net.configure(shape, extras)
+        net.check_input(shape)
+    except ArchitectureError:
+        raise
+    except Exception as exc:  # a field the library stored without checking it
+        raise ArchitectureError(f"cannot use {name} with this config.json: {exc}") from exc
     return net
 
 
