@@ -118,9 +118,13 @@ NAMES = {
 }
 
 
-def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]]:
+def original(
+    family: str, train: data.ImageSource, epochs: int | None = None
+) -> tuple[Path, dict[str, Any]]:
     """The trained original as save_pretrained wrote it, and how it was trained."""
-    folder = OUT / "i2i_lib" / family
+    epochs = epochs or TRAIN_EPOCHS.get(family, int(TRAIN["epochs"]))
+    default = epochs == TRAIN_EPOCHS.get(family, int(TRAIN["epochs"]))
+    folder = OUT / "i2i_lib" / (family if default else f"{family}-{epochs}-epochs")
     info_path = folder / "training.json"
     if info_path.exists():
         return folder, json.loads(info_path.read_text())
@@ -132,7 +136,6 @@ def original(family: str, train: data.ImageSource) -> tuple[Path, dict[str, Any]
     images = TRAIN_IMAGES.get(family, int(TRAIN["images"]))
     subset = np.sort(rng.choice(len(train), size=images, replace=False))
     lr = TRAIN_LR.get(family, float(TRAIN["lr"]))
-    epochs = TRAIN_EPOCHS.get(family, int(TRAIN["epochs"]))
     start = time.perf_counter()
     stats = train_inpainter(
         model,
@@ -199,11 +202,17 @@ def job_spec(
     )
 
 
-def run(family: str, request: str, root: str, params: dict[str, Any]) -> dict[str, Any]:
+def run(
+    family: str,
+    request: str,
+    root: str,
+    params: dict[str, Any],
+    train_epochs: int | None = None,
+) -> dict[str, Any]:
     from unlearning.jobs import i2i as i2i_job
 
     train = data.open_split("fashion_mnist", root, "train", size=(28, 28))
-    folder, trained = original(family, train)
+    folder, trained = original(family, train, train_epochs)
     config = json.loads((folder / "config.json").read_text())
     (weights,) = folder.glob("*.safetensors")
     spec = job_spec(family, config, request, root, trained, params)
@@ -271,12 +280,13 @@ def main() -> None:
     parser.add_argument("--request", choices=["classes", "samples"], action="append")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--params", default="{}", help="method parameters (JSON); none: defaults")
+    parser.add_argument("--train-epochs", type=int, help="train the original this long instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(HEADER)
     for family in args.family or sorted(NAMES):
         for request in args.request or ["classes", "samples"]:
-            row = run(family, request, args.root, json.loads(args.params))
+            row = run(family, request, args.root, json.loads(args.params), args.train_epochs)
             print(markdown(row), flush=True)
 
 
