@@ -39,18 +39,6 @@ OUT = ROOT / "var" / "bench"
 SPEC = data.InputSpec((1, 28, 28), (0.5,), (0.5,))
 TRANSFORM = masks.Transform("center_square", 0.5)
 FORGET = [0, 2]  # T-shirt/top, Pullover
-CLASS_NAMES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 TRAIN = {"images": 12_000, "epochs": 5, "lr": 2e-3, "batch_size": 64, "seed": 0}
 # The transformer trains at a smaller step (at 2e-3 its completions stalled near a grey fill);
 # the convolutional networks on fewer images, to fit the 2-core CPU (about 100 images/s).
@@ -197,7 +185,7 @@ def job_spec(
         task="image_to_image",
         encoder=architectures.resolve_encoder(net, None),
         transform={"kind": TRANSFORM.kind, "size": TRANSFORM.size, "cell": TRANSFORM.cell},
-        dataset_class_names=CLASS_NAMES,
+        dataset_class_names=list(train.classes),
         training={"epochs": trained["epochs"] * trained["images"] / len(train)},
     )
 

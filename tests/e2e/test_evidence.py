@@ -4,7 +4,6 @@ a retrained reference, relearn time, the acceptance gate, and sample-level delet
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,12 @@ import pytest
 import torch
 
 from client.api import NepentheClient
-from client.local import LocalService
-from tests.conftest import ROOT
 from tests.e2e.test_service import register
 from tests.helpers import CLASS_NAMES, SMALL_DATA_PARAMS, SPEC, assert_forgotten_toward_held_out
 from unlearning import architectures, checkpoints, data, verify
 
 pytestmark = pytest.mark.e2e
 RECIPE = {"epochs": 15, "lr": 3e-3, "batch_size": 64, "seed": 0}  # how trained_state() is made
-
-
-@pytest.fixture
-def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url, running.admin_key)
-        yield api
-        api.close()
 
 
 def submit(client: NepentheClient, reg: dict[str, Any], **body: Any) -> dict[str, Any]:

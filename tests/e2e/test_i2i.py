@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,10 @@ from PIL import Image
 
 from client.api import NepentheClient
 from client.demo_i2i import SMALL_MODEL_PARAMS, frozen_unchanged, measure_download, model_body
-from client.local import LocalService
-from tests.conftest import ROOT
 from tests.helpers import i2i_trained_state
 from unlearning import data
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url, running.admin_key)
-        yield api
-        api.close()
 
 
 def register(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:

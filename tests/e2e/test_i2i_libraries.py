@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,6 @@ import pytest
 import torch
 
 from client.api import NepentheClient
-from client.local import LocalService
-from tests.conftest import ROOT
 from tests.i2i_libraries import SAVERS, SHAPE, Saved
 from unlearning import checkpoints, data
 from unlearning.i2i import architectures, masks
@@ -36,14 +33,6 @@ ENCODERS = {
     "unet": ["down_blocks.", "mid_block."],
     "vq": ["encoder.", "quant_conv."],
 }
-
-
-@pytest.fixture
-def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url, running.admin_key)
-        yield api
-        api.close()
 
 
 def register(client: NepentheClient, saved: Saved) -> dict[str, Any]:

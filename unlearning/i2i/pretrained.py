@@ -532,17 +532,19 @@ def _vit_mae(config: Mapping[str, Any]) -> nn.Module:
     return _adapter(MAE, ViTMAEForPreTraining)(parsed)
 
 
+# The structural fields both diffusers classes share (images of at most 3 channels).
+_DIFFUSERS_LIMITS = {
+    "block_out_channels": MAX_WIDTH,
+    "layers_per_block": 16,
+    "out_channels": 3,
+    "norm_num_groups": MAX_WIDTH,
+}
+
+
 def _unet(config: Mapping[str, Any]) -> nn.Module:
     from diffusers import UNet2DModel
 
-    limits = {
-        "block_out_channels": MAX_WIDTH,
-        "layers_per_block": 16,
-        "in_channels": 7,
-        "out_channels": 3,
-        "norm_num_groups": MAX_WIDTH,
-        "num_train_timesteps": 100_000,
-    }
+    limits = {**_DIFFUSERS_LIMITS, "in_channels": 7, "num_train_timesteps": 100_000}
     _bounded(config, limits, "UNet2DModel")
     if config.get("time_embedding_type", "positional") != "positional":
         # Fourier embeddings take log(t) and divide the output by t: undefined at t = 0.
@@ -555,14 +557,11 @@ def _vq(config: Mapping[str, Any]) -> nn.Module:
     from diffusers import VQModel
 
     limits = {
-        "block_out_channels": MAX_WIDTH,
-        "layers_per_block": 16,
+        **_DIFFUSERS_LIMITS,
         "in_channels": 3,
-        "out_channels": 3,
         "latent_channels": MAX_WIDTH,
         "vq_embed_dim": MAX_WIDTH,
         "num_vq_embeddings": MAX_CODES,
-        "norm_num_groups": MAX_WIDTH,
     }
     _bounded(config, limits, "VQModel")
     init = _diffusers_config(VQModel, config, "VQModel")
