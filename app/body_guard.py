@@ -3,9 +3,10 @@
 FastAPI reads (and spools) a request's whole body before any dependency runs, the API-key check
 included: without this guard an anonymous client could make the API spool a multi-gigabyte
 upload or hold a huge JSON document in memory before hearing 401, and a size limit checked in
-the endpoint comes after the bytes already arrived. Every route that takes a body needs a key,
-so this ASGI middleware checks the key first, refuses a declared ``Content-Length`` over the
-limit at once, and cuts the stream off (413) at the first byte past it.
+the endpoint comes after the bytes already arrived. Every route that takes a body needs a key
+(the web console's forms: a console session), so this ASGI middleware checks it first, refuses
+a declared ``Content-Length`` over the limit at once, and cuts the stream off (413) at the first
+byte past it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import service as auth
 from app.config import get_settings
+from app.console import service as console
 from app.db import session_scope
 from app.errors import (
     InvalidApiKey,
@@ -35,6 +37,8 @@ UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 # Methods whose requests may carry a body; every route using them needs an API key.
 GUARDED = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CONSOLE_SIGN_IN = "/console/sign-in"
+SIGN_IN_BODY_BYTES = 16 * 1024
 # Multipart framing around an uploaded file (boundaries, part headers, small form fields).
 MULTIPART_SLACK = 64 * 1024
 
@@ -57,7 +61,7 @@ class BodyGuard:
         if refused is not None:
             await _answer(request, refused, scope, receive, send)
             return
-        limit = body_limit(request.headers.get("content-type", ""))
+        limit = body_limit(request.headers.get("content-type", ""), request.url.path)
         state = {"received": 0, "cut": False, "started": False}
 
         async def capped_receive() -> Message:
@@ -86,8 +90,11 @@ class BodyGuard:
             await _answer(request, _too_large(limit), scope, receive, send)
 
 
-def body_limit(content_type: str) -> int:
-    """Uploads may be as large as the upload limit allows; every other body is small."""
+def body_limit(content_type: str, path: str = "") -> int:
+    """Uploads may be as large as the upload limit allows; every other body is small, and the
+    console's sign-in form (the one body anyone may send) smaller still."""
+    if path == CONSOLE_SIGN_IN:
+        return SIGN_IN_BODY_BYTES
     settings = get_settings()
     if content_type.lower().startswith("multipart/"):
         return settings.max_upload_bytes + MULTIPART_SLACK
@@ -96,13 +103,18 @@ def body_limit(content_type: str) -> int:
 
 async def _refusal(request: Request) -> ServiceError | None:
     declared = request.headers.get("content-length")
-    limit = body_limit(request.headers.get("content-type", ""))
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return Unauthenticated("send an API key as `Authorization: Bearer nep_...`")
-    if not await to_thread.run_sync(_known_key, token.strip()):
-        return InvalidApiKey("the API key is unknown, malformed or revoked")
+    limit = body_limit(request.headers.get("content-type", ""), request.url.path)
+    if request.url.path.startswith("/console/"):
+        refused = await to_thread.run_sync(_console_refusal, request)
+        if refused is not None:
+            return refused
+    else:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Unauthenticated("send an API key as `Authorization: Bearer nep_...`")
+        if not await to_thread.run_sync(_known_key, token.strip()):
+            return InvalidApiKey("the API key is unknown, malformed or revoked")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         return _too_large(limit)
     return None
@@ -111,6 +123,18 @@ async def _refusal(request: Request) -> ServiceError | None:
 def _known_key(token: str) -> bool:
     with session_scope(read_only=True) as session:
         return auth.authenticate(session, token) is not None
+
+
+def _console_refusal(request: Request) -> ServiceError | None:
+    """Console forms are signed in by their session cookie instead of a key; the sign-in form
+    itself is the one body taken from anyone."""
+    if request.url.path == CONSOLE_SIGN_IN:
+        return None
+    token = request.cookies.get(console.COOKIE)
+    with session_scope(read_only=True) as session:
+        if console.current(session, token, console.Origin(None, None)) is None:
+            return Unauthenticated("sign in to the console with an API key (the session ended)")
+    return None
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -174,6 +174,13 @@ class Settings(BaseSettings):
         description="server secret that API key hashes are keyed with (HMAC-SHA256); at least "
         "32 characters in production, where the development default is refused",
     )
+    console_session_hours: float = Field(
+        8.0,
+        gt=0,
+        le=24 * 30,
+        description="how long a sign-in to the web console lasts; signing out, or revoking "
+        "its API key, ends it sooner",
+    )
     signing_key_file: Path = Field(
         Path("var/signing-key.pem"),
         description="Ed25519 private key (PKCS#8 PEM) that signs receipts, certificates and "

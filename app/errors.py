@@ -59,6 +59,13 @@ class InsufficientScope(ServiceError):
     status, code, title = 403, "insufficient_scope", "Insufficient scope"
 
 
+class CsrfTokenInvalid(ServiceError):
+    """A console form posted without this session's CSRF token (another site's form, a stale
+    page after signing out): nothing was done."""
+
+    status, code, title = 403, "csrf_token_invalid", "Form not accepted"
+
+
 class NotFound(ServiceError):
     status, code, title = 404, "not_found", "Not found"
 

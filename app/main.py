@@ -12,6 +12,7 @@ from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.body_guard import BodyGuard
 from app.config import get_settings
+from app.console import pages as console
 from app.datasets.router import router as datasets_router
 from app.deletions.router import router as deletions_router
 from app.errors import install_handlers, problem_response
@@ -55,6 +56,8 @@ def create_app() -> FastAPI:
                 "the path or query contains a NUL character",
             )
         return await call_next(request)
+
+    console.install(app)  # inside the request id: its error pages name the request
 
     @app.middleware("http")
     async def request_id(

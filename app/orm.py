@@ -108,6 +108,21 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
+class ConsoleSession(Base):
+    """A sign-in to the web console: the cookie holds a random token, this row only its
+    SHA-256, so the table leaks no usable session. It acts with its key's organisation and
+    scopes, read afresh on every request (a revoked key ends its sessions at once)."""
+
+    __tablename__ = "console_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the token
+    key_id: Mapped[str] = mapped_column(ForeignKey("api_key.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(Timestamp)
+    ended_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
 class Model(Base):
     __tablename__ = "model"
     __table_args__ = (UniqueConstraint("org_id", "name"),)

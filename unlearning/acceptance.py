@@ -55,25 +55,26 @@ DEFAULTS = {
 }
 
 
-def failures(
+def checks(
     thresholds: Thresholds,
     before: dict[str, Any],
     after: dict[str, Any],
     reference: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
-    """Each failed check with what was measured; an empty list means the deletion is accepted."""
-    failed: list[dict[str, Any]] = []
+    """Every check that is on, passed or not, with what was measured and the limit it was held
+    to (the threshold plus any sampling allowance): the gate's whole decision."""
+    done: list[dict[str, Any]] = []
 
     def check(name: str, measured: float | None, allowance: float = 0.0) -> None:
         limit = getattr(thresholds, name)
         if limit is None:
             return
         # A figure that could not be measured fails its check: nothing unverified is accepted.
-        if measured is None or measured > limit + allowance:
-            failure = {"check": name, "measured": measured, "threshold": limit + allowance}
-            if allowance:
-                failure["sampling_allowance"] = allowance
-            failed.append(failure)
+        passed = measured is not None and measured <= limit + allowance
+        outcome = {"check": name, "measured": measured, "threshold": limit + allowance}
+        if allowance:
+            outcome["sampling_allowance"] = allowance
+        done.append({**outcome, "passed": passed})
 
     check("max_forget_accuracy", after["forget_accuracy"])
     retain = (before["retain_accuracy"], after["retain_accuracy"])
@@ -92,7 +93,22 @@ def failures(
             None if gap is None else abs(gap),
             _two_se(mia["forget_member_rate"], n, theirs, n),
         )
-    return failed
+    return done
+
+
+def failures(
+    thresholds: Thresholds,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    reference: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Each failed check with what was measured; an empty list means the deletion is accepted."""
+    return failed(checks(thresholds, before, after, reference))
+
+
+def failed(done: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The checks of ``done`` that failed, as ``failures`` lists them."""
+    return [{k: v for k, v in c.items() if k != "passed"} for c in done if not c["passed"]]
 
 
 @dataclass(frozen=True)
@@ -116,25 +132,36 @@ class I2IThresholds:
 I2I_DEFAULTS = I2IThresholds()
 
 
-def i2i_failures(
+def i2i_checks(
     thresholds: I2IThresholds, before: dict[str, Any], after: dict[str, Any]
 ) -> list[dict[str, Any]]:
-    """Each failed check of an image-to-image deletion; a figure that could not be measured
-    fails its check."""
-    failed: list[dict[str, Any]] = []
+    """Every check of an image-to-image deletion that is on, passed or not; a figure that
+    could not be measured fails its check."""
+    done: list[dict[str, Any]] = []
     retain_drop = _minus(before["retain"]["psnr"], after["retain"]["psnr"])
     limit = thresholds.max_retain_psnr_drop
-    if limit is not None and (retain_drop is None or retain_drop > limit):
-        failed.append(
+    if limit is not None:
+        passed = retain_drop is not None and retain_drop <= limit
+        done.append(
             {"check": "max_retain_psnr_drop", "measured": retain_drop, "threshold": limit}
+            | {"passed": passed}
         )
     forget_drop = _minus(before["forget"]["psnr"], after["forget"]["psnr"])
     least = thresholds.min_forget_psnr_drop
-    if least is not None and (forget_drop is None or forget_drop < least):
-        failed.append(
+    if least is not None:
+        passed = forget_drop is not None and forget_drop >= least
+        done.append(
             {"check": "min_forget_psnr_drop", "measured": forget_drop, "threshold": least}
+            | {"passed": passed}
         )
-    return failed
+    return done
+
+
+def i2i_failures(
+    thresholds: I2IThresholds, before: dict[str, Any], after: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Each failed check of an image-to-image deletion."""
+    return failed(i2i_checks(thresholds, before, after))
 
 
 def heldout_member_rate(entropy_mia: dict[str, Any]) -> float | None:

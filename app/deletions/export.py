@@ -108,7 +108,7 @@ def csv_lines(org_id: str, where: service.RequestFilter, limit: int) -> Iterator
         with session_scope(read_only=True) as session:
             page = service.list_requests(session, org_id, where, after, min(500, left))
             for read in service.to_read_many(session, page):
-                writer.writerow(_safe(csv_row(read)))
+                writer.writerow(spreadsheet_safe(csv_row(read)))
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
@@ -118,7 +118,7 @@ def csv_lines(org_id: str, where: service.RequestFilter, limit: int) -> Iterator
         after = page[-1].id
 
 
-def _safe(row: list[Any]) -> list[Any]:
+def spreadsheet_safe(row: list[Any]) -> list[Any]:
     """Cells a spreadsheet would run as formulas get a leading quote (CSV injection, OWASP)."""
     risky = ("=", "+", "-", "@", "\t", "\r")
     return [f"'{v}" if isinstance(v, str) and v[:1] in risky else v for v in row]

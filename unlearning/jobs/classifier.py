@@ -103,12 +103,12 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     else:
         after = _measure(model, sets, job, device, cost, "evaluate")
 
-    failed = acceptance.failures(thresholds, before, after, reference)
+    decided = acceptance.checks(thresholds, before, after, reference)
     extra = 0
     limit = int(job.params.get(method.heal_limit_param, 0)) if method.heal_limit_param else 0
     # Only more repair can help a retain shortfall; forgetting is not bought back this way.
     healing = replace(task, progress=lambda _phase, f: report("extra_repair", (extra + f) / limit))
-    while method.heal and extra < limit and failed and only_retain_short(failed):
+    while method.heal and extra < limit and only_retain_short(acceptance.failed(decided)):
         with cost.phase("extra_repair"):
             cost.trained["extra_repair"] = cost.trained.get("extra_repair", 0) + method.heal(
                 healing, config, extra
@@ -116,7 +116,8 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         extra += 1
         refuse_diverged(model)
         after = _measure(model, sets, job, device, cost, "evaluate")
-        failed = acceptance.failures(thresholds, before, after, reference)
+        decided = acceptance.checks(thresholds, before, after, reference)
+    failed = acceptance.failed(decided)
 
     metrics: dict[str, Any] = {
         "method": job.method,
@@ -126,6 +127,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             "thresholds": job.acceptance,
             "passed": not failed,
             "failures": failed,
+            "checks": decided,
             "extra_repair_epochs": extra,
         },
         "before": before,
@@ -202,7 +204,8 @@ def _gate_check(
 
 
 def only_retain_short(failed: list[dict[str, Any]]) -> bool:
-    return all(f["check"] == "max_retain_drop" for f in failed)
+    """Some check failed, and each one that did is the retain drop."""
+    return bool(failed) and all(f["check"] == "max_retain_drop" for f in failed)
 
 
 def fresh_model(job: JobSpec) -> torch.nn.Module:

@@ -103,7 +103,8 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         )
     cost.forward += 2 * i2i_verify.forward_samples(before, model.evaluation_passes)
     shown = _may_show_forget(job)
-    failed = acceptance.i2i_failures(acceptance.I2IThresholds(**job.acceptance), before, after)
+    decided = acceptance.i2i_checks(acceptance.I2IThresholds(**job.acceptance), before, after)
+    failed = acceptance.failed(decided)
     metrics: dict[str, Any] = {
         "task": "image_to_image",
         "method": job.method,
@@ -114,7 +115,12 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             "dataset_id": job.retain_dataset_id,
             "available_samples": len(retain_idx),
         },
-        "acceptance": {"thresholds": job.acceptance, "passed": not failed, "failures": failed},
+        "acceptance": {
+            "thresholds": job.acceptance,
+            "passed": not failed,
+            "failures": failed,
+            "checks": decided,
+        },
         "before": before,
         "after": after,
         "change": change(before, after),

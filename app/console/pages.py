@@ -1,0 +1,115 @@
+"""What every console page gets from the application: HTML error pages in place of problem
+documents, security headers, the static files, the routes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from app.console.router import router
+from app.console.templating import STATIC_DIR, templates
+from app.errors import PROBLEM_JSON
+
+log = logging.getLogger(__name__)
+PREFIX = "/console"
+API_PREFIX = "/console/api/"  # what the pages' scripts fetch: problems stay JSON there
+# Everything from this server, nothing inline: a page cannot be framed, nor run a script or
+# send a form anywhere else.
+HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+# What a person can do about each kind of problem.
+ADVICE = {
+    400: "The page sent something the server could not read. Go back and try again.",
+    401: "Your session has ended or the key is not valid. Sign in again.",
+    403: "The API key you signed in with does not allow this. Ask an administrator for a key "
+    "with the scope named below.",
+    404: "Nothing by that name exists in your organisation (or it belongs to another one).",
+    405: "This address does not take that kind of request.",
+    409: "The request conflicts with the current state of the resource; reload to see it.",
+    410: "This version still holds data a deletion removed: it is no longer served.",
+    413: "What was sent is larger than this server accepts.",
+    422: "The server understood the request but cannot use it; the detail says why.",
+    429: "Your organisation has reached a limit for now; try again later.",
+    503: "A service the server depends on is unavailable; nothing was changed. Retry shortly.",
+}
+
+
+def _advice(status: int) -> str:
+    if status in ADVICE:
+        return ADVICE[status]
+    if status >= 500:
+        return "The server failed to do this; nothing was changed. Retry, or report the id below."
+    return "The request was refused; the detail says why."
+
+
+def error_page(request: Request, problem: dict[str, Any], headers: dict[str, str]) -> Response:
+    status = int(problem.get("status", 500))
+    page = templates.TemplateResponse(
+        request,
+        "error.html",
+        {
+            "problem": problem,
+            "advice": _advice(status),
+            "user": None,
+            "nav": [],
+            "path": request.url.path,
+        },
+        status_code=status,
+    )
+    for name in ("Retry-After", "WWW-Authenticate", "X-Request-ID"):
+        if name in headers:
+            page.headers[name] = headers[name]
+    return page
+
+
+async def _as_page(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    path = request.url.path
+    if not path.startswith(PREFIX) or path.startswith(API_PREFIX):
+        return await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        # Past this middleware it would become the API's JSON 500; a page is clearer here.
+        log.exception("unhandled error on %s", path)
+        problem = {
+            "status": 500,
+            "code": "internal_error",
+            "title": "Internal error",
+            "detail": "an unexpected error occurred",
+            "request_id": getattr(request.state, "request_id", None),
+        }
+        response = error_page(request, problem, {})
+    if response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+        body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
+        if response.status_code == 401 and request.method == "GET":
+            target = path + (f"?{request.url.query}" if request.url.query else "")
+            response = RedirectResponse(f"{PREFIX}/sign-in?{urlencode({'next': target})}", 303)
+        else:
+            response = error_page(request, json.loads(body), dict(response.headers))
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
+    app.middleware("http")(_as_page)
