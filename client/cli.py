@@ -13,6 +13,7 @@ from typing import Any
 
 from app import signing
 from client.api import TERMINAL, ApiError, NepentheClient
+from client.local import serve_until_interrupted
 
 
 def _csv(value: str) -> list[str]:
@@ -45,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
-    sub.add_parser("demo-i2i", help="run the image-to-image demo on the embedded default")
+    keep = "leave the API and the worker running afterwards (for the web console)"
+    demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded default")
+    demo.add_argument("--keep", action="store_true", help=keep)
+    demo_i2i = sub.add_parser(
+        "demo-i2i", help="run the image-to-image demo on the embedded default"
+    )
+    demo_i2i.add_argument("--keep", action="store_true", help=keep)
 
     reg = sub.add_parser("register-model", help="register a model")
     reg.add_argument("--name", required=True)
@@ -235,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from client.demo import run_demo
 
-        run_demo()
+        run_demo(then=serve_until_interrupted if args.keep else None)
         return 0
     if args.command == "demo-i2i":
         from client.demo_i2i import run_i2i_demo
 
-        run_i2i_demo()
+        run_i2i_demo(then=serve_until_interrupted if args.keep else None)
         return 0
     if args.command == "verify":
         return verify_file(args.file, args.public_key)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from app import signing
 from client.api import ApiError, NepentheClient
-from client.local import LocalService
+from client.local import LocalService, OnReady, print_console
 from unlearning import architectures, checkpoints, data
 from unlearning.evaluate import accuracy_report, count_correct
 from unlearning.train import train_classifier
@@ -214,7 +214,8 @@ def embedded_env(workdir: Path) -> dict[str, str]:
     }
 
 
-def run_demo(workdir: Path | None = None) -> dict[str, Any]:
+def run_demo(workdir: Path | None = None, then: OnReady | None = None) -> dict[str, Any]:
+    """The classifier demo; ``then`` runs with the service still up (the console's --keep)."""
     workdir = workdir or ROOT / "var" / "demo"
     env = embedded_env(workdir)
     original = train_original(workdir)
@@ -259,5 +260,8 @@ def run_demo(workdir: Path | None = None) -> dict[str, Any]:
         sample_job = forget_samples(client, out["id"], dataset["id"])
         print_audit(client, model["id"])
         client.close()
+        print_console(service)
+        if then is not None:
+            then(service)
     print("\nstopped the API and the worker")
     return {"job": job, "measured": measured, "sample_job": sample_job}

@@ -21,7 +21,7 @@ import torch
 
 from client.api import NepentheClient
 from client.demo import embedded_env, print_audit, show_progress
-from client.local import LocalService
+from client.local import LocalService, OnReady, print_console
 from unlearning import checkpoints, data
 from unlearning.i2i import architectures, masks
 from unlearning.i2i import verify as i2i_verify
@@ -128,7 +128,8 @@ def print_table(job: dict[str, Any], measured: dict[str, Any]) -> None:
     )
 
 
-def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
+def run_i2i_demo(workdir: Path | None = None, then: OnReady | None = None) -> dict[str, Any]:
+    """The image-to-image demo; ``then`` runs with the service still up (--keep)."""
     workdir = workdir or ROOT / "var" / "demo-i2i"
     env = embedded_env(workdir)
     start = time.perf_counter()
@@ -174,5 +175,8 @@ def run_i2i_demo(workdir: Path | None = None) -> dict[str, Any]:
         print(f"before/after completions: {grid} (rows: original, masked input, before, after)")
         print_audit(client, model["id"])
         client.close()
+        print_console(service)
+        if then is not None:
+            then(service)
     print("\nstopped the API and the worker")
     return {"job": job, "measured": measured, "decoder_changed": changed, "grid": grid}

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -189,3 +190,20 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float 
         proc.kill()
         proc.wait()
         return None
+
+
+OnReady = Callable[[LocalService], None]
+
+
+def print_console(service: LocalService) -> None:
+    print(f"\nWeb console: {service.url}/console (sign in with the admin key {service.admin_key})")
+
+
+def serve_until_interrupted(service: LocalService) -> None:
+    """Leave the API and the worker running (the demo's --keep) until Ctrl-C."""
+    print("The API and the worker keep running; press Ctrl-C to stop them.")
+    try:
+        while service.api is not None and service.api.poll() is None:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass

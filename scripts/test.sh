@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/services.sh
 export NEPENTHE_TEST_FASHION_ROOT="$(bash scripts/fashion_mnist.sh var/data)"
+export NEPENTHE_TEST_CHROMIUM="$(bash scripts/browser.sh)"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

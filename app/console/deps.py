@@ -14,10 +14,6 @@ from app.db import session_scope
 from app.errors import InsufficientScope, Unauthenticated
 
 
-class SignInRequired(Unauthenticated):
-    """No live console session: a page is answered with a redirect to the sign-in form."""
-
-
 def origin(request: Request) -> service.Origin:
     return service.Origin(
         client_address=request.client.host if request.client else None,
@@ -29,7 +25,8 @@ def signed_in(request: Request) -> SignedIn:
     with session_scope(read_only=True) as session:
         found = service.current(session, request.cookies.get(service.COOKIE), origin(request))
     if found is None:
-        raise SignInRequired("sign in to the console with an API key (the session ended)")
+        # A page answers this with a redirect to the sign-in form (app.console.pages).
+        raise Unauthenticated("sign in to the console with an API key (the session ended)")
     return found
 
 

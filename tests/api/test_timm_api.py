@@ -45,7 +45,7 @@ def trained_file(directory: str) -> Path:
     train = data.open_split("sklearn_digits", None, "train")
     torch.manual_seed(0)
     model = timm.create_model(NAME, pretrained=False, num_classes=10, in_chans=3, drop_rate=0.1)
-    train_classifier(model, train, np.arange(len(train)), SPEC, epochs=5, lr=3e-3)
+    train_classifier(model, train, np.arange(len(train)), SPEC, epochs=10, lr=3e-3)
     path = Path(directory) / "timm-digits.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(path))
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from unlearning import acceptance
 from unlearning.acceptance import DEFAULTS, Thresholds, failures
 
 
@@ -104,3 +105,27 @@ def test_the_membership_band_widens_by_the_sampling_error_of_small_sets():
     # 60 held-out images of the class: the same gap is within two standard errors of 10 points.
     gap["samples"] = {"forget_train": 300, "forget_test": 60, "retain_test": 8_000}
     assert failures(DEFAULTS["classes"], before, gap, None) == []
+
+
+def test_the_decision_lists_every_check_that_is_on_passed_or_not():
+    before = figures(forget=0.9, retain=0.92)
+    after = figures(forget=0.2, retain=0.91, member=0.1, class_held_out=0.1)
+    decided = acceptance.checks(DEFAULTS["classes"], before, after, after)
+    assert [(c["check"], c["passed"]) for c in decided] == [
+        ("max_forget_accuracy", False),
+        ("max_retain_drop", True),
+        ("max_forget_member_excess", True),
+        ("max_forget_member_shortfall", True),
+        ("max_mia_gap", True),
+    ]
+    assert acceptance.failed(decided) == failures(DEFAULTS["classes"], before, after, after)
+    i2i = {"retain": {"psnr": 30.0}, "forget": {"psnr": 30.0}}
+    moved = {"retain": {"psnr": 29.5}, "forget": {"psnr": 27.0}}
+    assert [c["passed"] for c in acceptance.i2i_checks(acceptance.I2I_DEFAULTS, i2i, moved)] == [
+        True,
+        True,
+    ]
+    stayed = {"retain": {"psnr": 29.5}, "forget": {"psnr": 29.9}}
+    assert acceptance.i2i_failures(acceptance.I2I_DEFAULTS, i2i, stayed) == [
+        {"check": "min_forget_psnr_drop", "measured": pytest.approx(0.1), "threshold": 1.5}
+    ]
