@@ -96,6 +96,8 @@ def body_limit(content_type: str, path: str = "") -> int:
     if path == CONSOLE_SIGN_IN:
         return SIGN_IN_BODY_BYTES
     settings = get_settings()
+    if path.startswith("/console/"):  # forms only: the console uploads nothing
+        return settings.max_body_bytes
     if content_type.lower().startswith("multipart/"):
         return settings.max_upload_bytes + MULTIPART_SLACK
     return settings.max_body_bytes

@@ -79,7 +79,8 @@ def audit_page(
     events = [AuditEventRead.model_validate(r) for r in rows[:PAGE]]
     next_page = None
     if len(rows) > PAGE:
-        next_page = str(request.url.include_query_params(after=events[-1].seq))
+        url = request.url.include_query_params(after=events[-1].seq)
+        next_page = f"{url.path}?{url.query}"
     return render(request, "audit.html", user, events=events, query=query, next_page=next_page)
 
 

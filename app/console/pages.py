@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from app.console.router import router
+from app.console.service import COOKIE
 from app.console.templating import STATIC_DIR, templates
 from app.errors import PROBLEM_JSON
 
@@ -38,7 +39,7 @@ ADVICE = {
     400: "The page sent something the server could not read. Go back and try again.",
     401: "Your session has ended or the key is not valid. Sign in again.",
     403: "The API key you signed in with does not allow this. Ask an administrator for a key "
-    "with the scope named below.",
+    "with the scope it needs.",
     404: "Nothing by that name exists in your organisation (or it belongs to another one).",
     405: "This address does not take that kind of request.",
     409: "The request conflicts with the current state of the resource; reload to see it.",
@@ -50,7 +51,18 @@ ADVICE = {
 }
 
 
-def _advice(status: int) -> str:
+# Where the status alone would mislead.
+ADVICE_BY_CODE = {
+    "csrf_token_invalid": "The form was not accepted: it came from another site, or from a page "
+    "older than your session. Reload the page and send it again.",
+    "version_superseded": ADVICE[410] + " An admin may download it with a reason.",
+}
+
+
+def advice(status: int, code: str) -> str:
+    """What a person can do about a problem."""
+    if code in ADVICE_BY_CODE:
+        return ADVICE_BY_CODE[code]
     if status in ADVICE:
         return ADVICE[status]
     if status >= 500:
@@ -58,14 +70,14 @@ def _advice(status: int) -> str:
     return "The request was refused; the detail says why."
 
 
-def error_page(request: Request, problem: dict[str, Any], headers: dict[str, str]) -> Response:
+def error_page(request: Request, problem: dict[str, Any], headers: Mapping[str, str]) -> Response:
     status = int(problem.get("status", 500))
     page = templates.TemplateResponse(
         request,
         "error.html",
         {
             "problem": problem,
-            "advice": _advice(status),
+            "advice": advice(status, str(problem.get("code", ""))),
             "user": None,
             "nav": [],
             "path": request.url.path,
@@ -73,16 +85,31 @@ def error_page(request: Request, problem: dict[str, Any], headers: dict[str, str
         status_code=status,
     )
     for name in ("Retry-After", "WWW-Authenticate", "X-Request-ID"):
-        if name in headers:
+        if name in headers:  # a Starlette MutableHeaders: case-insensitive
             page.headers[name] = headers[name]
     return page
+
+
+def _sign_in_again(request: Request) -> Response:
+    """An ended session: a page returns to itself after signing in; a form's data cannot be
+    replayed, so a form returns to the console page it was posted from."""
+    if request.method == "GET":
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        referer = urlsplit(request.headers.get("referer", ""))
+        same = referer.netloc == request.url.netloc and referer.path.startswith(PREFIX + "/")
+        target = referer.path if same else f"{PREFIX}/requests"
+    response = RedirectResponse(f"{PREFIX}/sign-in?{urlencode({'next': target})}", 303)
+    if COOKIE in request.cookies:  # a stale cookie; never touched from another site's request
+        response.delete_cookie(COOKIE, path=PREFIX)
+    return response
 
 
 async def _as_page(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
     path = request.url.path
-    if not path.startswith(PREFIX) or path.startswith(API_PREFIX):
+    if not path.startswith(PREFIX):
         return await call_next(request)
     try:
         response = await call_next(request)
@@ -97,13 +124,13 @@ async def _as_page(
             "request_id": getattr(request.state, "request_id", None),
         }
         response = error_page(request, problem, {})
-    if response.headers.get("content-type", "").startswith(PROBLEM_JSON):
+    is_problem = response.headers.get("content-type", "").startswith(PROBLEM_JSON)
+    if is_problem and not path.startswith(API_PREFIX):
         body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[attr-defined]
-        if response.status_code == 401 and request.method == "GET":
-            target = path + (f"?{request.url.query}" if request.url.query else "")
-            response = RedirectResponse(f"{PREFIX}/sign-in?{urlencode({'next': target})}", 303)
+        if response.status_code == 401:
+            response = _sign_in_again(request)
         else:
-            response = error_page(request, json.loads(body), dict(response.headers))
+            response = error_page(request, json.loads(body), response.headers)
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     return response

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from datetime import datetime
+
+from sqlalchemy import delete, or_
 from sqlalchemy.orm import Session
 
 from app.orm import ApiKey, ConsoleSession
@@ -16,3 +19,9 @@ def get_with_key(session: Session, session_id: str) -> tuple[ConsoleSession, Api
         return None
     key = session.get(ApiKey, row.key_id)
     return (row, key) if key is not None else None
+
+
+def purge_expired(session: Session, before: datetime) -> None:
+    """Rows of sessions that expired or ended before ``before``: no cookie can use them."""
+    ended = ConsoleSession.ended_at < before
+    session.execute(delete(ConsoleSession).where(or_(ConsoleSession.expires_at < before, ended)))

@@ -26,7 +26,7 @@ from app.deletions import export
 from app.deletions import service as deletions
 from app.deletions.schemas import DeletionRequestCreate
 from app.deps import ReadSessionDep, SessionDep
-from app.errors import ServiceError, Unprocessable
+from app.errors import RateLimited, ServiceError, Unprocessable
 from app.jobs import service as jobs
 from app.jobs.router import ArtifactName
 from app.models import service as models
@@ -35,6 +35,7 @@ from app.storage import served_file
 
 router = APIRouter()
 PAGE = 50
+DIGITS = re.compile(r"[0-9]+")
 
 
 def _filter(
@@ -87,7 +88,8 @@ def list_page(
     }
     next_page = None
     if more:
-        next_page = request.url.include_query_params(page_token=reads[-1].id)
+        url = request.url.include_query_params(page_token=reads[-1].id)
+        next_page = f"{url.path}?{url.query}"  # relative: right behind a TLS proxy too
     return render(
         request,
         "requests.html",
@@ -96,7 +98,7 @@ def list_page(
         query=query,
         statuses=list(JobStatus.__members__),
         models={m.id: m.name for m in models.list_models(session, org)},
-        next_page=str(next_page) if next_page else None,
+        next_page=next_page,
     )
 
 
@@ -147,7 +149,8 @@ def _body(form: dict[str, str]) -> DeletionRequestCreate:
         doc["forget_samples"] = _tokens(form["forget_samples"]) or None
     else:
         classes = _tokens(form["forget_classes"])
-        doc["forget_classes"] = [int(c) if c.isdigit() else c for c in classes] or None
+        # ASCII digits only: "²" or "٣" are names to the API, not indices.
+        doc["forget_classes"] = [int(c) if DIGITS.fullmatch(c) else c for c in classes] or None
     for name in ("method", "caller_reference", "upstream_request_id"):
         if form[name].strip():
             doc[name] = form[name].strip()
@@ -208,7 +211,11 @@ def submit(
             "title": refused.title,
             "detail": refused.detail,
         }
-        return _new_form(request, session, user, form, problem, refused.status)
+        page = _new_form(request, session, user, form, problem, refused.status)
+        page.headers.update(refused.headers)
+        if isinstance(refused, RateLimited):
+            page.headers["Retry-After"] = str(refused.retry_after_s)
+        return page
     return RedirectResponse(f"/console/requests/{created.id}", status_code=303)
 
 
@@ -302,8 +309,15 @@ def job_progress(job_id: str, session: ReadSessionDep, user: SignedInDep) -> dic
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}")
-def artifact(job_id: str, name: ArtifactName, session: SessionDep, user: DownloadDep) -> Response:
-    """A job's file (the completion grid), as the API serves it: download scope, audited."""
+def artifact(
+    job_id: str, name: ArtifactName, request: Request, session: SessionDep, user: DownloadDep
+) -> Response:
+    """A job's file (the completion grid), as the API serves it: download scope, audited. The
+    browser keeps it a day, so looking at a request page again is not another download."""
+    known = jobs.artifact(session, jobs.get(session, user.actor.org_id, job_id), name)
+    headers = {"ETag": f'"{known.sha256}"', "Cache-Control": "private, max-age=86400"}
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
     found = jobs.download_artifact(session, user.actor, job_id, name)
     path = served_file(found.storage_key, f"artifact {name!r}")
-    return FileResponse(path, media_type=found.media_type, headers={"ETag": f'"{found.sha256}"'})
+    return FileResponse(path, media_type=found.media_type, headers=headers)

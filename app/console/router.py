@@ -14,7 +14,7 @@ from app.console.deps import FormDep, SignedInDep, origin, signed_in
 from app.console.templating import render
 from app.db import session_scope
 from app.deps import SessionDep
-from app.errors import InvalidApiKey, Unauthenticated
+from app.errors import CsrfTokenInvalid, InvalidApiKey, ServiceError, Unauthenticated
 from app.keys import get_signer
 from app.signing import ALGORITHM, public_pem
 
@@ -48,7 +48,7 @@ def _sign_in_form(
     request: Request,
     next_page: str | None,
     status_code: int = 200,
-    problem: str | None = None,
+    problem: ServiceError | None = None,
     notice: str | None = None,
 ) -> Response:
     token = request.cookies.get(service.LOGIN_COOKIE) or secrets.token_urlsafe(32)
@@ -94,11 +94,12 @@ def sign_in(
 ) -> Response:
     """Exchange an API key for a session cookie; the key is not kept in the browser."""
     expected = request.cookies.get(service.LOGIN_COOKIE) or ""
-    service.check_csrf(expected, csrf_token)
     try:
+        # An hour-old form, or one posted from elsewhere: shown again with a fresh token.
+        service.check_csrf(expected, csrf_token)
         token, _ = service.sign_in(session, api_key, origin(request))
-    except InvalidApiKey as refused:
-        return _sign_in_form(request, next, status_code=401, problem=refused.detail)
+    except (CsrfTokenInvalid, InvalidApiKey) as refused:
+        return _sign_in_form(request, next, status_code=refused.status, problem=refused)
     response = RedirectResponse(_safe_next(next), status_code=303)
     response.set_cookie(
         service.COOKIE,

@@ -21,6 +21,8 @@ from app.orm import ApiKey, ConsoleSession, utcnow
 
 COOKIE = "nepenthe_console"
 LOGIN_COOKIE = "nepenthe_console_login"  # the sign-in form's CSRF token (no session yet)
+# Ended or expired sessions are kept a day (the audit log keeps every sign-in and sign-out).
+PURGE_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,12 @@ def token_hash(token: str) -> str:
 
 
 def sign_in(session: Session, api_key: str, origin: Origin) -> tuple[str, SignedIn]:
-    """A new console session for a live key: the cookie's token (returned once) and who it is."""
+    """A new console session for a live key: the cookie's token (returned once) and who it is.
+    (A browser that holds a live session never gets here: the sign-in page sends it on.)"""
     key = auth.authenticate(session, api_key.strip())
     if key is None:
         raise InvalidApiKey("the API key is unknown, malformed or revoked")
+    repo.purge_expired(session, utcnow() - PURGE_AFTER)
     token = secrets.token_urlsafe(32)
     hours = get_settings().console_session_hours
     row = ConsoleSession(

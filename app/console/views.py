@@ -97,7 +97,7 @@ def _check(c: dict[str, Any]) -> Check:
     sign = "≥" if name.startswith("min_") else "≤"
     limit = f"{sign} {_figure(c['threshold'], db)}"
     if c.get("sampling_allowance"):
-        limit += f" (with {_figure(c['sampling_allowance'], db)} for sampling error)"
+        limit += f" (includes {_figure(c['sampling_allowance'], db)} for sampling error)"
     return Check(name, CHECK_LABELS.get(name, name), measured, limit, bool(c["passed"]))
 
 

@@ -132,15 +132,68 @@ def test_a_session_ends_at_expiry_at_sign_out_and_when_its_key_is_revoked(api, b
 
 
 def test_console_forms_need_a_session_before_their_body_is_read(api, browser):
-    posted = browser.post("/console/requests", data={"csrf_token": "x"})
-    assert posted.status_code == 401
-    assert posted.headers["content-type"].startswith("text/html")
+    posted = browser.post(
+        "/console/requests",
+        data={"csrf_token": "x"},
+        headers={"Referer": "http://testserver/console/requests/new"},
+        follow_redirects=False,
+    )
+    # Refused before the body is read; the form's page comes back after signing in.
+    assert posted.status_code == 303
+    assert posted.headers["location"] == "/console/sign-in?next=%2Fconsole%2Frequests%2Fnew"
     huge = browser.post(
         "/console/sign-in",
         content=b"api_key=" + b"a" * 20_000,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert huge.status_code == 413
+    # Signed in, a console form is still no upload: the API's body limit, multipart or not.
+    sign_in(browser, new_key("acme"))
+    files = {"file": ("big.bin", b"0" * (5 * 1024**2), "application/octet-stream")}
+    assert browser.post("/console/sign-out", files=files).status_code == 413
+
+
+def test_a_sign_in_form_left_open_too_long_is_shown_again_not_refused_blankly(api, browser):
+    login_token(browser)
+    browser.cookies.delete("nepenthe_console_login", path="/console/sign-in")  # an hour later
+    form = {"api_key": new_key("acme"), "csrf_token": "stale", "next": ""}
+    again = browser.post("/console/sign-in", data=form, follow_redirects=False)
+    assert again.status_code == 403
+    assert 'data-testid="code">csrf_token_invalid<' in again.text
+    assert 'name="api_key"' in again.text  # the form again, with a fresh token
+    assert sign_in(browser, form["api_key"]).status_code == 303
+
+
+def test_ended_and_expired_sessions_are_purged_a_day_later(api, browser):
+    from app.db import session_scope
+    from app.orm import ConsoleSession, utcnow
+
+    sign_in(browser, new_key("acme"))
+    with session_scope() as session:
+        session.execute(update(ConsoleSession).values(expires_at=utcnow() - timedelta(days=2)))
+    browser.cookies.clear()
+    sign_in(browser, new_key("acme"))
+    assert len(sessions()) == 1  # the new one; the audit log keeps both sign-ins
+    assert actions(api).count("console.signed_in") == 2
+
+
+def test_the_submit_form_takes_names_and_ascii_indices_only(api, browser, registered):
+    sign_in(browser, new_key("acme", "submit"))
+    page = browser.get("/console/requests/new").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert csrf is not None
+    form = {
+        "csrf_token": csrf.group(1),
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_kind": "classes",
+        "forget_classes": "²",  # a digit to str.isdigit, not to the API
+        "idempotency_key": "form-1",
+    }
+    refused = browser.post("/console/requests", data=form)
+    assert refused.status_code == 422
+    assert "unknown_class" in refused.text and "no class named" in refused.text
+    assert api.get("/v1/deletion-requests").json() == []
 
 
 @pytest.mark.parametrize(

@@ -93,10 +93,20 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
         == RECIPE["epochs"] * (ref["samples"]["retain_train"])
     )
     assert m["samples_processed"]["forward_only"] > 0
+    checks = m["acceptance"]["checks"]
+    assert [c["check"] for c in checks] == [
+        "max_forget_accuracy",
+        "max_retain_drop",
+        "max_forget_member_excess",
+        "max_forget_member_shortfall",
+        "max_mia_gap",
+    ]
+    assert all(c["passed"] for c in checks)
     assert m["acceptance"] == {
         "thresholds": request["acceptance"],
         "passed": True,
         "failures": [],
+        "checks": checks,
         "extra_repair_epochs": 0,
     }
     assert {"torch", "numpy", "scikit-learn", "device"} <= set(m["environment"])

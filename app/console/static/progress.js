@@ -9,6 +9,11 @@
     let job;
     try {
       const response = await fetch(`/console/api/jobs/${box.dataset.job}`, { credentials: "same-origin" });
+      if (response.status === 401) {
+        field("error").textContent = "Your session has ended: sign in again to follow the job.";
+        field("error").hidden = false;
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       job = await response.json();
     } catch (err) {

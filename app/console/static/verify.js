@@ -11,6 +11,10 @@ class Num {
   constructor(text) { this.text = text; }
 }
 
+// Sticky: each matches at one position, so a long document is read in one pass.
+const NUMBER = /-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/y;
+const STRING = /"(?:[^"\\\u0000-\u001f]|\\["\\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/y;
+
 function parse(text) {
   let i = 0;
   const fail = (what) => { throw new SyntaxError(`${what} at character ${i}`); };
@@ -24,13 +28,15 @@ function parse(text) {
     if (text.startsWith("true", i)) { i += 4; return true; }
     if (text.startsWith("false", i)) { i += 5; return false; }
     if (text.startsWith("null", i)) { i += 4; return null; }
-    const m = /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
+    NUMBER.lastIndex = i;
+    const m = NUMBER.exec(text);
     if (!m) fail("unexpected input");
     i += m[0].length;
     return new Num(m[0]);
   }
   function string() {
-    const m = /^"(?:[^"\\\u0000-\u001f]|\\["\\\/bfnrt]|\\u[0-9a-fA-F]{4})*"/.exec(text.slice(i));
+    STRING.lastIndex = i;
+    const m = STRING.exec(text);
     if (!m) fail("bad string");
     i += m[0].length;
     return JSON.parse(m[0]);
@@ -119,8 +125,19 @@ function canonical(v) {
   if (v instanceof Num) return pyNumber(v);
   if (typeof v === "string") return pyString(v);
   if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`;
-  const keys = [...v.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  const keys = [...v.keys()].sort(byCodePoint);
   return `{${keys.map((k) => `${pyString(k)}:${canonical(v.get(k))}`).join(",")}}`;
+}
+
+// Python sorts keys by code point; JavaScript's < compares UTF-16 code units, which differs
+// for characters past U+FFFF.
+function byCodePoint(a, b) {
+  const x = [...a].map((c) => c.codePointAt(0));
+  const y = [...b].map((c) => c.codePointAt(0));
+  for (let k = 0; k < Math.min(x.length, y.length); k++) {
+    if (x[k] !== y[k]) return x[k] - y[k];
+  }
+  return x.length - y.length;
 }
 
 function pretty(v, indent = "") {
@@ -191,8 +208,13 @@ async function load() {
     });
     return;
   }
-  const published = await (await fetch("/console/api/signing-key", { credentials: "same-origin" })).json();
-  keyField.value = published.public_key_pem;
+  const answer = await fetch("/console/api/signing-key", { credentials: "same-origin" });
+  if (!answer.ok) {
+    const why = answer.status === 401 ? "your session has ended: sign in again" : `HTTP ${answer.status}`;
+    document.querySelectorAll('[data-field="verdict"]').forEach((el) => { el.textContent = why; });
+    return;
+  }
+  keyField.value = (await answer.json()).public_key_pem;
   const showKeyId = async () => {
     try {
       document.getElementById("key-id").textContent = (await importKey(keyField.value)).id;
