@@ -20,6 +20,7 @@ from app.db import session_scope
 from app.deletions.export import spreadsheet_safe
 from app.deps import ReadSessionDep
 from app.errors import Unprocessable
+from app.models import service as models
 from app.validation import utc_bound
 
 router = APIRouter()
@@ -51,10 +52,13 @@ def _when(text: str, name: str) -> datetime | None:
 
 
 def _search(session: Any, org: str, query: dict[str, str], after: int, limit: int) -> list[Any]:
+    # A model by name or id, as everywhere in the console (an unknown one is a 404, not an
+    # empty page).
+    model_id = models.get_model(session, org, query["model_id"]).id if query["model_id"] else None
     return audit.search(
         session,
         org,
-        model_id=query["model_id"] or None,
+        model_id=model_id,
         request_id=query["request_id"] or None,
         caller_reference=query["caller_reference"] or None,
         action=query["action"] or None,

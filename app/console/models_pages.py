@@ -54,7 +54,9 @@ def download(
     models.record_download(session, actor, version, override_reason)
     path = served_file(version.storage_key, f"version {version.number}")
     headers = {"ETag": f'"{version.sha256}"', "X-Checksum-SHA256": version.sha256}
-    filename = f"{version.model_id}-v{version.number}.safetensors"
+    # The model's name (safe in a file name by its registration pattern), not its id.
+    model = models.get_model(session, actor.org_id, version.model_id)
+    filename = f"{model.name}-v{version.number}.safetensors"
     return FileResponse(
         path, media_type="application/octet-stream", filename=filename, headers=headers
     )

@@ -12,11 +12,13 @@ from urllib.parse import urlencode, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
+from app.console.deps import signed_in
 from app.console.router import router
-from app.console.service import COOKIE
-from app.console.templating import STATIC_DIR, templates
-from app.errors import PROBLEM_JSON
+from app.console.service import COOKIE, SignedIn
+from app.console.templating import STATIC_DIR, render
+from app.errors import PROBLEM_JSON, Unauthenticated
 
 log = logging.getLogger(__name__)
 PREFIX = "/console"
@@ -70,24 +72,32 @@ def advice(status: int, code: str) -> str:
     return "The request was refused; the detail says why."
 
 
-def error_page(request: Request, problem: dict[str, Any], headers: Mapping[str, str]) -> Response:
+def error_page(
+    request: Request,
+    problem: dict[str, Any],
+    headers: Mapping[str, str],
+    user: SignedIn | None = None,
+) -> Response:
     status = int(problem.get("status", 500))
-    page = templates.TemplateResponse(
+    page = render(
         request,
         "error.html",
-        {
-            "problem": problem,
-            "advice": advice(status, str(problem.get("code", ""))),
-            "user": None,
-            "nav": [],
-            "path": request.url.path,
-        },
+        user,
         status_code=status,
+        problem=problem,
+        advice=advice(status, str(problem.get("code", ""))),
     )
     for name in ("Retry-After", "WWW-Authenticate", "X-Request-ID"):
         if name in headers:  # a Starlette MutableHeaders: case-insensitive
             page.headers[name] = headers[name]
     return page
+
+
+def _signed_in_or_none(request: Request) -> SignedIn | None:
+    try:
+        return signed_in(request)
+    except Unauthenticated:
+        return None
 
 
 def _sign_in_again(request: Request) -> Response:
@@ -130,7 +140,9 @@ async def _as_page(
         if response.status_code == 401:
             response = _sign_in_again(request)
         else:
-            response = error_page(request, json.loads(body), response.headers)
+            # Signed in, the page keeps its navigation and its sign-out.
+            user = await run_in_threadpool(_signed_in_or_none, request)
+            response = error_page(request, json.loads(body), response.headers, user)
     for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
     return response

@@ -13,6 +13,7 @@ from markupsafe import Markup
 # Above this many classes the accuracy plot shows the forget classes and the retain classes
 # that moved most: a 1,000-class bar chart says nothing on a laptop screen.
 MAX_CLASSES = 30
+LABEL_CHARS = 16  # longer class names are cut, the whole name in the label's tooltip
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ def per_class_accuracy(classes: list[str], series: list[Series], forget: set[str
     left, top, plot_h, group_w = 48, 30, 180, max(24, 14 * len(series) + 10)
     width = left + group_w * len(shown) + 20
     bar_w = (group_w - 10) / len(series)
+    longest = max((len(n) for n in shown), default=0)
+    slanted = longest * 6.5 > group_w  # at 11 px, about 6.5 px a character
     body = _legend(series, left, 16)
     for tick in (0, 25, 50, 75, 100):
         y = top + plot_h * (1 - tick / 100)
@@ -85,9 +88,22 @@ def per_class_accuracy(classes: list[str], series: list[Series], forget: set[str
                 f"{value:.1%}</title></rect>"
             )
         css = "forget-label" if name in forget else ""
-        body.append(_text(x0 + (group_w - 10) / 2, top + plot_h + 16, name[:10], css))
+        body.append(_class_label(x0 + (group_w - 10) / 2, top + plot_h + 16, name, css, slanted))
     title = "Held-out accuracy per class" + (" (forgotten classes in red)" if forget else "")
-    return _svg(int(width), top + plot_h + 30, title, body)
+    below = 7 * min(longest, LABEL_CHARS) if slanted else 0
+    return _svg(int(width), top + plot_h + 30 + below, title, body)
+
+
+def _class_label(x: float, y: float, name: str, css: str, slanted: bool) -> str:
+    """A class name under its bars; long names slant, so neighbours do not overlap."""
+    text = name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "…"
+    if not slanted:
+        return _text(x, y, text, css)
+    cls = f' class="{css}"' if css else ""
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="end" transform="rotate(-40 {x:.1f} '
+        f'{y:.1f})"{cls}><title>{escape(name)}</title>{escape(text)}</text>'
+    )
 
 
 @dataclass(frozen=True)

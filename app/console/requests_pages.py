@@ -118,17 +118,20 @@ def _new_form(
     status_code: int = 200,
 ) -> Response:
     org = user.actor.org_id
-    choices = []
+    choices, class_names = [], []
     for model in models.list_models(session, org):
         for v in reversed(models.list_versions(session, org, model.id)):
             if v.superseded_at is None:
                 choices.append((v.id, f"{model.name} v{v.number} ({model.task})"))
+        if model.class_names:
+            class_names.append((model.name, list(model.class_names)))
     return render(
         request,
         "new_request.html",
         user,
         status_code=status_code,
         versions=choices,
+        class_names=class_names,
         datasets=[(d.id, d.name) for d in datasets.list_all(session, org)],
         values={"idempotency_key": uuid.uuid4().hex, **values},
         problem=problem,
@@ -147,8 +150,12 @@ def _body(form: dict[str, str]) -> DeletionRequestCreate:
     }
     if form["forget_kind"] == "samples":
         doc["forget_samples"] = _tokens(form["forget_samples"]) or None
+        if not doc["forget_samples"]:
+            raise Unprocessable("name the sample ids to forget (or choose classes)")
     else:
         classes = _tokens(form["forget_classes"])
+        if not classes:
+            raise Unprocessable("name the classes to forget (or choose samples)")
         # ASCII digits only: "²" or "٣" are names to the API, not indices.
         doc["forget_classes"] = [int(c) if DIGITS.fullmatch(c) else c for c in classes] or None
     for name in ("method", "caller_reference", "upstream_request_id"):
@@ -240,7 +247,8 @@ def request_page(
     request_id: str, request: Request, session: ReadSessionDep, user: SignedInDep
 ) -> Response:
     org = user.actor.org_id
-    read = deletions.to_read(session, deletions.get(session, org, request_id))
+    found = deletions.get(session, org, request_id)
+    read = deletions.to_read(session, found)
     job = read.job
     model = models.get_model(session, org, read.model_id)
     metrics = job.metrics or {}
@@ -252,6 +260,8 @@ def request_page(
         req=read,
         job=job,
         model=model,
+        input_version=models.version_of_request(session, found),
+        dataset_name=datasets.get(session, org, read.dataset_id).name,
         clock=views.clock(read, utcnow()),
         events=jobs.events(session, job.id),
         checks=views.gate_checks(job.metrics),
@@ -304,6 +314,8 @@ def job_progress(job_id: str, session: ReadSessionDep, user: SignedInDep) -> dic
         "progress": job.progress,
         "error": job.error,
         "cancel_requested": job.cancel_requested,
+        "attempts": job.attempts,
+        "started_at": f"{job.started_at:%Y-%m-%d %H:%M:%S} UTC" if job.started_at else None,
         "terminal": JobStatus(job.status).is_terminal,
     }
 

@@ -75,6 +75,7 @@ def retry(session: Session, actor: Actor, request_id: str, body: RetryCreate) ->
     dataset = session.get(Dataset, request.dataset_id)
     assert dataset is not None
     counts = service.cost_sizes(dataset, train, request.forget_classes, request.forget_samples)
+    methods.check_least_budget(method, params, counts)
     estimate = methods.job_estimate(method, params, request.reference, counts)
     quotas.check_queue_and_cost(session, actor.org_id, version.size_bytes, estimate)
     acceptance = request.acceptance

@@ -98,16 +98,34 @@ def _explain(error: Any) -> str:
     return f"{where}: {message}" if where else message
 
 
-def resolve_reference(reference: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The reference's parameters, defaults filled in (the schema admits only ``retrain``)."""
+def resolve_reference(
+    reference: dict[str, Any] | None, training: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The reference's parameters (the schema admits only ``retrain``): those given, else the
+    model's training record (a reference trained less than the original would make any
+    deletion look good), else the method's defaults."""
     if reference is None:
         return None
     name = reference["method"]
     try:
-        params = resolve_params(METHODS[name], reference["params"])
+        given = {**_recorded_training(training), **reference["params"]}
+        params = resolve_params(METHODS[name], given)
     except InvalidMethodParams as exc:
         raise InvalidMethodParams(f"reference: {exc.detail}") from exc
     return {"method": name, "params": params}
+
+
+def _recorded_training(training: dict[str, Any] | None) -> dict[str, Any]:
+    """The retrain parameters a training record gives. The retrain runs Adam, so a learning
+    rate is taken only from an Adam record (SGD's 0.1 would wreck an Adam run)."""
+    if not training:
+        return {}
+    found: dict[str, Any] = {"epochs": max(1, round(float(training["epochs"])))}
+    if training.get("batch_size"):
+        found["batch_size"] = int(training["batch_size"])
+    if training.get("lr") and str(training.get("optimizer") or "").lower() in ("adam", "adamw"):
+        found["lr"] = float(training["lr"])
+    return found
 
 
 def resolve_acceptance(
@@ -158,6 +176,18 @@ def check_budget(
             estimated_sample_passes=estimate,
             estimated_epochs=epochs,
             budget_epochs=budget_epochs,
+        )
+
+
+def check_least_budget(method: Method, params: dict[str, Any], sizes: costs.Sizes) -> None:
+    """Refuse a budget so small that a self-sizing method would have no image to train on."""
+    if method.least_budget is None or "budget_epochs" not in params:
+        return
+    least = method.least_budget(method.config_type(**params), sizes.train)
+    if params["budget_epochs"] < least:
+        raise InvalidMethodParams(
+            f"budget_epochs {params['budget_epochs']:g} pays for no image in some attempt of "
+            f"{method.name} on {sizes.train:,} training images: give at least {least:.2g}"
         )
 
 

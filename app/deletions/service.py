@@ -119,9 +119,12 @@ def submit(
             )
     given = body.acceptance.model_dump(exclude_unset=True) if body.acceptance else None
     thresholds = methods.resolve_acceptance(given, forgets, model.task)
-    reference = methods.resolve_reference(body.reference.model_dump() if body.reference else None)
+    reference = methods.resolve_reference(
+        body.reference.model_dump() if body.reference else None, model.training
+    )
     retain_id = retain_dataset.id if retain_dataset else None
     sizes = cost_sizes(dataset, train, forget_classes, forget_samples)
+    methods.check_least_budget(method, params, sizes)
     estimate = methods.job_estimate(method, params, reference, sizes)
     quotas.check_submission(session, actor.org_id, version.size_bytes, estimate)
     received = utcnow()

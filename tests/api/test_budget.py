@@ -68,3 +68,41 @@ def test_a_budgeted_method_asked_for_more_than_the_request_allows_is_refused(api
         "budget_exceeded",
     )
     assert body["estimated_epochs"] == pytest.approx(0.5)
+
+
+def test_a_budget_that_pays_for_no_image_is_refused_before_anything_is_written(api, registered):
+    # 0.0001 epochs of 1,428 images is a third of an image's passes: the head refit gets none.
+    body = assert_problem(
+        submit(api, registered, budget_epochs=0.0001), 422, "invalid_method_params"
+    )
+    assert "pays for no image" in body["detail"] and "at least" in body["detail"]
+    assert api.get("/v1/deletion-requests").json() == []
+
+
+def test_a_reference_retrains_as_the_training_record_says_unless_told_otherwise(api):
+    from tests.helpers import model_body, safetensors_bytes
+
+    dataset = api.post("/v1/datasets", json={"name": "digits", "kind": "sklearn_digits"}).json()
+
+    def registered_with(training: dict[str, object]) -> dict[str, object]:
+        body = {**model_body(f"recorded-{training['optimizer']}"), "training": training}
+        model = api.post("/v1/models", json=body).json()
+        files = {"file": ("m.safetensors", safetensors_bytes(), "application/octet-stream")}
+        version = api.post(f"/v1/models/{model['id']}/versions", files=files).json()
+        return {"model": model, "version": version, "dataset": dataset}
+
+    adam = registered_with({"epochs": 7, "optimizer": "adam", "lr": 0.002, "batch_size": 32})
+    request = submit(api, adam, reference={"method": "retrain"}).json()
+    assert request["reference"]["params"] | {"seed": 0} == {
+        "epochs": 7,
+        "lr": 0.002,
+        "batch_size": 32,
+        "weight_decay": 0.0,
+        "seed": 0,
+    }
+    given = {"method": "retrain", "params": {"epochs": 3}}
+    assert submit(api, adam, reference=given).json()["reference"]["params"]["epochs"] == 3
+    # The reference retrains with Adam: an SGD record's learning rate is not taken.
+    sgd = registered_with({"epochs": 4, "optimizer": "sgd", "lr": 0.1})
+    params = submit(api, sgd, reference={"method": "retrain"}).json()["reference"]["params"]
+    assert (params["epochs"], params["lr"], params["batch_size"]) == (4, 1e-3, 128)

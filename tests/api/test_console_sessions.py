@@ -193,6 +193,8 @@ def test_the_submit_form_takes_names_and_ascii_indices_only(api, browser, regist
     refused = browser.post("/console/requests", data=form)
     assert refused.status_code == 422
     assert "unknown_class" in refused.text and "no class named" in refused.text
+    empty = browser.post("/console/requests", data={**form, "forget_classes": " , "})
+    assert empty.status_code == 422 and "name the classes to forget" in empty.text
     assert api.get("/v1/deletion-requests").json() == []
 
 
@@ -233,6 +235,7 @@ def test_problems_are_pages_with_the_api_codes(api, browser, registered):
         assert page.headers["content-type"].startswith("text/html"), path
         assert f'data-testid="code">{code}<' in page.text, path
         assert "X-Request-ID" in page.headers
+        assert "Sign out" in page.text, path  # still signed in: the navigation stays
     # The pages' scripts get the API's problem documents, not pages.
     api_side = browser.get("/console/api/jobs/does-not-exist")
     assert api_side.status_code == 404 and api_side.json()["code"] == "job_not_found"
@@ -252,3 +255,13 @@ def test_the_audit_csv_keeps_spreadsheet_formulas_inert(api, browser, registered
     lines = csv.text.splitlines()
     assert lines[0].startswith("seq,at,action,actor") and len(lines) == 2
     assert "'=HYPERLINK" in lines[1]
+
+
+def test_the_audit_page_finds_a_model_by_name_and_says_so_when_there_is_none(
+    api, browser, registered
+):
+    sign_in(browser, new_key("acme", "audit"))
+    by_name = browser.get(f"/console/audit?model_id={registered['model']['name']}")
+    assert by_name.status_code == 200 and "model_version.uploaded" in by_name.text
+    unknown = browser.get("/console/audit?model_id=no-such-model")
+    assert unknown.status_code == 404 and 'data-testid="code">model_not_found<' in unknown.text

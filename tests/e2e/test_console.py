@@ -44,6 +44,7 @@ def page(browser: Browser) -> Iterator[Page]:
     opened = context.new_page()
     problems: list[str] = []
     opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.on("dialog", lambda dialog: dialog.accept())  # "Cancel this job?": yes
     yield opened
     context.close()
     assert not problems, f"the page's scripts failed: {problems}"
@@ -163,6 +164,8 @@ def test_a_running_job_updates_in_place_and_can_be_canceled_from_the_console(
     expect(page.locator("#progress [data-field=phase]")).to_have_text("noise", timeout=TIMEOUT_MS)
     first = percent.text_content()
     expect(percent).not_to_have_text(first or "", timeout=TIMEOUT_MS)
+    expect(page.get_by_test_id("status")).to_have_text("running")
+    expect(page.locator("#attempts")).to_have_text("1")
     assert page.evaluate("window.notReloaded") is True  # updated without a reload
 
     page.click("text=Cancel the job")

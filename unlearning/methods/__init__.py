@@ -8,7 +8,13 @@ from typing import Any
 
 from unlearning.methods import costs
 from unlearning.methods.common import MethodResult, UnlearningTask
-from unlearning.methods.distill import AutoConfig, DistillConfig, run_auto, run_distill
+from unlearning.methods.distill import (
+    AutoConfig,
+    DistillConfig,
+    least_budget,
+    run_auto,
+    run_distill,
+)
 from unlearning.methods.i2i import I2IConfig, I2ITask, resolve_for, run_i2i
 from unlearning.methods.reference import (
     FinetuneConfig,
@@ -49,8 +55,10 @@ class Method:
     # The parameter that sets the batch of each phase whose batch is not ``batch_size``: the one
     # to lower when the phase runs out of memory.
     batch_params: Mapping[str, str] = field(default_factory=dict)
-    # Sizes itself from ``budget_epochs``: a request's budget becomes that parameter.
+    # Sizes itself from ``budget_epochs``: a request's budget becomes that parameter; below
+    # ``least_budget(config, train_size)`` it has nothing to train on.
     budgeted: bool = False
+    least_budget: Callable[[Any, int], float] | None = None
 
     def batch_param(self, phase: str | None) -> str:
         return self.batch_params.get(phase or "", "batch_size")
@@ -69,6 +77,7 @@ _ALL = (
         (("head", 0.2), ("distill", 1.0)),
         estimate=costs.budgeted,
         budgeted=True,
+        least_budget=least_budget,
     ),
     Method(
         "distill",
@@ -80,6 +89,7 @@ _ALL = (
         (("distill", 1.0),),
         estimate=costs.budgeted,
         budgeted=True,
+        least_budget=least_budget,
     ),
     Method(
         "unsir",

@@ -153,6 +153,19 @@ def _cycled(idx: np.ndarray, n: int, gen: np.random.Generator) -> np.ndarray:
     return np.concatenate(rounds)[:n]
 
 
+def least_budget(config: DistillConfig | AutoConfig, train_size: int) -> float:
+    """The smallest budget that pays for at least one image in every attempt (below it an
+    attempt would have nothing to train on)."""
+    if not train_size:
+        return 0.0
+    if isinstance(config, DistillConfig):
+        return PASSES_PER_IMAGE / train_size
+    needs = [PASSES_PER_IMAGE / (config.tail_share() * train_size)] if config.tails else []
+    if config.head_share:
+        needs.append(FORWARD_SHARE / (config.head_share * train_size))
+    return max(needs, default=0.0)
+
+
 def images_for(budget_epochs: float, train_size: int) -> int:
     """How many images a budget pays for (the teacher's forward pass included)."""
     return int(budget_epochs * train_size / PASSES_PER_IMAGE)

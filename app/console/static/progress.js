@@ -2,6 +2,12 @@
 // ends, reload once so the page shows its gate checks and evidence.
 "use strict";
 (function () {
+  // A form that asks first (the cancel button): scripts only, the CSP allows no inline handler.
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.dataset.confirm)) event.preventDefault();
+    });
+  }
   const box = document.getElementById("progress");
   if (!box || box.dataset.running !== "true") return;
   const field = (name) => box.querySelector(`[data-field="${name}"]`);
@@ -21,6 +27,11 @@
       return;
     }
     field("status").textContent = job.status;
+    const badge = document.getElementById("status-badge");
+    badge.textContent = job.status;
+    badge.className = `status status-${job.status}`;
+    document.getElementById("attempts").textContent = job.attempts;
+    if (job.started_at) document.getElementById("started").textContent = job.started_at;
     field("phase").textContent = job.phase || "—";
     field("percent").textContent = `${Math.round(job.progress * 100)}%`;
     field("bar").value = job.progress;

@@ -195,7 +195,11 @@ async function show(section, pem) {
     out.textContent = result.ok ? `✔ Signature ${result.why}` : `✘ ${result.why}`;
     out.className = `verdict ${result.ok ? "pass" : "fail"}`;
   } catch (err) {
-    out.textContent = `✘ Cannot check: ${err.message}`;
+    // WebCrypto's errors often carry no message: say what could not be read.
+    const why = err instanceof SyntaxError ? `the document is not JSON (${err.message})`
+      : err.name === "DataError" || err.name === "InvalidCharacterError" ? "the key field does not hold an Ed25519 public key (PEM)"
+      : `${err.name}${err.message ? `: ${err.message}` : ""}`;
+    out.textContent = `✘ Cannot check: ${why}`;
     out.className = "verdict fail";
   }
 }
@@ -225,6 +229,8 @@ async function load() {
   keyField.addEventListener("change", showKeyId);
   await showKeyId();
   for (const section of document.querySelectorAll("section.signed")) {
+    section.querySelector('[data-action="verify"]').addEventListener("click", () => show(section, keyField.value));
+    if (!section.dataset.url) continue; // not issued yet: nothing to fetch, paste a copy to check
     const field = section.querySelector('[data-field="document"]');
     const response = await fetch(section.dataset.url, { credentials: "same-origin" });
     const text = await response.text();
@@ -235,7 +241,6 @@ async function load() {
       continue;
     }
     field.value = pretty(parse(text));
-    section.querySelector('[data-action="verify"]').addEventListener("click", () => show(section, keyField.value));
     await show(section, keyField.value);
   }
 }
