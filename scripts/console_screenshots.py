@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Page, sync_playwright
 
@@ -28,7 +30,7 @@ def shoot(service: LocalService) -> None:
     requests = list(client.list_requests({}))
     classes = next(r for r in requests if r["forget_classes"])
     model_id = classes["model_id"]
-    client.close()
+    open_request = running_request(client, classes)
     OUT.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -41,6 +43,9 @@ def shoot(service: LocalService) -> None:
         save(page, "requests")
         page.goto(f"{service.url}/console/requests/{classes['id']}")
         save(page, "request")
+        page.goto(f"{service.url}/console/requests/{open_request['id']}")
+        page.wait_for_selector("#progress [data-field=phase]:not(:text('—'))", timeout=60_000)
+        save(page, "running", full_page=False)
         page.goto(f"{service.url}/console/requests/{classes['id']}/evidence")
         page.wait_for_selector("[data-testid=certificate-verdict].pass", timeout=20_000)
         save(page, "evidence")
@@ -54,6 +59,25 @@ def shoot(service: LocalService) -> None:
         page.goto(f"{service.url}/console/requests/no-such-request")
         save(page, "error")
         browser.close()
+    client.cancel_job(open_request["job"]["id"])
+    client.close()
+
+
+def running_request(client: NepentheClient, done: dict[str, Any]) -> dict[str, Any]:
+    """An open request on the version the demo produced, its deadline extended, its job
+    running long enough to be photographed: the statutory clock and live progress."""
+    version = client.http.get(f"/v1/models/{done['model_id']}/versions").json()[-1]
+    request, _ = client.submit_deletion(
+        idempotency_key=str(uuid.uuid4()),
+        model_version_id=version["id"],
+        dataset_id=done["dataset_id"],
+        forget_classes=["5"],
+        method="unsir",
+        params={"noise_steps": 1_000_000, "noise_batch": 8},
+        caller_reference="DSR-2026-0051",
+    )
+    client.extend(request["id"], 1, "the data subject's account spans two models")
+    return request
 
 
 def save(page: Page, name: str, full_page: bool = True) -> None:
