@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 TERMINAL = {"succeeded", "rejected", "failed", "canceled"}
+SUBMIT_TRIES = 3  # an idempotent submission answered 503 is sent this many times in all
 
 
 class ApiError(Exception):
@@ -75,9 +76,18 @@ class NepentheClient:
     def submit_deletion(
         self, idempotency_key: str | None = None, **body: Any
     ) -> tuple[dict[str, Any], str]:
-        """Returns the deletion request and the Location of its job."""
+        """Returns the deletion request and the Location of its job. With an idempotency key,
+        a 503 (nothing was changed, e.g. the database aborted a deadlocked transaction) is sent
+        again after its Retry-After, up to SUBMIT_TRIES times: the key makes that safe."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        response = self._check(self.http.post("/v1/deletion-requests", json=body, headers=headers))
+        for _ in range(SUBMIT_TRIES - 1 if idempotency_key else 0):
+            response = self.http.post("/v1/deletion-requests", json=body, headers=headers)
+            if response.status_code != 503:
+                break
+            time.sleep(min(float(response.headers.get("Retry-After", "1")), 5.0))
+        else:
+            response = self.http.post("/v1/deletion-requests", json=body, headers=headers)
+        response = self._check(response)
         return dict(response.json()), response.headers["Location"]
 
     def get_request(self, request_id: str) -> dict[str, Any]:
