@@ -242,6 +242,15 @@ class Settings(BaseSettings):
         "version; may be emptied at any time; empty: no cache",
     )
 
+    worker_cache_bytes: int = Field(
+        1024**3,
+        ge=0,
+        description="per worker process: the decoded datasets and built architectures kept "
+        "between jobs (least recently used out first), so the next job on the same model and "
+        "data does not read and decode them again; a changed dataset file is read afresh; 0: "
+        "no cache",
+    )
+
     @field_validator("importance_cache_dir", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:

@@ -51,6 +51,8 @@ class ProgressReporter:
         self.heartbeat = heartbeat
         self.phase: str | None = None
         self._last_write = 0.0
+        self.writes = 0  # progress written to the database, and the time it took
+        self.write_seconds = 0.0
 
     def set_plan(self, plan: Plan) -> None:
         self.ranges = phase_ranges(plan)
@@ -65,9 +67,12 @@ class ProgressReporter:
         lo, hi = self.ranges.get(phase, (0.0, 1.0))
         overall = lo + (hi - lo) * min(max(fraction, 0.0), 1.0)
         lease = self.heartbeat.lease if self.heartbeat else None
+        start = time.perf_counter()
         try:
             with session_scope() as session:
                 cancel, held = jobs.report_progress(session, self.job_id, phase, overall, lease)
+            self.writes += 1
+            self.write_seconds += time.perf_counter() - start
         except (OperationalError, InterfaceError):
             # The database is down for a moment: the work goes on, the next report writes.
             log.warning("progress of job %s not written", self.job_id, exc_info=True)

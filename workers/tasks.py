@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Any
 
 import torch
 from celery import Task
@@ -15,9 +16,10 @@ from app.db import session_scope
 from app.jobs import outcome
 from app.jobs import service as jobs
 from app.observability import log_context
-from app.orm import JobStatus
+from app.orm import JobStatus, utcnow
 from app.queue import RUN_JOB_TASK
 from unlearning import jobs as recipes
+from unlearning.jobs import cache
 from workers.celery_app import app
 from workers.failures import describe_failure
 from workers.lease import SHUTTING_DOWN, HandBack, Heartbeat, JobLost, TimeLimitExceeded
@@ -25,6 +27,10 @@ from workers.progress import JobCanceled, ProgressReporter
 from workers.sweeper import release_held
 
 log = logging.getLogger(__name__)
+
+# What repeats between the jobs of one model (the decoded dataset, the built architecture),
+# kept by this worker process between jobs, within NEPENTHE_WORKER_CACHE_BYTES.
+cache.configure(get_settings().worker_cache_bytes)
 
 
 def claim(job_id: str) -> str | None:
@@ -71,7 +77,11 @@ def run_job(self: Task, job_id: str) -> str:  # noqa: ARG001 - bound for Celery'
 
 
 def _claim_and_run(delivered_job_id: str) -> str:
+    # When the broker handed the job over: the hand-over is the time from job.queued to this.
+    timings: dict[str, Any] = {"received_at": utcnow().isoformat()}
+    start = time.perf_counter()
     claimed = claim_next(delivered_job_id)
+    timings["claim_s"] = time.perf_counter() - start
     if claimed is None:
         log.info(
             "job %s is not queued, or may not run now, and no other job may: delivery ignored",
@@ -88,22 +98,34 @@ def _claim_and_run(delivered_job_id: str) -> str:
                 job_id, lease, settings.heartbeat_interval_s, settings.stall_timeout_s, limit
             ) as beat:
                 report = ProgressReporter(job_id, settings.progress_interval_s, heartbeat=beat)
-                return _run_claimed(job_id, lease, report)
+                return _run_claimed(job_id, lease, report, timings)
     finally:
         release_held()  # a running slot of the job's organisation is free again
 
 
-def _run_claimed(job_id: str, lease: str, report: ProgressReporter) -> str:
+def _run_claimed(
+    job_id: str, lease: str, report: ProgressReporter, timings: dict[str, Any] | None = None
+) -> str:
+    """Run the claimed job; ``timings`` (the worker's own phases, seconds) go to its metrics."""
+    timings = {} if timings is None else timings
     ctx = None
     try:
+        start = time.perf_counter()
         ctx = outcome.load_context(job_id, lease)
+        timings["context_s"] = time.perf_counter() - start
         report("load", 0.0)  # fetching the weights from a remote store is part of loading
         fetch_start = time.perf_counter()
         weights = ctx.weights_path()
-        fetched_in = time.perf_counter() - fetch_start
+        fetched_in = timings["fetch_s"] = time.perf_counter() - fetch_start
+        start = time.perf_counter()
         result = recipes.run(ctx.job, weights, pick_device(), report)
+        timings["recipe_s"] = time.perf_counter() - start
         seconds = result.metrics["phase_seconds"]
         seconds["load"] = seconds.get("load", 0.0) + fetched_in
+        # Progress writes happen inside the phases above (each a short transaction).
+        timings["progress_writes"] = report.writes
+        timings["progress_write_s"] = report.write_seconds
+        result.metrics["timings"] = timings
         if not outcome.store_outcome(ctx, result):
             log.warning("job %s ended elsewhere before its result was stored", job_id)
             return "superseded"

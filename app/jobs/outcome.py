@@ -105,6 +105,7 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             training=model.training,
             budget_epochs=request.budget_epochs,
             importance_cache=_importance_cache(version.id, dataset.id),
+            dataset_id=dataset.id,
         )
         return JobContext(
             job_id=job.id,
@@ -189,15 +190,20 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
     moved = False
     try:
         stored = None
+        timings = metrics.setdefault("timings", {})
+        start = time.perf_counter()
         if outcome.state is not None:
-            start = time.perf_counter()
             stored = _put(checkpoints.canonical_bytes(outcome.state), ".safetensors", written)
             metrics["phase_seconds"]["save"] = time.perf_counter() - start
         files = {
             name: (media, _put(content, _suffix(media), written))
             for name, (media, content) in outcome.artifacts.items()
         }
+        timings["store_s"] = time.perf_counter() - start  # the checkpoint and the artifacts
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
+        # From here to the job's last transition: the version, the certificate, the
+        # supersession marks, the transition itself and its audit events.
+        timings["record_started_at"] = utcnow().isoformat()
         record = partial(_record_outcome, ctx, outcome, json_value(metrics), stored, files)
         moved = _waiting_out_the_database(record, ctx.job_id)
     finally:

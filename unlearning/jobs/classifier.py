@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearning import acceptance, architectures, checkpoints, data, verify
+from unlearning import acceptance, architectures, checkpoints, verify
+from unlearning.jobs import cache
 from unlearning.jobs.common import (
     EVAL_SEED,
     Cost,
@@ -50,24 +51,29 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     cost = Cost()
     report.set_plan(job_plan(job))
     report("load", 0.0)
+    loading = Cost()  # the parts of "load", for metrics["load_seconds"]
     with cost.phase("load"):
-        model = fresh_model(job)
-        checkpoints.load_into(model, checkpoints.load_file(weights))
-        original = copy.deepcopy(model).to(device)
-        train, test = data.open_splits(
-            job.dataset_kind, job.dataset_location, size=job.input_spec.shape[1:]
-        )
-        forget_idx, retain_idx = forget_split(train, job)
-        sets = verify.eval_sets(
-            train,
-            test,
-            forget_idx,
-            retain_idx,
-            job.forget_classes,
-            job.class_names,
-            seed=EVAL_SEED,
-            excluded_classes=job.earlier_forget_classes,
-        )
+        with loading.phase("architecture"):
+            model, built = cache.network(architecture_spec(job), lambda: fresh_model(job))
+        with loading.phase("weights"):
+            checkpoints.load_into(model, checkpoints.load_file(weights))
+            original = copy.deepcopy(model).to(device)
+        with loading.phase("dataset"):
+            (train, test), read = cache.open_splits(
+                job.dataset_kind, job.dataset_location, job.input_spec.shape[1:], job.dataset_id
+            )
+        with loading.phase("eval_sets"):
+            forget_idx, retain_idx = forget_split(train, job)
+            sets = verify.eval_sets(
+                train,
+                test,
+                forget_idx,
+                retain_idx,
+                job.forget_classes,
+                job.class_names,
+                seed=EVAL_SEED,
+                excluded_classes=job.earlier_forget_classes,
+            )
     task = UnlearningTask(
         model,
         train,
@@ -155,6 +161,8 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
             m["samples_processed"] for k, m in metrics["relearn_time"].items() if k != "protocol"
         )
     metrics["phase_seconds"] = cost.seconds
+    metrics["load_seconds"] = loading.seconds
+    metrics["worker_cache"] = {"architecture": built, "dataset": read}
     metrics["samples_processed"] = {**cost.trained, "forward_only": cost.forward}
     metrics["cost"] = cost_summary(cost, len(train), len(retain_idx), retrain_epochs(job))
     metrics["cost"]["budget_epochs"] = job.budget_epochs
@@ -206,6 +214,17 @@ def _gate_check(
 def only_retain_short(failed: list[dict[str, Any]]) -> bool:
     """Some check failed, and each one that did is the retain drop."""
     return bool(failed) and all(f["check"] == "max_retain_drop" for f in failed)
+
+
+def architecture_spec(job: JobSpec) -> dict[str, Any]:
+    """Everything ``fresh_model`` builds from: what the worker's cache keys a network by."""
+    return {
+        "task": job.task,
+        "architecture": job.architecture,
+        "num_classes": len(job.class_names),
+        "args": job.architecture_args,
+        "input_shape": list(job.input_spec.shape),
+    }
 
 
 def fresh_model(job: JobSpec) -> torch.nn.Module:

@@ -80,6 +80,8 @@ class JobSpec:
     budget_epochs: float | None = None
     # A folder of this model version's cached SSD importances on this dataset (None: none).
     importance_cache: str | None = None
+    # The dataset's id: with its content, what a worker's cache keys the decoded data by.
+    dataset_id: str | None = None
 
 
 @dataclass

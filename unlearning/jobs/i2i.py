@@ -13,6 +13,7 @@ import torch
 from unlearning import acceptance, checkpoints, data, verify
 from unlearning.i2i import architectures, masks
 from unlearning.i2i import verify as i2i_verify
+from unlearning.jobs import cache
 from unlearning.jobs.common import (
     EVAL_SEED,
     Cost,
@@ -68,8 +69,8 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
     with cost.phase("load"):
         model = load_model(job, weights)
         original = copy.deepcopy(model).to(device)
-        train, test = data.open_splits(
-            job.dataset_kind, job.dataset_location, size=job.input_spec.shape[1:]
+        (train, test), read = cache.open_splits(
+            job.dataset_kind, job.dataset_location, job.input_spec.shape[1:], job.dataset_id
         )
         forget_idx, retain_idx = forget_split(train, job)
         retain_source, retain_idx = retain_data(job, train, retain_idx)
@@ -130,6 +131,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         "environment": environment(device),
         "artifacts": {GRID_NAME: {"groups": ["retain", "forget"] if shown else ["retain"]}},
         "phase_seconds": cost.seconds,
+        "worker_cache": {"dataset": read},
         "samples_processed": {**cost.trained, "forward_only": cost.forward},
         "cost": cost_summary(
             cost,
