@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 RUN_JOB_TASK = "unlearning.run_job"
 _OUTBOX = "nepenthe_outbox"
 _TASK_OUTBOX = "nepenthe_task_outbox"
+# How often an idle worker on the filesystem:// broker looks for a message.
+FILESYSTEM_POLL_S = 0.1
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -58,6 +60,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "processed_folder": str(folder / "processed"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            # kombu's default, every second, made a job's hand-over about 0.8 s on this
+            # backend (bench/job_overhead.py); a listing of the queue folder costs microseconds.
+            "polling_interval": FILESYSTEM_POLL_S,
         }
     elif settings.broker_url.startswith(("redis://", "rediss://")):
         # Unacknowledged jobs are redelivered after this delay: keep it above the longest job.
