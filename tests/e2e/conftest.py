@@ -15,12 +15,18 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture
-def client(service_env: dict[str, str], tmp_path: Path) -> Iterator[NepentheClient]:
-    """An admin's client of a service started for the test (its logs under tmp_path)."""
+def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
+    """API and worker processes started for the test (their logs under tmp_path)."""
     with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        api = NepentheClient(running.url, running.admin_key)
-        yield api
-        api.close()
+        yield running
+
+
+@pytest.fixture
+def client(service: LocalService) -> Iterator[NepentheClient]:
+    """An admin's client of the test's service."""
+    api = NepentheClient(service.url, service.admin_key)
+    yield api
+    api.close()
 
 
 CHROMIUM = Path(os.environ.get("NEPENTHE_TEST_CHROMIUM", "/usr/bin/chromium"))

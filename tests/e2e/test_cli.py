@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 
 from client.cli import main
 from client.local import LocalService
-from tests.conftest import ROOT
 from tests.helpers import trained_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", ["embedded"], indirect=True)]
-
-
-@pytest.fixture
-def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        yield running
 
 
 @pytest.fixture

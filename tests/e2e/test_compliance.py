@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,19 +15,12 @@ import pytest
 from client.api import ApiError, NepentheClient
 from client.cli import main as cli
 from client.local import LocalService
-from tests.conftest import ROOT
 from tests.e2e.test_service import register
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.parametrize("service_env", ["production"], indirect=True),
 ]
-
-
-@pytest.fixture
-def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        yield running
 
 
 def key(service: LocalService, *scopes: str) -> NepentheClient:
@@ -44,8 +35,8 @@ def run_cli(service: LocalService, capsys: pytest.CaptureFixture[str], *args: st
     return code
 
 
-def test_receipt_certificate_supersession_and_evidence(service, tmp_path, capsys):
-    admin = NepentheClient(service.url, service.admin_key)
+def test_receipt_certificate_supersession_and_evidence(service, client, tmp_path, capsys):
+    admin = client  # closed by the fixture, also when the test fails
     reg = register(admin, tmp_path)
     request, _ = admin.submit_deletion(
         idempotency_key=str(uuid.uuid4()),
@@ -212,8 +203,8 @@ def _deletion(admin: NepentheClient, version_id: str, dataset_id: str, **body: A
 FORGETS_NOTHING = {"method": "finetune", "params": {"epochs": 1, "lr": 1e-6}}
 
 
-def test_a_retried_request_succeeds_and_satisfies_an_earlier_one(service, tmp_path):
-    admin = NepentheClient(service.url, service.admin_key)
+def test_a_retried_request_succeeds_and_satisfies_an_earlier_one(service, client, tmp_path):
+    admin = client  # closed by the fixture, also when the test fails
     reg = register(admin, tmp_path)
     version, dataset = reg["version"]["id"], reg["dataset"]["id"]
     earlier = _deletion(admin, version, dataset, forget_classes=[3], **FORGETS_NOTHING)
@@ -244,4 +235,3 @@ def test_a_retried_request_succeeds_and_satisfies_an_earlier_one(service, tmp_pa
     assert earlier["id"] not in [r["id"] for r in admin.deadlines(within_days=60)]
     actions = [e["action"] for e in admin.audit(request_id=earlier["id"])]
     assert actions[-1] == "deletion_request.satisfied"
-    admin.close()

@@ -16,26 +16,13 @@ from playwright.sync_api import Browser, Page, expect
 
 from app.signing import canonical_json
 from client.api import NepentheClient
-from client.local import LocalService, create_admin_key
+from client.local import create_admin_key
 from tests.conftest import ROOT
 from tests.e2e.test_service import register
 from tests.helpers import SMALL_DATA_PARAMS
 
 pytestmark = pytest.mark.e2e
 TIMEOUT_MS = 120_000
-
-
-@pytest.fixture
-def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        yield running
-
-
-@pytest.fixture
-def admin(service: LocalService) -> Iterator[NepentheClient]:
-    api = NepentheClient(service.url, service.admin_key)
-    yield api
-    api.close()
 
 
 @pytest.fixture
@@ -58,13 +45,13 @@ def sign_in(page: Page, url: str, key: str, then: str = "/console/requests") -> 
     expect(page).to_have_url(url + then)
 
 
-def key_with(admin: NepentheClient, *scopes: str) -> str:
-    return str(admin.create_key(f"console-{'-'.join(scopes)}", list(scopes))["token"])
+def key_with(client: NepentheClient, *scopes: str) -> str:
+    return str(client.create_key(f"console-{'-'.join(scopes)}", list(scopes))["token"])
 
 
-def slow_request(admin: NepentheClient, reg: dict[str, Any]) -> dict[str, Any]:
+def slow_request(client: NepentheClient, reg: dict[str, Any]) -> dict[str, Any]:
     """A UNSIR job whose noise phase runs long enough to be watched and canceled."""
-    request, _ = admin.submit_deletion(
+    request, _ = client.submit_deletion(
         idempotency_key=str(uuid.uuid4()),
         model_version_id=reg["version"]["id"],
         dataset_id=reg["dataset"]["id"],
@@ -77,10 +64,10 @@ def slow_request(admin: NepentheClient, reg: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("service_env", ["production"], indirect=True)
 def test_an_officer_submits_a_request_watches_it_finish_and_checks_its_certificate(
-    service, admin, page, tmp_path
+    service, client, page, tmp_path
 ):
-    reg = register(admin, tmp_path)
-    sign_in(page, service.url, key_with(admin, "submit", "audit"))
+    reg = register(client, tmp_path)
+    sign_in(page, service.url, key_with(client, "submit", "audit"))
     expect(page.get_by_role("link", name="Audit trail")).to_be_visible()
 
     page.click("text=New request")
@@ -89,7 +76,7 @@ def test_an_officer_submits_a_request_watches_it_finish_and_checks_its_certifica
     page.click("main button[type=submit]")
     # Refused as the API refuses it, with its problem code, and nothing was kept.
     expect(page.get_by_test_id("problem")).to_contain_text("unknown_class")
-    assert list(admin.list_requests({})) == []
+    assert list(client.list_requests({})) == []
 
     page.fill("#forget_classes", "3, 8")
     page.fill("#caller_reference", "DSR-CONSOLE-1")
@@ -154,11 +141,11 @@ def test_an_officer_submits_a_request_watches_it_finish_and_checks_its_certifica
 
 
 def test_a_running_job_updates_in_place_and_can_be_canceled_from_the_console(
-    service, admin, page, tmp_path
+    service, client, page, tmp_path
 ):
-    reg = register(admin, tmp_path)
-    request = slow_request(admin, reg)
-    sign_in(page, service.url, key_with(admin, "submit"), f"/console/requests/{request['id']}")
+    reg = register(client, tmp_path)
+    request = slow_request(client, reg)
+    sign_in(page, service.url, key_with(client, "submit"), f"/console/requests/{request['id']}")
     page.evaluate("window.notReloaded = true")
     percent = page.locator("#progress [data-field=percent]")
     expect(page.locator("#progress [data-field=phase]")).to_have_text("noise", timeout=TIMEOUT_MS)
@@ -170,15 +157,15 @@ def test_a_running_job_updates_in_place_and_can_be_canceled_from_the_console(
 
     page.click("text=Cancel the job")
     expect(page.get_by_test_id("status")).to_have_text("canceled", timeout=TIMEOUT_MS)
-    assert admin.get_job(request["job"]["id"])["status"] == "canceled"
+    assert client.get_job(request["job"]["id"])["status"] == "canceled"
 
 
-def test_a_key_sees_only_its_scopes_and_its_organisation(service, admin, page, tmp_path):
-    reg = register(admin, tmp_path)
-    request = slow_request(admin, reg)
-    admin.cancel_job(request["job"]["id"])
+def test_a_key_sees_only_its_scopes_and_its_organisation(service, client, page, tmp_path):
+    reg = register(client, tmp_path)
+    request = slow_request(client, reg)
+    client.cancel_job(request["job"]["id"])
 
-    sign_in(page, service.url, key_with(admin, "submit"))
+    sign_in(page, service.url, key_with(client, "submit"))
     expect(page.get_by_role("link", name="Audit trail")).to_have_count(0)
     page.goto(service.url + "/console/audit")
     expect(page.get_by_test_id("code")).to_have_text("insufficient_scope")
@@ -187,7 +174,7 @@ def test_a_key_sees_only_its_scopes_and_its_organisation(service, admin, page, t
     expect(page.get_by_test_id("version-1")).not_to_contain_text("download")  # no download scope
 
     page.context.clear_cookies()
-    sign_in(page, service.url, key_with(admin, "audit"))
+    sign_in(page, service.url, key_with(client, "audit"))
     expect(page.get_by_role("link", name="New request")).to_have_count(0)
     page.goto(service.url + "/console/requests/new")
     expect(page.get_by_test_id("code")).to_have_text("insufficient_scope")
@@ -203,18 +190,18 @@ def test_a_key_sees_only_its_scopes_and_its_organisation(service, admin, page, t
 
 
 def test_forms_without_the_session_csrf_token_or_cookie_change_nothing(
-    service, admin, page, tmp_path
+    service, client, page, tmp_path
 ):
-    reg = register(admin, tmp_path)
-    request = slow_request(admin, reg)
+    reg = register(client, tmp_path)
+    request = slow_request(client, reg)
     job_id = request["job"]["id"]
-    sign_in(page, service.url, key_with(admin, "submit"), f"/console/requests/{request['id']}")
+    sign_in(page, service.url, key_with(client, "submit"), f"/console/requests/{request['id']}")
 
     # The page's own cancel form, its token replaced: refused, the job left alone.
     page.locator("form[action$=cancel] input[name=csrf_token]").evaluate("e => e.value = 'forged'")
     page.click("text=Cancel the job")
     expect(page.get_by_test_id("code")).to_have_text("csrf_token_invalid")
-    assert admin.get_job(job_id)["cancel_requested"] is False
+    assert client.get_job(job_id)["cancel_requested"] is False
 
     # Another site's form: SameSite=Strict keeps the session cookie out of its request.
     page.goto("data:text/html,<p>elsewhere</p>")
@@ -225,8 +212,8 @@ def test_forms_without_the_session_csrf_token_or_cookie_change_nothing(
     with page.expect_navigation():
         page.click("button")
     expect(page).to_have_url(re.compile(r"/console/sign-in\?next="))
-    assert admin.get_job(job_id)["cancel_requested"] is False
-    admin.cancel_job(job_id)
+    assert client.get_job(job_id)["cancel_requested"] is False
+    client.cancel_job(job_id)
 
 
 def test_the_page_spells_json_as_the_server_signs_it(service, page):
@@ -245,18 +232,18 @@ def test_the_page_spells_json_as_the_server_signs_it(service, page):
 
 
 def test_an_image_to_image_job_shows_its_completions_to_a_key_that_may_download_them(
-    service, admin, page, tmp_path
+    service, client, page, tmp_path
 ):
     from client.demo_i2i import SMALL_MODEL_PARAMS
     from tests.e2e.test_i2i import register as register_i2i
     from tests.e2e.test_i2i import submit as submit_i2i
 
-    reg = register_i2i(admin, tmp_path)
-    request = submit_i2i(admin, reg, forget_classes=["3", "8"], params=SMALL_MODEL_PARAMS)
-    job = admin.wait(request["job"]["id"], timeout=600)
+    reg = register_i2i(client, tmp_path)
+    request = submit_i2i(client, reg, forget_classes=["3", "8"], params=SMALL_MODEL_PARAMS)
+    job = client.wait(request["job"]["id"], timeout=600)
     assert job["status"] in ("succeeded", "rejected"), job["error"]
 
-    sign_in(page, service.url, key_with(admin, "download"), f"/console/requests/{request['id']}")
+    sign_in(page, service.url, key_with(client, "download"), f"/console/requests/{request['id']}")
     expect(page.get_by_test_id("checks").locator("tbody tr")).to_have_count(2)  # the PSNR checks
     expect(page.get_by_test_id("plot-psnr").locator("svg rect")).to_have_count(4)
     grid = page.get_by_test_id("grid").locator("img")
@@ -264,7 +251,7 @@ def test_an_image_to_image_job_shows_its_completions_to_a_key_that_may_download_
     assert page.evaluate("img => img.complete && img.naturalWidth > 0", grid.element_handle())
 
     def downloads() -> int:
-        return sum(e["action"] == "job_artifact.downloaded" for e in admin.audit())
+        return sum(e["action"] == "job_artifact.downloaded" for e in client.audit())
 
     assert downloads() == 1, "showing the grid is a download, audited as one"
     page.reload()
@@ -272,6 +259,6 @@ def test_an_image_to_image_job_shows_its_completions_to_a_key_that_may_download_
     assert downloads() == 1, "the browser kept it: looking again is not another download"
 
     page.context.clear_cookies()
-    sign_in(page, service.url, key_with(admin, "submit"), f"/console/requests/{request['id']}")
+    sign_in(page, service.url, key_with(client, "submit"), f"/console/requests/{request['id']}")
     expect(page.get_by_test_id("plot-psnr")).to_be_visible()
     expect(page.locator("main")).to_contain_text("Showing the grid needs the download scope.")

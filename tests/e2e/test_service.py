@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -24,19 +23,6 @@ from unlearning.evaluate import accuracy_report, count_correct
 BACKENDS = ["embedded", "production"]
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("service_env", BACKENDS, indirect=True)]
 FORGET = [3, 8]
-
-
-@pytest.fixture
-def service(service_env: dict[str, str], tmp_path: Path) -> Iterator[LocalService]:
-    with LocalService(service_env, ROOT, tmp_path / "logs") as running:
-        yield running
-
-
-@pytest.fixture
-def client(service: LocalService) -> Iterator[NepentheClient]:
-    api = NepentheClient(service.url, service.admin_key)
-    yield api
-    api.close()
 
 
 def register(client: NepentheClient, tmp_path: Path) -> dict[str, Any]:
