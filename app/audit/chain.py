@@ -4,6 +4,12 @@
 queued events are numbered and linked under a row lock on the organisation's chain head, so
 concurrent writers append one after another in commit order, and the lock is held only for the
 last moments of a transaction (it is the last lock any transaction takes, so no deadlock).
+
+Inserting an event still takes locks after the head's: PostgreSQL's foreign-key checks take
+FOR KEY SHARE on the rows it names (its organisation, model, request, job). A row locked FOR
+UPDATE by another transaction would make the insert wait for that transaction while holding the
+head that transaction needs at its own commit: a deadlock. So rows are locked FOR NO KEY UPDATE
+(``with_for_update(key_share=True)``), which key-share locks pass.
 """
 
 from __future__ import annotations

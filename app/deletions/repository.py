@@ -33,8 +33,10 @@ class RequestFilter:
 def get_request(
     session: Session, request_id: str, for_update: bool = False
 ) -> DeletionRequest | None:
-    """The request by id, whatever its organisation (``for_update``: its row locked)."""
-    return session.get(DeletionRequest, request_id, with_for_update=for_update)
+    """The request by id, whatever its organisation (``for_update``: its row locked, FOR NO
+    KEY UPDATE: see ``app.audit.chain``)."""
+    lock = {"key_share": True} if for_update else None
+    return session.get(DeletionRequest, request_id, with_for_update=lock)
 
 
 def find_by_idempotency_key(session: Session, org_id: str, key: str) -> DeletionRequest | None:

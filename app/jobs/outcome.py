@@ -279,7 +279,7 @@ def _record_outcome(
         job = session.get(Job, ctx.job_id)
         # Locked: two requests on one source that finish together must not both miss the
         # other's supersession mark (SQLite's write lock already serialises them).
-        model = session.get(Model, ctx.model_id, with_for_update=True)
+        model = models_repo.lock_model(session, ctx.model_id)
         assert job is not None and model is not None
         # And the organisation, as an upload does: copies of the source's weights under other
         # models are superseded with it, or the upload of one sees the mark.

@@ -76,8 +76,9 @@ def versions_with_content(
 
 
 def lock_model(session: Session, model_id: str) -> Model | None:
-    """The model, its row locked until the transaction ends."""
-    return session.get(Model, model_id, with_for_update=True)
+    """The model, its row locked until the transaction ends (FOR NO KEY UPDATE: see
+    ``app.audit.chain``)."""
+    return session.get(Model, model_id, with_for_update={"key_share": True})
 
 
 def lock_organization(session: Session, org_id: str) -> None:

@@ -25,8 +25,10 @@ STORE_PREFIX = "store:"  # an uploaded dataset's location (app.datasets.service.
 def lock_org(session: Session, org_id: str) -> None:
     """Hold the organisation's row until commit: two submissions (or claims) of one
     organisation count each other's rows, never both pass a limit (SQLite: a no-op, its
-    writers are serialised already)."""
-    session.execute(select(Organization.id).where(Organization.id == org_id).with_for_update())
+    writers are serialised already). FOR NO KEY UPDATE: see ``app.audit.chain``."""
+    session.execute(
+        select(Organization.id).where(Organization.id == org_id).with_for_update(key_share=True)
+    )
 
 
 def accepted_since(session: Session, org_id: str, since: datetime) -> list[datetime]:

@@ -1,4 +1,5 @@
-"""SQLite's single write lock is never held through slow work a request does."""
+"""Locks: SQLite's single write lock is never held through slow work a request does, and no
+PostgreSQL row lock a transaction takes makes another's audit append wait on it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,42 @@ def test_no_write_lock_is_held_while_a_sample_request_reads_its_dataset(
     )
     assert response.status_code == 202, response.text
     assert writes and set(writes) == {"ok"}
+
+
+def _lock_org(session, org_id, model_id):
+    from app.quotas.repository import lock_org
+
+    lock_org(session, org_id)
+
+
+def _lock_model(session, org_id, model_id):
+    from app.models.repository import lock_model
+
+    lock_model(session, model_id)
+
+
+@pytest.mark.parametrize("service_env", ["production"], indirect=True)
+@pytest.mark.parametrize("hold", [_lock_org, _lock_model], ids=["quota lock", "model lock"])
+def test_an_audit_event_is_appended_while_another_transaction_holds_the_rows_it_names(
+    api, registered, hold
+):
+    """A submission counting its quota (or a job publishing under its model) holds a row lock
+    until it commits, when it locks the chain head. An audit event naming that row, appended
+    meanwhile by another transaction, must not wait for it while holding the head: the two
+    would deadlock (it aborted submissions with 503 under load)."""
+    from sqlalchemy import text
+
+    from app.actors import Actor
+    from app.audit import service as audit
+    from app.db import session_scope
+
+    model, org_id = registered["model"], api.get("/v1/whoami").json()["org_id"]
+    with session_scope() as holder:
+        hold(holder, org_id, model["id"])
+        with session_scope() as writer:
+            # Waiting on the holder (in this same thread) can only end by this timeout.
+            writer.execute(text("SET LOCAL lock_timeout = '5s'"))
+            actor = Actor(org_id, "test")
+            audit.record(writer, actor, "test.appended", model_id=model["id"])
+    events = api.get("/v1/audit/events", params={"action": "test.appended"}).json()
+    assert [e["model_id"] for e in events["items"]] == [model["id"]]
