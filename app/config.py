@@ -29,6 +29,20 @@ class Settings(BaseSettings):
         "sqlite:///var/nepenthe.db",
         description="SQLAlchemy URL; production uses postgresql+psycopg://user@host/db",
     )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        le=200,
+        description="database connections each process keeps open (API and worker processes "
+        "alike; size PostgreSQL's max_connections for all of them)",
+    )
+    database_max_overflow: int = Field(
+        10,
+        ge=0,
+        le=200,
+        description="connections a process may open beyond the pool under load; the API lets "
+        "at most pool size + overflow - 1 requests hold one at a time, the rest wait their turn",
+    )
     broker_url: str = Field(
         "filesystem://",
         description="Celery broker; production uses redis://host:6379/0",

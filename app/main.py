@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Awaitable, Callable
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.audit.router import router as audit_router
@@ -15,10 +12,11 @@ from app.config import get_settings
 from app.console import pages as console
 from app.datasets.router import router as datasets_router
 from app.deletions.router import router as deletions_router
-from app.errors import install_handlers, problem_response
+from app.errors import install_handlers
 from app.jobs.router import router as jobs_router
+from app.middleware import RefuseNulCharacters, RequestId
 from app.models.router import router as models_router
-from app.observability import bind_log_ids, configure_logging, reset_log_ids
+from app.observability import configure_logging
 from app.observability.router import install as install_observability
 from app.webhooks.router import router as webhooks_router
 
@@ -41,38 +39,9 @@ def create_app() -> FastAPI:
     install_handlers(app)
     # Added first, so it runs inside the middleware below: the request id is set when it answers.
     app.add_middleware(BodyGuard)
-
-    @app.middleware("http")
-    async def refuse_nul_characters(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # PostgreSQL text cannot hold NUL; refuse it in the path and query up front.
-        if "\x00" in request.url.path or b"%00" in request.scope["query_string"].lower():
-            return problem_response(
-                request,
-                400,
-                "invalid_characters",
-                "Invalid characters",
-                "the path or query contains a NUL character",
-            )
-        return await call_next(request)
-
+    app.add_middleware(RefuseNulCharacters)
     console.install(app)  # inside the request id: its error pages name the request
-
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = rid[:64]
-        # Every log record made while serving this request carries its id. Not reset when the
-        # app raises: the handler of unexpected errors runs outside this middleware (in the
-        # same task) and logs the failure with it; the request's task ends with it anyway.
-        ids = bind_log_ids(request_id=request.state.request_id)
-        response = await call_next(request)
-        reset_log_ids(ids)
-        response.headers["X-Request-ID"] = request.state.request_id
-        return response
+    app.add_middleware(RequestId)
 
     routers = (
         auth_router,

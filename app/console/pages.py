@@ -13,6 +13,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.console.deps import signed_in
 from app.console.router import router
@@ -119,8 +121,6 @@ async def _as_page(
     request: Request, call_next: Callable[[Request], Awaitable[Response]]
 ) -> Response:
     path = request.url.path
-    if not path.startswith(PREFIX):
-        return await call_next(request)
     try:
         response = await call_next(request)
     except Exception:
@@ -148,7 +148,22 @@ async def _as_page(
     return response
 
 
+class ConsolePages:
+    """``_as_page`` for console paths only: every other request goes straight through, without
+    the cost of a ``BaseHTTPMiddleware`` layer on the API's hot paths."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.pages = BaseHTTPMiddleware(app, dispatch=_as_page)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await self.pages(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def install(app: FastAPI) -> None:
     app.include_router(router)
     app.mount(f"{PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="console-static")
-    app.middleware("http")(_as_page)
+    app.add_middleware(ConsolePages)

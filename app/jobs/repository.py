@@ -20,6 +20,19 @@ def find_for_org(session: Session, org_id: str, job_id: str) -> Job | None:
     ).first()
 
 
+def find_with_output_for_org(
+    session: Session, org_id: str, job_id: str
+) -> tuple[Job, ModelVersion | None] | None:
+    """The organisation's job and the version it produced, in one statement (status polls)."""
+    row = session.execute(
+        select(Job, ModelVersion)
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .outerjoin(ModelVersion, ModelVersion.id == Job.output_version_id)
+        .where(Job.id == job_id, DeletionRequest.org_id == org_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 def for_request(session: Session, request_id: str) -> Job:
     return session.scalars(select(Job).where(Job.request_id == request_id)).one()
 

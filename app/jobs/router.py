@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 )
 def get_job(job_id: str, session: ReadSessionDep, actor: ActorDep) -> JobRead:
     """Status, phase, fraction done, timestamps, error, metrics and the output version."""
-    return service.to_read(session, service.get(session, actor.org_id, job_id))
+    return service.read(session, actor.org_id, job_id)
 
 
 @router.get(

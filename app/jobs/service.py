@@ -80,6 +80,15 @@ def artifact_read(a: JobArtifact) -> ArtifactRead:
     )
 
 
+def read(session: Session, org_id: str, job_id: str) -> JobRead:
+    """The organisation's job as the API shows it (what a status poll answers)."""
+    found = repository.find_with_output_for_org(session, org_id, job_id)
+    if found is None:
+        raise JobNotFound(f"no job {job_id!r}")
+    job, output = found
+    return job_read(job, output, artifacts(session, job.id))
+
+
 def to_read(session: Session, job: Job) -> JobRead:
     return job_read(job, models.output_of(session, job), artifacts(session, job.id))
 
