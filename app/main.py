@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -26,6 +30,20 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+@asynccontextmanager
+async def _heap_out_of_the_collectors_sight(_app: FastAPI) -> AsyncIterator[None]:
+    # What start-up imported and built (torch, the ORM, the routes: about 500k objects) lives as
+    # long as the process. Left to the collector, each full collection walked all of it for
+    # about 280 ms on this project's 2-core machine, and every request in flight waited: the
+    # p99 of a constant route was 250-370 ms at 16 connections.
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()  # an app built and dropped in one process (tests) is collected again
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
@@ -35,6 +53,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Machine unlearning as a service: deletion requests, jobs, checkpoints, audit.",
         generate_unique_id_function=_operation_id,
+        lifespan=_heap_out_of_the_collectors_sight,
     )
     install_handlers(app)
     # Added first, so it runs inside the middleware below: the request id is set when it answers.

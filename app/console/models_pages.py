@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 
 from app.console import views
 from app.console.deps import DownloadDep, SignedInDep
@@ -13,6 +13,7 @@ from app.console.templating import render
 from app.deps import ReadSessionDep, SessionDep
 from app.models import service as models
 from app.models.router import VersionNumber
+from app.responses import StoredFileResponse
 from app.storage import served_file
 
 router = APIRouter()
@@ -57,6 +58,6 @@ def download(
     # The model's name (safe in a file name by its registration pattern), not its id.
     model = models.get_model(session, actor.org_id, version.model_id)
     filename = f"{model.name}-v{version.number}.safetensors"
-    return FileResponse(
+    return StoredFileResponse(
         path, media_type="application/octet-stream", filename=filename, headers=headers
     )

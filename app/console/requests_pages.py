@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import (
-    FileResponse,
     JSONResponse,
     RedirectResponse,
     Response,
@@ -31,6 +30,7 @@ from app.jobs import service as jobs
 from app.jobs.router import ArtifactName
 from app.models import service as models
 from app.orm import JobStatus, utcnow
+from app.responses import StoredFileResponse
 from app.storage import served_file
 
 router = APIRouter()
@@ -332,4 +332,4 @@ def artifact(
         return Response(status_code=304, headers=headers)
     found = jobs.download_artifact(session, user.actor, job_id, name)
     path = served_file(found.storage_key, f"artifact {name!r}")
-    return FileResponse(path, media_type=found.media_type, headers=headers)
+    return StoredFileResponse(path, media_type=found.media_type, headers=headers)

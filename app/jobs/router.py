@@ -9,6 +9,7 @@ from app.deps import ActorDep, DownloadDep, ReadSessionDep, SessionDep, SubmitDe
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
 from app.jobs import service
 from app.jobs.schemas import ArtifactRead, JobEventRead, JobRead
+from app.responses import StoredFileResponse
 from app.storage import served_file
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -78,6 +79,6 @@ def download_artifact(
     found = service.download_artifact(session, actor, job_id, name)
     path = served_file(found.storage_key, f"artifact {name!r}")
     headers = {"ETag": f'"{found.sha256}"', "X-Checksum-SHA256": found.sha256}
-    return FileResponse(
+    return StoredFileResponse(
         path, media_type=found.media_type, headers=headers, filename=f"{job_id}-{found.name}"
     )

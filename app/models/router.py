@@ -23,6 +23,7 @@ from app.models.schemas import (
     ModelVersionRead,
     TimmArchitectures,
 )
+from app.responses import StoredFileResponse
 from app.storage import get_store, served_file
 from app.uploads import TOO_LARGE, received
 from app.validation import Printable
@@ -201,6 +202,6 @@ def download_checkpoint(
     service.record_download(session, actor, version, override_reason)
     path = served_file(version.storage_key, f"version {version.number}")
     filename = f"{version.model_id}-v{version.number}.safetensors"
-    return FileResponse(
+    return StoredFileResponse(
         path, media_type="application/octet-stream", filename=filename, headers=headers
     )
