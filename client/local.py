@@ -82,7 +82,9 @@ class LocalService:
             raise
         return self
 
-    def start_api(self, wait: bool = True) -> None:
+    def start_api(self, wait: bool = True, processes: int = 1) -> None:
+        """The API; ``processes`` > 1 runs uvicorn's supervisor with that many children."""
+        workers = ["--workers", str(processes)] if processes > 1 else []
         self.api = self._spawn(
             "api",
             [
@@ -96,6 +98,7 @@ class LocalService:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *workers,
             ],
         )
         if wait:
