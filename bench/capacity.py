@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from load import BACKENDS, CHEAP_PARAMS, OPEN_ACCEPTANCE, backend_env, revision, server_versions  # noqa: E402
-from report import cpu_name, wrap  # noqa: E402
+from report import cpu_name, documented, wrap  # noqa: E402
 
 from client.api import NepentheClient  # noqa: E402
 from client.local import LocalService  # noqa: E402
@@ -647,9 +647,7 @@ def main() -> None:
         report = run(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    command = "python bench/capacity.py" + (
-        " --backend embedded" if args.backend == "embedded" else ""
-    )
+    command = " ".join(["python bench/capacity.py", *documented(sys.argv[1:], ("--write-docs",))])
     sub = subsection(args, report, command + " --write-docs")
     print(sub)
     if args.write_docs:
