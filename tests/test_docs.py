@@ -53,7 +53,7 @@ def raised_codes() -> set[str]:
         codes.add(cls.code)
     # Base classes whose code is always refined per instance (or never raised as such).
     codes -= {"bad_request", "invalid_checkpoint", "invalid_dataset"}
-    sources = [ROOT / "app" / "errors.py", ROOT / "app" / "main.py"]
+    sources = [ROOT / "app" / "errors.py", ROOT / "app" / "main.py", ROOT / "app" / "middleware.py"]
     sources += [ROOT / "app" / "observability" / "router.py"]
     for path in sources:  # codes the handlers write themselves
         codes |= set(re.findall(r'"([a-z]+(?:_[a-z]+)+)",\n?\s*"[A-Z]', path.read_text()))
