@@ -21,7 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, query_expression
 from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator
 
@@ -242,6 +242,9 @@ class DeletionRequest(Base):
     # when the job succeeded. Requests accepted before receipts existed (migration 0004) have none.
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     certificate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Whether ``certificate`` is set, where a listing left the signed documents unread (their
+    # JSON was most of a page's decoding); None where it was not asked for.
+    certified: Mapped[bool | None] = query_expression()
     # Closed without a success of its own: by an operator, with a reason, after its job was
     # rejected or failed; or by a later request on the same model that forgot all of this one's
     # data (satisfied_by_request_id). A closed request is no longer open nor on the deadlines.

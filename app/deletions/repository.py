@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, with_expression
 
 from app.orm import DeletionRequest, DueDateExtension, Job, JobStatus, ModelVersion
 
@@ -71,11 +71,17 @@ def list_requests(
 ) -> list[DeletionRequest]:
     """The organisation's requests matching ``where`` in the order received (or by deadline),
     after the request ``after``; a request is open while its job's status is not in
-    ``closed``."""
+    ``closed``. The signed receipt and certificate are left unread (a listing shows neither;
+    they were most of its JSON decoding): ``certified`` says whether there is a certificate."""
     query = (
         select(DeletionRequest)
         .join(Job, Job.request_id == DeletionRequest.id)
         .where(DeletionRequest.org_id == org_id)
+    )
+    query = query.options(
+        defer(DeletionRequest.receipt),
+        defer(DeletionRequest.certificate),
+        with_expression(DeletionRequest.certified, DeletionRequest.certificate.is_not(None)),
     )
     if after is not None:
         query = query.where(

@@ -506,6 +506,13 @@ def to_read_many(session: Session, requests: list[DeletionRequest]) -> list[Dele
     return reads
 
 
+def _certified(request: DeletionRequest) -> bool:
+    """Whether a certificate was issued, without reading it where a listing left it unread."""
+    if request.certified is not None:
+        return request.certified
+    return request.certificate is not None
+
+
 def _read(
     request: DeletionRequest,
     model: Model,
@@ -547,6 +554,6 @@ def _read(
         close_reason=request.close_reason,
         satisfied_by_request_id=request.satisfied_by_request_id,
         receipt_url=f"{base}/receipt",
-        certificate_url=f"{base}/certificate" if request.certificate else None,
+        certificate_url=f"{base}/certificate" if _certified(request) else None,
         job=job,
     )

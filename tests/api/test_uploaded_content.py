@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import event
 
+from app.db import get_engine
 from app.jobs import outcome as job_outcome
 from app.signing import load_public_key, verify
 from tests.api.test_bad_input import submit, upload
@@ -100,3 +102,31 @@ def test_receipt_certificate_and_evidence_name_the_uploaded_file(api, registered
     by_id = {v["id"]: v for v in evidence["versions"]}
     assert by_id[registered["version"]["id"]]["uploaded_sha256"] == sent
     assert by_id[output["id"]]["uploaded_sha256"] is None
+
+
+def test_a_listing_links_certificates_without_reading_the_signed_documents(api, registered):
+    """A page of requests says which have a certificate (and links it) but leaves every signed
+    receipt and certificate unread: they were most of a page's JSON decoding."""
+    pending = submit(api, registered, key="pending").json()
+    certified, _ = succeed(api, registered)
+    statements: list[str] = []
+
+    def note(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    engines = {get_engine(), get_engine(read_only=True)}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", note)
+    try:
+        page = api.get("/v1/deletion-requests").json()
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", note)
+    links = {r["id"]: r["certificate_url"] for r in page}
+    assert links[certified["id"]] == f"/v1/deletion-requests/{certified['id']}/certificate"
+    assert links[pending["id"]] is None
+    listing = [s for s in statements if "FROM deletion_request" in s and "JOIN job" in s]
+    assert listing, statements
+    assert all("deletion_request.receipt" not in s for s in listing)
+    assert all("deletion_request.certificate," not in s for s in listing)
+    assert api.get(f"/v1/deletion-requests/{certified['id']}/certificate").status_code == 200
