@@ -62,7 +62,7 @@ def submit(
     ``rate_limited`` or ``quota_exceeded`` with Retry-After, 422 ``job_cost_limit_exceeded``,
     413 ``storage_quota_exceeded``."""
     request, created = service.submit(session, body, idempotency_key, actor)
-    read = service.to_read(session, request)
+    read = service.accepted_read(session, request) if created else service.to_read(session, request)
     response.headers["Location"] = f"/v1/jobs/{read.job.id}"
     response.headers["Content-Location"] = f"/v1/deletion-requests/{request.id}"
     if not created:

@@ -464,6 +464,19 @@ def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
     return to_read_many(session, [request])[0]
 
 
+def accepted_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
+    """A request this session has just accepted, as the API shows it, from the rows the
+    submission already holds: a new request has no extension, no artifact and no output yet,
+    so only its job is read (five statements fewer than ``to_read``)."""
+    version = session.get(ModelVersion, request.model_version_id)
+    dataset = session.get(Dataset, request.dataset_id)
+    assert version is not None and dataset is not None  # checked by the submission
+    model = session.get(Model, version.model_id)
+    assert model is not None
+    job = jobs.job_read(jobs.for_request(session, request.id), None, [])
+    return _read(request, model, dataset, job, [])
+
+
 def to_read_many(session: Session, requests: list[DeletionRequest]) -> list[DeletionRequestRead]:
     """Requests as the API shows them, with a fixed number of queries whatever their count (a
     page of 100 would otherwise cost some 700 statements)."""

@@ -69,6 +69,26 @@ def test_submit_answers_202_with_location_and_a_queued_job(api, registered):
     assert api.get(f"/v1/deletion-requests/{request['id']}").json()["job"]["id"] == job["id"]
 
 
+def test_a_submission_answers_the_document_a_read_returns(api, registered):
+    """The answer to a submission is built from the rows it wrote, not read back: it must be
+    what a later GET of the request says, field for field, and a replay must say the same."""
+    body = {
+        "model_version_id": registered["version"]["id"],
+        "dataset_id": registered["dataset"]["id"],
+        "forget_classes": [2],
+        "caller_reference": "DSR-2",
+    }
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    response = api.post("/v1/deletion-requests", json=body, headers=key)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    read = api.get(f"/v1/deletion-requests/{accepted['id']}").json()
+    assert accepted == read
+    replay = api.post("/v1/deletion-requests", json=body, headers=key)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == read
+
+
 def test_cancel_a_queued_job_then_refuse_a_second_cancel(api, registered):
     job_id = submit(api, registered).json()["job"]["id"]
     canceled = api.post(f"/v1/jobs/{job_id}/cancel")
