@@ -324,7 +324,8 @@ def build_org(
         request = DeletionRequest(
             **fields,
             due_at=clock.due_at(created),
-            forget_spec_sha256=evidence.forget_spec_sha256(dataset["id"], None, forget, None),
+            forget_spec_salt=(salt := b.hex(64)),
+            forget_spec_sha256=evidence.forget_spec_sha256(dataset["id"], None, forget, None, salt),
             certificate=None,
         )
         source_version = ModelVersion(id=source["id"], model_id=model_id, sha256=source["sha256"])
