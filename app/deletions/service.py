@@ -467,7 +467,7 @@ def to_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
 def accepted_read(session: Session, request: DeletionRequest) -> DeletionRequestRead:
     """A request this session has just accepted, as the API shows it, from the rows the
     submission already holds: a new request has no extension, no artifact and no output yet,
-    so only its job is read (five statements fewer than ``to_read``)."""
+    so only its job is read again."""
     version = session.get(ModelVersion, request.model_version_id)
     dataset = session.get(Dataset, request.dataset_id)
     assert version is not None and dataset is not None  # checked by the submission
