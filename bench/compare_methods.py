@@ -134,6 +134,7 @@ def run_method(
         "test": measured["accuracy"]["test"],
         "entropy_mia": measured["mia"]["entropy"]["forget_member_rate"],
         "mia_efficacy": measured["mia"]["efficacy"],
+        "forget_confusion": measured["forget_confusion"],
         "curve": curve.points if curve else None,
         "model": model,
     }
@@ -179,6 +180,7 @@ def scenario(
         }
     for row in rows:
         row.pop("model")
+        row |= confusion_distances(before, row, retrained)
     return {
         "before": {
             k: before["accuracy"][k] for k in ("forget_train", "forget_test", "retain_test", "test")
@@ -192,6 +194,29 @@ def scenario(
     }
 
 
+def confusion_distances(
+    before: dict[str, Any], row: dict[str, Any], retrained: dict[str, Any] | None
+) -> dict[str, float | None]:
+    """Mean total variation, over the forgotten classes, between where a method sends their
+    held-out images and the original's second choice, and the retrained model's choice."""
+    found = verify.confusion_against_second_choice(
+        before,
+        {"forget_confusion": row["forget_confusion"]},
+        {"forget_confusion": retrained["forget_confusion"]} if retrained else None,
+    )
+    if found is None:
+        return {"confusion_tv": None, "confusion_tv_to_retrain": None}
+    to_retrain = [
+        r["total_variation_to_reference"]
+        for r in found["per_class"].values()
+        if r.get("total_variation_to_reference") is not None
+    ]
+    return {
+        "confusion_tv": found["mean_total_variation"],
+        "confusion_tv_to_retrain": float(np.mean(to_retrain)) if to_retrain else None,
+    }
+
+
 def _time_to_points(points: list[tuple[float, float]], accuracy: float) -> float | None:
     return next((t for t, a in points if a >= accuracy), None)
 
@@ -200,23 +225,30 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def tv(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| method | forget acc (train / test) | retain acc (test) | test acc | entropy MIA | "
-        "MIA-Efficacy | wall time | samples processed |",
-        "|---|---|---|---|---|---|---|---|",
+        "MIA-Efficacy | forget images' confusion vs the original's 2nd choice (TV) | vs "
+        "retrain's (TV) | wall time | samples processed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     b = result["before"]
     lines.append(
         f"| original | {pct(b['forget_train'])} / {pct(b['forget_test'])} | "
         f"{pct(b['retain_test'])} | {pct(b['test'])} | {pct(b['entropy_mia'])} | "
-        f"{pct(b['mia_efficacy'])} | | |"
+        f"{pct(b['mia_efficacy'])} | | | | |"
     )
     for r in result["rows"]:
         lines.append(
             f"| {r['method']} | {pct(r['forget_train'])} / {pct(r['forget_test'])} | "
             f"{pct(r['retain_test'])} | {pct(r['test'])} | {pct(r['entropy_mia'])} | "
-            f"{pct(r['mia_efficacy'])} | {r['seconds']:.2f} s | {r['samples_processed']:,} |"
+            f"{pct(r['mia_efficacy'])} | {tv(r['confusion_tv'])} | "
+            f"{tv(r['confusion_tv_to_retrain'])} | {r['seconds']:.2f} s | "
+            f"{r['samples_processed']:,} |"
         )
     for label, s in result["summary"]["unsir"].items():
         reach = s["retrain_seconds_to_same_retain_accuracy"]

@@ -228,6 +228,84 @@ def prediction_distribution(out: Outputs, class_names: list[str]) -> dict[str, o
     }
 
 
+def forget_confusion(out: Outputs, class_names: list[str]) -> dict[str, dict[str, object]]:
+    """Per forgotten class, over its held-out images: where the model sends them (``predicted``,
+    counts over every class) and its second choice (``second_choice``: the likeliest class
+    once every forgotten class is ruled out). A model retrained without the classes sends
+    their images to the classes they resemble, which is the original's second choice: the
+    unlearned model's ``predicted`` should look like the original's ``second_choice``."""
+    if not len(out):
+        return {}
+    forgotten = sorted({int(c) for c in out.labels})
+    predicted = out.probs.argmax(1)
+    others = out.probs.copy()
+    others[:, forgotten] = -np.inf
+    second = others.argmax(1)
+    n = len(class_names)
+    found: dict[str, dict[str, object]] = {}
+    for c in forgotten:
+        mine = out.labels == c
+        found[class_names[c]] = {
+            "images": int(mine.sum()),
+            "predicted": _counts(predicted[mine], class_names, n),
+            "second_choice": _counts(second[mine], class_names, n),
+        }
+    return found
+
+
+def _counts(classes: np.ndarray, class_names: list[str], n: int) -> dict[str, int]:
+    counts = np.bincount(classes, minlength=n)
+    return {name: int(k) for name, k in zip(class_names, counts, strict=True) if k}
+
+
+def total_variation(a: dict[str, int], b: dict[str, int]) -> float | None:
+    """Half the L1 distance between two count tables as distributions: 0 when the shares are
+    equal, 1 when they share no class."""
+    n_a, n_b = sum(a.values()), sum(b.values())
+    if not n_a or not n_b:
+        return None
+    keys = set(a) | set(b)
+    return 0.5 * sum(abs(a.get(k, 0) / n_a - b.get(k, 0) / n_b) for k in keys)
+
+
+def confusion_against_second_choice(
+    before: dict, after: dict, reference: dict | None = None
+) -> dict[str, object] | None:
+    """For a class request: per forgotten class, the distance (total variation) between where
+    the unlearned model sends the class's held-out images and where the original would have
+    sent them had the class not existed (its second choice); the same for the retrained
+    reference when there is one, and between the two. None for sample requests."""
+    original = before.get("forget_confusion") or {}
+    unlearned = after.get("forget_confusion") or {}
+    if not original or not unlearned:
+        return None
+    retrained = (reference or {}).get("forget_confusion") or {}
+    per_class: dict[str, dict[str, object]] = {}
+    distances: list[float] = []
+    for name, seen in original.items():
+        if name not in unlearned:
+            continue
+        target, moved = seen["second_choice"], unlearned[name]["predicted"]
+        distance = total_variation(moved, target)
+        row: dict[str, object] = {
+            "original_second_choice": target,
+            "unlearned": moved,
+            "total_variation": distance,
+        }
+        if distance is not None:
+            distances.append(distance)
+        if name in retrained:
+            redone = retrained[name]["predicted"]
+            row["reference"] = redone
+            row["reference_total_variation"] = total_variation(redone, target)
+            row["total_variation_to_reference"] = total_variation(moved, redone)
+        per_class[name] = row
+    return {
+        "per_class": per_class,
+        "mean_total_variation": float(np.mean(distances)) if distances else None,
+    }
+
+
 def weight_distance(model: nn.Module, reference: nn.Module) -> dict[str, object]:
     """Per-layer L2 distance of the parameters, the global distance and the normalised one,
     sqrt(sum ||p - p0||^2 / sum ||p||^2) (methods doc s. 1.9; p0 is the reference)."""
@@ -283,6 +361,9 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
             "efficacy": mia_efficacy(retain_train, test, forget_train),
         },
         "forget_predictions": prediction_distribution(headline_forget, sets.class_names),
+        "forget_confusion": (
+            forget_confusion(forget_test, sets.class_names) if forget_test is not None else {}
+        ),
         "samples": {
             "forget_train": len(forget_train),
             "retain_train": len(retain_train),

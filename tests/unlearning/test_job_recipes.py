@@ -82,6 +82,11 @@ def test_a_class_job_forgets_and_reports_its_phases_in_plan_order(tmp_path):
     metrics = outcome.metrics
     assert metrics["acceptance"]["passed"] is True
     assert metrics["after"]["forget_accuracy"] <= 0.05 < metrics["before"]["forget_accuracy"]
+    confusion = metrics["forget_confusion"]
+    assert set(confusion["per_class"]) == {"3", "8"}
+    for row in confusion["per_class"].values():
+        assert not {"3", "8"} & set(row["original_second_choice"])
+        assert 0.0 <= row["total_variation"] <= 1.0
     assert metrics["forget"] == {
         "kind": "classes",
         "classes": [3, 8],

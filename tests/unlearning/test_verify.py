@@ -81,6 +81,61 @@ def test_a_model_that_never_saw_a_class_has_zero_accuracy_on_it_in_every_split()
     assert sum(dist["counts"].values()) == report["samples"]["forget_test"]
 
 
+# --- where a forgotten class's images go ------------------------------------------------------
+
+
+def test_the_second_choice_rules_out_every_forgotten_class():
+    # Classes a, b, c, d; a and b are forgotten. The first image's top two are a and b, so its
+    # second choice is the best of the rest (d); the last image is already predicted as c.
+    out = outputs(
+        [[0.5, 0.3, 0.05, 0.15], [0.6, 0.1, 0.2, 0.1], [0.1, 0.2, 0.6, 0.1]],
+        [0, 0, 1],
+    )
+    found = verify.forget_confusion(out, ["a", "b", "c", "d"])
+    assert found == {
+        "a": {"images": 2, "predicted": {"a": 2}, "second_choice": {"c": 1, "d": 1}},
+        "b": {"images": 1, "predicted": {"c": 1}, "second_choice": {"c": 1}},
+    }
+    assert verify.total_variation({"c": 1, "d": 1}, {"c": 2}) == pytest.approx(0.5)
+    assert verify.total_variation({"a": 3}, {"c": 1}) == 1.0
+    assert verify.total_variation({}, {"c": 1}) is None
+
+
+def test_a_model_that_never_saw_a_class_sends_it_where_the_original_second_choice_does():
+    """The retrain-like model's confusion is closer to the original's second choice than a
+    model that sends every 3 to one class or spreads them evenly."""
+    sets = class_sets([3])
+    original = verify.measure(trained_model(), sets, SPEC, CPU)
+    retrained = verify.measure(never_saw_3(), sets, SPEC, CPU)
+    second = original["forget_confusion"]["3"]["second_choice"]
+    assert "3" not in second and sum(second.values()) == original["samples"]["forget_test"]
+    close = verify.confusion_against_second_choice(original, retrained)
+    assert close is not None
+    near = close["per_class"]["3"]["total_variation"]
+    n = original["samples"]["forget_test"]
+    one_class = {"3": {"predicted": {"0": n}}}
+    even = {"3": {"predicted": {str(c): n // 9 for c in range(10) if c != 3}}}
+    far = [
+        verify.confusion_against_second_choice(original, {"forget_confusion": other})
+        for other in (one_class, even)
+    ]
+    assert all(f is not None and near < f["per_class"]["3"]["total_variation"] for f in far)
+    assert close["mean_total_variation"] == near
+    # Against itself as the reference, the distance to the reference is 0.
+    with_ref = verify.confusion_against_second_choice(original, retrained, retrained)
+    assert with_ref is not None
+    assert with_ref["per_class"]["3"]["total_variation_to_reference"] == 0.0
+    assert with_ref["per_class"]["3"]["reference_total_variation"] == near
+
+
+def test_a_sample_request_has_no_forgotten_class_to_follow():
+    train, test = splits()
+    sets = verify.eval_sets(train, test, np.arange(20), np.arange(20, 200), None, NAMES)
+    report = verify.measure(trained_model(), sets, SPEC, CPU)
+    assert report["forget_confusion"] == {}
+    assert verify.confusion_against_second_choice(report, report) is None
+
+
 # --- membership inference ---------------------------------------------------------------------
 
 
