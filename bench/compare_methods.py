@@ -135,6 +135,7 @@ def run_method(
         "entropy_mia": measured["mia"]["entropy"]["forget_member_rate"],
         "mia_efficacy": measured["mia"]["efficacy"],
         "forget_confusion": measured["forget_confusion"],
+        "feature_probe": (measured["feature_probe"] or {}).get("accuracy"),
         "curve": curve.points if curve else None,
         "model": model,
     }
@@ -188,6 +189,7 @@ def scenario(
         | {
             "entropy_mia": before["mia"]["entropy"]["forget_member_rate"],
             "mia_efficacy": before["mia"]["efficacy"],
+            "feature_probe": (before["feature_probe"] or {}).get("accuracy"),
         },
         "rows": rows,
         "summary": summary,
@@ -232,21 +234,21 @@ def tv(x: float | None) -> str:
 def table(result: dict[str, Any]) -> str:
     lines = [
         "| method | forget acc (train / test) | retain acc (test) | test acc | entropy MIA | "
-        "MIA-Efficacy | forget images' confusion vs the original's 2nd choice (TV) | vs "
-        "retrain's (TV) | wall time | samples processed |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "MIA-Efficacy | feature probe on the forget classes | forget images' confusion vs the "
+        "original's 2nd choice (TV) | vs retrain's (TV) | wall time | samples processed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     b = result["before"]
     lines.append(
         f"| original | {pct(b['forget_train'])} / {pct(b['forget_test'])} | "
         f"{pct(b['retain_test'])} | {pct(b['test'])} | {pct(b['entropy_mia'])} | "
-        f"{pct(b['mia_efficacy'])} | | | | |"
+        f"{pct(b['mia_efficacy'])} | {pct(b['feature_probe'])} | | | | |"
     )
     for r in result["rows"]:
         lines.append(
             f"| {r['method']} | {pct(r['forget_train'])} / {pct(r['forget_test'])} | "
             f"{pct(r['retain_test'])} | {pct(r['test'])} | {pct(r['entropy_mia'])} | "
-            f"{pct(r['mia_efficacy'])} | {tv(r['confusion_tv'])} | "
+            f"{pct(r['mia_efficacy'])} | {pct(r['feature_probe'])} | {tv(r['confusion_tv'])} | "
             f"{tv(r['confusion_tv_to_retrain'])} | {r['seconds']:.2f} s | "
             f"{r['samples_processed']:,} |"
         )

@@ -19,7 +19,13 @@ class Thresholds:
     - ``max_forget_member_excess``: how far that member rate may exceed the rate on held-out
       data: forgotten data should look no more like training data than unseen data does;
     - ``max_forget_member_shortfall``: how far it may fall below the held-out rate: forgetting
-      past what a model that never saw the data shows is itself a sign that it was removed.
+      past what a model that never saw the data shows is itself a sign that it was removed;
+    - ``min_feature_probe_drop`` (class requests): how far, at least, the accuracy of a linear
+      probe on the model's features must fall from the original's on the forgotten classes'
+      held-out images (``verify.feature_probe``: the probe sees a few images of each). A change
+      to the head alone leaves the features, and the probe's accuracy, as they were; a model
+      retrained without the class keeps generic features, so the probe still reads some of it
+      (docs/benchmarks.md). A model with no linear head cannot be probed, and fails it when on.
 
     The held-out rate is the one a retrained model would give the forget set, estimated without
     retraining: for samples, the rate on held-out images; for classes, the rate on held-out
@@ -37,6 +43,7 @@ class Thresholds:
     max_mia_gap: float | None = 0.10
     max_forget_member_excess: float | None = 0.10
     max_forget_member_shortfall: float | None = None
+    min_feature_probe_drop: float | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -84,6 +91,14 @@ def checks(
     allowance = _sampling_allowance(mia, after.get("samples"))
     check("max_forget_member_excess", _minus(mia["forget_member_rate"], heldout), allowance)
     check("max_forget_member_shortfall", _minus(heldout, mia["forget_member_rate"]), allowance)
+    least = thresholds.min_feature_probe_drop
+    if least is not None:
+        drop = _minus(_probe_accuracy(before), _probe_accuracy(after))
+        passed = drop is not None and drop >= least
+        done.append(
+            {"check": "min_feature_probe_drop", "measured": drop, "threshold": least}
+            | {"passed": passed}
+        )
     if reference is not None:
         theirs = reference["mia"]["entropy"]["forget_member_rate"]
         gap = _minus(mia["forget_member_rate"], theirs)
@@ -94,6 +109,12 @@ def checks(
             _two_se(mia["forget_member_rate"], n, theirs, n),
         )
     return done
+
+
+def _probe_accuracy(measured: dict[str, Any]) -> float | None:
+    probe = measured.get("feature_probe") or {}
+    accuracy = probe.get("accuracy")
+    return None if accuracy is None else float(accuracy)
 
 
 def failures(

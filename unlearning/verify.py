@@ -31,6 +31,8 @@ class Outputs:
 
     probs: np.ndarray
     labels: np.ndarray
+    # The input of the model's classification head (its penultimate features), when asked for.
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -103,15 +105,39 @@ def model_outputs(
     spec: InputSpec,
     device: torch.device,
     batch_size: int = 512,
+    with_features: bool = False,
 ) -> Outputs:
     model.eval()
-    probs, labels = [], []
-    for x, y in iterate(source, idx, spec, batch_size):
-        probs.append(F.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
-        labels.append(y.numpy())
+    probs, labels, features = [], [], []
+    head = classifier_head(model) if with_features else None
+    hook = (
+        head.register_forward_pre_hook(
+            lambda _m, args: features.append(args[0].flatten(1).float().cpu().numpy())
+        )
+        if head is not None
+        else None
+    )
+    try:
+        for x, y in iterate(source, idx, spec, batch_size):
+            probs.append(F.softmax(model(x.to(device)).float(), dim=1).cpu().numpy())
+            labels.append(y.numpy())
+    finally:
+        if hook is not None:
+            hook.remove()
     if not probs:
         return Outputs(np.empty((0, 0)), np.empty(0, dtype=np.int64))
-    return Outputs(np.concatenate(probs).astype(np.float64), np.concatenate(labels))
+    return Outputs(
+        np.concatenate(probs).astype(np.float64),
+        np.concatenate(labels),
+        np.concatenate(features) if features else None,
+    )
+
+
+def classifier_head(model: nn.Module) -> nn.Linear | None:
+    """The last linear layer: the head whose input is the features a probe reads (torchvision's
+    ``fc``, timm's ``head.fc``, tiny_cnn's last layer). None when the model has none."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linear[-1] if linear else None
 
 
 def accuracy(out: Outputs) -> float | None:
@@ -228,6 +254,68 @@ def prediction_distribution(out: Outputs, class_names: list[str]) -> dict[str, o
     }
 
 
+PROBE_SHOTS = 10  # forgotten-class images per class the probe is shown
+PROBE_RETAIN = 2_000  # held-out retain images it is shown, at most
+
+
+def feature_probe(
+    retain: Outputs, forget: Outputs, shots: int = PROBE_SHOTS, seed: int = 0
+) -> dict[str, object] | None:
+    """Whether the forgotten classes can still be read from the model's features.
+
+    A linear probe (logistic regression on the standardised input of the classification head)
+    is trained on held-out retain images and ``shots`` held-out images of each forgotten class,
+    then judged on the forgotten classes' other held-out images: ``accuracy`` is the share it
+    assigns to their true class. A method that only misaligns the head leaves the features, and
+    so this accuracy, as they were ("An Illusion of Unlearning?", arXiv 2604.08271); compare it
+    with the original's. None when the model has no linear head or too few images to judge.
+    """
+    if retain.features is None or forget.features is None or not len(retain):
+        return None
+    rng = np.random.default_rng(seed)
+    shown, judged = [], []
+    for c in sorted({int(c) for c in forget.labels}):
+        mine = rng.permutation(np.flatnonzero(forget.labels == c))
+        shown.append(mine[:shots])
+        judged.append(mine[shots:])
+    held = np.concatenate(judged)
+    if not len(held):
+        return None
+    kept = _cap(np.arange(len(retain)), PROBE_RETAIN, rng)
+    x = np.concatenate([retain.features[kept], forget.features[np.concatenate(shown)]])
+    y = np.concatenate([retain.labels[kept], forget.labels[np.concatenate(shown)]])
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    probe = LogisticRegression(class_weight="balanced", max_iter=500)
+    probe.fit((x - mean) / std, y)
+    predicted = probe.predict((forget.features[held] - mean) / std)
+    return {
+        "accuracy": float((predicted == forget.labels[held]).mean()),
+        "shots_per_class": shots,
+        "trained_on": len(y),
+        "judged_on": len(held),
+        "feature_dim": int(x.shape[1]),
+    }
+
+
+def probe_summary(
+    before: dict, after: dict, reference: dict | None = None
+) -> dict[str, object] | None:
+    """The feature probe's accuracy on the forgotten classes for the original, the unlearned
+    model and the reference (when there is one), and how far it fell from the original's."""
+    original, unlearned = before.get("feature_probe"), after.get("feature_probe")
+    if not original or not unlearned:
+        return None
+    redone = (reference or {}).get("feature_probe") or {}
+    return {
+        "original": original["accuracy"],
+        "unlearned": unlearned["accuracy"],
+        "reference": redone.get("accuracy"),
+        "drop": original["accuracy"] - unlearned["accuracy"],
+        "shots_per_class": unlearned["shots_per_class"],
+        "judged_on": unlearned["judged_on"],
+    }
+
+
 def forget_confusion(out: Outputs, class_names: list[str]) -> dict[str, dict[str, object]]:
     """Per forgotten class, over its held-out images: where the model sends them (``predicted``,
     counts over every class) and its second choice (``second_choice``: the likeliest class
@@ -330,10 +418,14 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
     """Every per-model figure of a job: accuracies per split and class, MIAs, forget predictions."""
     forget_train = model_outputs(model, sets.train, sets.forget_train, spec, device)
     retain_train = model_outputs(model, sets.train, sets.retain_train, spec, device)
-    retain_test = model_outputs(model, sets.test, sets.retain_test, spec, device)
+    classes = sets.forget_test is not None and len(sets.forget_test) > 0
+    # For a class request, the head's input too: the feature probe reads it.
+    retain_test = model_outputs(
+        model, sets.test, sets.retain_test, spec, device, with_features=classes
+    )
     forget_test = (
-        model_outputs(model, sets.test, sets.forget_test, spec, device)
-        if sets.forget_test is not None and len(sets.forget_test)
+        model_outputs(model, sets.test, sets.forget_test, spec, device, with_features=True)
+        if classes and sets.forget_test is not None
         else None
     )
     test = _join(retain_test, forget_test)
@@ -364,6 +456,7 @@ def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.dev
         "forget_confusion": (
             forget_confusion(forget_test, sets.class_names) if forget_test is not None else {}
         ),
+        "feature_probe": feature_probe(retain_test, forget_test) if forget_test else None,
         "samples": {
             "forget_train": len(forget_train),
             "retain_train": len(retain_train),

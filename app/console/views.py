@@ -20,6 +20,7 @@ CHECK_LABELS = {
     "max_forget_member_excess": "Forget set's member rate above held-out data's",
     "max_forget_member_shortfall": "Forget set's member rate below held-out data's",
     "max_mia_gap": "Distance from the retrained reference's member rate",
+    "min_feature_probe_drop": "Fall of a feature probe's accuracy on the forgotten classes",
     "max_retain_psnr_drop": "Fall in retain completions' PSNR",
     "min_forget_psnr_drop": "Fall in forget completions' PSNR",
 }

@@ -44,6 +44,14 @@ class AcceptanceIn(Part):
         description="largest shortfall of the forget set's entropy-MIA member rate below "
         "held-out data's: over-forgetting is a signature too (0.10 for samples, off for classes)",
     )
+    min_feature_probe_drop: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="class requests: least fall, from the original's, of a linear probe's "
+        "accuracy on the forgotten classes' held-out images read from the model's features "
+        "(off; a change to the head alone leaves it at 0)",
+    )
     max_retain_psnr_drop: float | None = Field(
         None,
         ge=0.0,

@@ -49,6 +49,7 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
         "max_mia_gap": 0.10,
         "max_forget_member_excess": 0.10,
         "max_forget_member_shortfall": 0.10,
+        "min_feature_probe_drop": None,
     }
     assert request["reference"] == {"method": "retrain", "params": {**RECIPE, "weight_decay": 0.0}}
     job = client.wait(request["job"]["id"], timeout=600)
@@ -74,6 +75,14 @@ def test_a_class_deletion_reports_every_metric_against_a_retrained_reference(cli
         m["after"]["forget_predictions"]["counts"]["3"]
         <= 0.05 * m["after"]["samples"]["forget_test"]
     )
+    # Where the forgotten classes' images go, beside the original's second choice and the
+    # reference's; and whether a probe still reads them from the features.
+    confusion = m["forget_confusion"]["per_class"]
+    assert set(confusion) == {"3", "8"}
+    assert all(0.0 <= row["reference_total_variation"] <= 1.0 for row in confusion.values())
+    probe = m["feature_probe"]
+    assert probe["original"] > 0.8 and probe["reference"] is not None
+    assert probe["drop"] == pytest.approx(probe["original"] - probe["unlearned"])
     assert m["weight_distance"]["to_original"]["total"] > 0
     assert m["weight_distance"]["to_reference"]["total"] > 0
     relearn = m["relearn_time"]

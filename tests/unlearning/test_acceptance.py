@@ -129,3 +129,39 @@ def test_the_decision_lists_every_check_that_is_on_passed_or_not():
     assert acceptance.i2i_failures(acceptance.I2I_DEFAULTS, i2i, stayed) == [
         {"check": "min_forget_psnr_drop", "measured": pytest.approx(0.1), "threshold": 1.5}
     ]
+
+
+def test_the_feature_probe_check_fails_a_change_to_the_head_alone():
+    """Measured on real digits: switching class 3 off in the head passes the forget-accuracy
+    check and fails the probe's (its features read 3s as well as before); a model that never
+    saw a 3 passes both."""
+    from tests.unlearning.test_verify import (
+        CPU,
+        SPEC,
+        class_sets,
+        head_only_change,
+        never_saw_3,
+        trained_model,
+    )
+    from unlearning import verify
+
+    sets = class_sets([3])
+    before = verify.measure(trained_model(), sets, SPEC, CPU)
+    limits = Thresholds(
+        max_forget_accuracy=0.05,
+        max_retain_drop=None,
+        max_mia_gap=None,
+        max_forget_member_excess=None,
+        min_feature_probe_drop=0.05,
+    )
+    head_only = verify.measure(head_only_change(), sets, SPEC, CPU)
+    failed = failures(limits, before, head_only, None)
+    assert [f["check"] for f in failed] == ["min_feature_probe_drop"]
+    assert failed[0]["measured"] == 0.0 and failed[0]["threshold"] == 0.05
+    retrained = verify.measure(never_saw_3(), sets, SPEC, CPU)
+    assert failures(limits, before, retrained, None) == []
+    # Off by default: the same head-only change passes the class defaults' probe-free gate.
+    assert DEFAULTS["classes"].min_feature_probe_drop is None
+    # A model the probe cannot read (no linear head) fails the check when it is on.
+    blind = {**head_only, "feature_probe": None}
+    assert [f["check"] for f in failures(limits, before, blind, None)] == ["min_feature_probe_drop"]

@@ -128,11 +128,42 @@ def test_a_model_that_never_saw_a_class_sends_it_where_the_original_second_choic
     assert with_ref["per_class"]["3"]["reference_total_variation"] == near
 
 
+def head_only_change() -> torch.nn.Module:
+    """The original with class 3 switched off in its head alone: it never predicts 3, and its
+    features are the original's."""
+    model = copy.deepcopy(trained_model())
+    head = verify.classifier_head(model)
+    assert head is not None
+    with torch.no_grad():
+        head.bias[3] -= 100.0
+    return model
+
+
+def test_a_feature_probe_reads_a_class_the_head_alone_forgot():
+    sets = class_sets([3])
+    original = verify.measure(trained_model(), sets, SPEC, CPU)
+    head_only = verify.measure(head_only_change(), sets, SPEC, CPU)
+    retrained = verify.measure(never_saw_3(), sets, SPEC, CPU)
+    assert head_only["forget_accuracy"] == 0.0  # the head forgot
+    probe = original["feature_probe"]
+    assert probe["accuracy"] > 0.9 and probe["feature_dim"] == 64
+    assert probe["shots_per_class"] == verify.PROBE_SHOTS
+    assert probe["judged_on"] == original["samples"]["forget_test"] - verify.PROBE_SHOTS
+    # The features did not: the probe reads 3s from them exactly as from the original's.
+    assert head_only["feature_probe"]["accuracy"] == probe["accuracy"]
+    # A model that never saw a 3 has features that tell 3s apart less well.
+    assert retrained["feature_probe"]["accuracy"] < probe["accuracy"]
+    summary = verify.probe_summary(original, head_only, retrained)
+    assert summary is not None and summary["drop"] == 0.0
+    assert summary["reference"] == retrained["feature_probe"]["accuracy"]
+
+
 def test_a_sample_request_has_no_forgotten_class_to_follow():
     train, test = splits()
     sets = verify.eval_sets(train, test, np.arange(20), np.arange(20, 200), None, NAMES)
     report = verify.measure(trained_model(), sets, SPEC, CPU)
     assert report["forget_confusion"] == {}
+    assert report["feature_probe"] is None
     assert verify.confusion_against_second_choice(report, report) is None
 
 

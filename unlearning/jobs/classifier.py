@@ -142,6 +142,7 @@ def run(job: JobSpec, weights: Path, device: torch.device, report: JobProgress) 
         "gap_to_reference": verify.gaps(after, reference) if reference else None,
         "original_gap_to_reference": verify.gaps(before, reference) if reference else None,
         "forget_confusion": verify.confusion_against_second_choice(before, after, reference),
+        "feature_probe": verify.probe_summary(before, after, reference),
         "weight_distance": {
             "to_original": verify.weight_distance(model, original),
             "to_reference": (
