@@ -50,25 +50,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from load import (  # noqa: E402 - bench/, on the path as the script's folder
+    BACKENDS,
     CHEAP_PARAMS,
     OPEN_ACCEPTANCE,
     Service,
     backend_env,
     revision,
     server_versions,
+    title,
 )
-from report import cpu_name, documented, wrap  # noqa: E402
+from report import cpu_name, documented, wrap, write_backend_section  # noqa: E402
 
 from client.api import TERMINAL, NepentheClient  # noqa: E402
 from client.databases import PG_ADMIN, REDIS_URL  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Job overhead: from `job.queued` to `job.succeeded`"
-BACKENDS = {
-    "production": "production backend (PostgreSQL + Redis)",
-    "embedded": "embedded backend (SQLite + filesystem:// broker)",
-}
-FINDINGS = "Findings"  # a hand-written subsection that --write-docs keeps
 FASHION_ARCH = {"name": "tiny_cnn", "args": {"in_channels": 1, "width": 16}}
 FASHION_NORM = {"mean": [0.2860], "std": [0.3530]}
 NOT_METHOD = {"load", "evaluate_before", "evaluate", "extra_repair", "relearn", "save"}
@@ -381,11 +378,6 @@ def summary(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def title(backend: str) -> str:
-    label = BACKENDS[backend]
-    return label[0].upper() + label[1:]
-
-
 def subsection(args: argparse.Namespace, report: dict[str, Any], command: str) -> str:
     train = report.get("train_s")
     out = [
@@ -443,33 +435,10 @@ it was before its cache), *cache on* the default.
 """
 
 
-def section(existing: str | None, sub: str, backend: str) -> str:
-    titles = {title(name): name for name in BACKENDS}
-    titles[FINDINGS] = FINDINGS
-    parts: dict[str, str] = {}
-    if existing:
-        for chunk in existing.split("\n### ")[1:]:
-            heading = chunk.split("\n", 1)[0]
-            if heading in titles:
-                parts[titles[heading]] = "### " + chunk.rstrip("\n") + "\n"
-    parts[backend] = sub.rstrip("\n") + "\n"
-    body = "\n".join(parts[name] for name in [*BACKENDS, FINDINGS] if name in parts)
-    return f"{SECTION}\n\n{INTRO}\n{body}"
-
-
 def write_docs(sub: str, backend: str) -> None:
-    doc = DOCS.read_text()
-    marker = f"\n{SECTION}\n"
-    start = doc.find(marker)
-    if start == -1:
-        DOCS.write_text(doc.rstrip("\n") + "\n\n" + section(None, sub, backend))
-        return
-    end = doc.find("\n## ", start + len(marker))
-    existing = doc[start + 1 : end + 1] if end != -1 else doc[start + 1 :]
-    rest = doc[end + 1 :] if end != -1 else ""
-    DOCS.write_text(
-        doc[: start + 1] + section(existing, sub, backend) + ("\n" + rest if rest else "")
-    )
+    """Replace this backend's subsection of the section (the section is appended when new)."""
+    titles = {name: title(name) for name in BACKENDS}
+    write_backend_section(DOCS, SECTION, INTRO, sub, backend, titles)
 
 
 def main() -> None:

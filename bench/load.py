@@ -65,7 +65,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from report import cpu_name, documented, wrap  # noqa: E402 - bench/, on the path as the script's folder
+from report import cpu_name, documented, wrap, write_backend_section  # noqa: E402 - bench/, on the path as the script's folder
 
 from client.api import TERMINAL, NepentheClient  # noqa: E402
 from client.databases import (  # noqa: E402
@@ -102,7 +102,6 @@ OPEN_ACCEPTANCE = {
     "max_forget_member_excess": None,
 }
 OPS = ("submit", "retry", "poll", "download")
-FINDINGS = "Findings"  # a hand-written subsection that --write-docs keeps
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,34 +782,10 @@ same request), that every job ended, and that no answer was a 5xx.
 """
 
 
-def section(existing: str | None, sub: str, backend: str) -> str:
-    """The section with this backend's subsection put in (replacing its previous one)."""
-    titles = {title(name): name for name in BACKENDS}
-    titles[FINDINGS] = FINDINGS  # written by hand, kept as it is
-    parts: dict[str, str] = {}
-    if existing:
-        for chunk in existing.split("\n### ")[1:]:
-            heading = chunk.split("\n", 1)[0]
-            if heading in titles:
-                parts[titles[heading]] = "### " + chunk.rstrip("\n") + "\n"
-    parts[backend] = sub.rstrip("\n") + "\n"
-    body = "\n".join(parts[name] for name in [*BACKENDS, FINDINGS] if name in parts)
-    return f"{SECTION}\n\n{INTRO}\n{body}"
-
-
 def write_docs(sub: str, backend: str) -> None:
     """Replace this backend's subsection of the section (the section is appended when new)."""
-    doc = DOCS.read_text()
-    marker = f"\n{SECTION}\n"
-    start = doc.find(marker)
-    if start == -1:
-        DOCS.write_text(doc.rstrip("\n") + "\n\n" + section(None, sub, backend))
-        return
-    end = doc.find("\n## ", start + len(marker))
-    existing = doc[start + 1 : end + 1] if end != -1 else doc[start + 1 :]
-    rest = doc[end + 1 :] if end != -1 else ""
-    text = section(existing, sub, backend)
-    DOCS.write_text(doc[: start + 1] + text + ("\n" + rest if rest else ""))
+    titles = {name: title(name) for name in BACKENDS}
+    write_backend_section(DOCS, SECTION, INTRO, sub, backend, titles)
 
 
 def title(backend: str) -> str:

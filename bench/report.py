@@ -61,3 +61,31 @@ def documented(argv: list[str], dropped: tuple[str, ...] = ()) -> list[str]:
         elif not arg.startswith("--out=") and arg not in dropped:
             kept.append(arg)
     return kept
+
+
+def write_backend_section(
+    docs: Path, heading: str, intro: str, sub: str, backend: str, titles: dict[str, str]
+) -> None:
+    """Put ``sub``, the subsection of ``backend`` (headed ``### titles[backend]``), in the
+    section ``heading`` of ``docs``: it replaces that backend's previous subsection; the other
+    backends' and a hand-written ``### Findings`` are kept, in that order. A new section is
+    appended."""
+    order = [*titles.values(), "Findings"]
+    doc = docs.read_text()
+    start = doc.find(f"\n{heading}\n")
+    parts: dict[str, str] = {}
+    if start != -1:
+        end = doc.find("\n## ", start + len(heading) + 2)
+        existing = doc[start + 1 : end + 1] if end != -1 else doc[start + 1 :]
+        for chunk in existing.split("\n### ")[1:]:
+            title = chunk.split("\n", 1)[0]
+            if title in order:
+                parts[title] = "### " + chunk.rstrip("\n") + "\n"
+    parts[titles[backend]] = sub.rstrip("\n") + "\n"
+    body = "\n".join(parts[title] for title in order if title in parts)
+    text = f"{heading}\n\n{intro}\n{body}"
+    if start == -1:
+        docs.write_text(doc.rstrip("\n") + "\n\n" + text)
+        return
+    rest = doc[end + 1 :] if end != -1 else ""
+    docs.write_text(doc[: start + 1] + text + ("\n" + rest if rest else ""))
