@@ -120,6 +120,16 @@ def print_evidence(metrics: dict[str, Any]) -> None:
             f"gap to the retrained reference: forget accuracy {gap['forget_accuracy']:+.1%}, "
             f"retain accuracy {gap['retain_accuracy']:+.1%}, avg gap {gap['avg_gap']:.1%}"
         )
+    probe = metrics.get("feature_probe")
+    if probe:
+        line = (
+            f"feature probe on the forgotten classes (a linear probe on the features, shown "
+            f"{probe['shots_per_class']} images of each): {probe['original']:.1%} -> "
+            f"{probe['unlearned']:.1%}"
+        )
+        if probe["reference"] is not None:
+            line += f" (retrained reference {probe['reference']:.1%})"
+        print(line)
     gate = metrics["acceptance"]
     verdict = "passed" if gate["passed"] else f"FAILED {gate['failures']}"
     print(f"acceptance gate {gate['thresholds']}: {verdict}")

@@ -113,6 +113,19 @@ def test_a_class_job_forgets_and_reports_its_phases_in_plan_order(tmp_path):
     assert cost["estimated_method_passes"] >= trained
 
 
+def test_a_feature_probe_threshold_sends_auto_past_its_head_refit(tmp_path):
+    """The head refit leaves the features as they were, so with the probe check on it fails
+    that check alone and the default method goes on to its next attempt."""
+    limits = dataclasses.asdict(acceptance.DEFAULTS["classes"]) | {"min_feature_probe_drop": 0.05}
+    job = _class_job(method="auto", params={}, acceptance=limits)
+    outcome = run(job, _weights(tmp_path, trained_state()), CPU, Recorder())
+    attempts = outcome.metrics["method_details"]["attempts"]
+    assert attempts[0]["method"] == "head_refit" and attempts[0]["gate"] == "failed"
+    assert [f["check"] for f in attempts[0]["failures"]] == ["min_feature_probe_drop"]
+    assert len(attempts) > 1 and attempts[1]["method"] == "distill"
+    assert outcome.metrics["after"]["forget_accuracy"] <= 0.05  # the outputs did forget
+
+
 def test_forward_only_work_counts_a_third_and_a_retrain_sets_the_scale(tmp_path):
     params = {"importance_images": 300, "forget_images": 100, "bn_images": 600}
     retrain = {"epochs": 2, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0, "seed": 0}
