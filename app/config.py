@@ -214,6 +214,12 @@ class Settings(BaseSettings):
         description="most months a request's deadline may be extended in all "
         "(GDPR Art. 12(3): two further months)",
     )
+    coalescing_deadline_margin_s: float = Field(
+        7 * 86400.0,
+        ge=0,
+        description="a request of a coalescing model waits for others to join it until its due "
+        "date less this margin at the latest (time left to run, review and retry it)",
+    )
     webhook_max_attempts: int = Field(8, ge=1, le=50, description="deliveries tried per event")
     webhook_backoff_s: float = Field(
         2.0, gt=0, description="first retry delay of a failed webhook delivery; doubles each try"

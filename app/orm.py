@@ -144,6 +144,9 @@ class Model(Base):
     # How the registered weights were trained ({"epochs", "optimizer", "lr", "batch_size",
     # "augmentation"}), when the owner said: the scale of a retrain in jobs' cost reports.
     training: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Opt-in joining of the requests waiting on one version into one job ({"max_wait_s",
+    # "max_requests"}); None: every request runs as its own job as soon as a worker is free.
+    coalescing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -290,6 +293,12 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(Timestamp)
     # When the job's message last reached the broker (None: never, or the send failed).
     sent_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # A job of a coalescing model waits, unsent, until then for others to join it (the sweeper
+    # sends it once the time has come); None: it may run at once.
+    not_before: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set while (and after) this job's request ran inside another job, which forgot the union
+    # of its members' data in one run: the joint job whose outcome this job shares.
+    joint_job_id: Mapped[str | None] = mapped_column(ForeignKey("job.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)

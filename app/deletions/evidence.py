@@ -126,5 +126,15 @@ def issue_certificate(
             "output_checkpoint_sha256": output.sha256,
             # Requests accepted before receipts existed (migration 0004) have none to link to.
             "receipt_signature": request.receipt["signature"]["value"] if request.receipt else None,
+            # A request forgotten in one run with others (app.jobs.coalescing): that run's job
+            # and every request it served (each holds a certificate of its own).
+            **_joint_fields(metrics),
         }
     )
+
+
+def _joint_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    joint = metrics.get("joint")
+    if joint is None:
+        return {}
+    return {"joint_job_id": joint["job_id"], "joint_request_ids": joint["request_ids"]}

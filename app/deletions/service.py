@@ -40,8 +40,8 @@ from app.errors import (
     UnknownClass,
     UnknownSample,
 )
+from app.jobs import coalescing, states
 from app.jobs import service as jobs
-from app.jobs import states
 from app.jobs.schemas import JobRead
 from app.models import lineage
 from app.models import repository as models_repo
@@ -165,6 +165,9 @@ def submit(
             raise
         return existing, False
     job = Job(request_id=request.id)
+    waits_until = coalescing.wait_until(model, request)
+    if waits_until is not None:  # sent by the sweeper then, unless a joint run takes it first
+        job.not_before, job.phase = waits_until, coalescing.WAITING
     repo.insert_job(session, job)
     audit.record(
         session,
@@ -193,10 +196,12 @@ def submit(
             "measure_relearn_time": body.measure_relearn_time,
             "budget_epochs": body.budget_epochs,
             "idempotency_key": idempotency_key,
+            "coalescing_until": waits_until.isoformat() if waits_until else None,
         },
     )
     states.record_created(session, job, actor, reason="deletion request accepted")
-    queue.enqueue_after_commit(session, job.id)
+    if waits_until is None:
+        queue.enqueue_after_commit(session, job.id)
     return request, True
 
 

@@ -21,7 +21,7 @@ from app.config import get_settings
 from app.datasets.service import resolve_location
 from app.db import session_scope
 from app.deletions import evidence, lifecycle
-from app.jobs import repository, states
+from app.jobs import coalescing, repository, states
 from app.models import lineage
 from app.models import repository as models_repo
 from app.models import service as models
@@ -55,6 +55,9 @@ class JobContext:
     job: JobSpec
     # The worker's claim: the outcome is recorded only while the job still holds it.
     lease: str | None = None
+    # A joint run (app.jobs.coalescing): its jobs, requests and forget sets, which the
+    # metrics of every member repeat; None for a job that runs alone.
+    joint: dict[str, Any] | None = None
 
     def weights_path(self) -> Path:
         """The input checkpoint as a local file (fetched from the store when it is remote)."""
@@ -77,11 +80,17 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
         )
         c, h, w = model.input_shape
         earlier_classes, earlier_samples = earlier_forgets(session, version, dataset.id)
+        member_requests = [
+            session.get(DeletionRequest, m.request_id)
+            for m in coalescing.members(session, job.id, lease)
+        ]
+        together = [request, *(r for r in member_requests if r is not None)]
+        forget_classes, forget_samples = union_of(together)
         spec = JobSpec(
             method=request.method,
             params=dict(request.params),
-            forget_classes=request.forget_classes,
-            forget_samples=request.forget_samples,
+            forget_classes=forget_classes,
+            forget_samples=forget_samples,
             acceptance=request.acceptance or _default_acceptance(request),
             reference=request.reference,
             measure_relearn_time=request.measure_relearn_time,
@@ -115,7 +124,34 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             storage_key=version.storage_key,
             job=spec,
             lease=lease,
+            joint=joint_record(job, together, forget_classes, forget_samples),
         )
+
+
+def union_of(requests: list[DeletionRequest]) -> tuple[list[int] | None, list[str] | None]:
+    """The classes and the samples the requests forget together (requests of one run forget
+    the same kind), in the order first named."""
+    if requests[0].forget_classes is not None:
+        return sorted({c for r in requests for c in r.forget_classes or ()}), None
+    return None, list(dict.fromkeys(s for r in requests for s in r.forget_samples or ()))
+
+
+def joint_record(
+    job: Job,
+    requests: list[DeletionRequest],
+    forget_classes: list[int] | None,
+    forget_samples: list[str] | None,
+) -> dict[str, Any] | None:
+    """What every member's metrics and certificate say of a joint run; None for a lone job."""
+    if len(requests) == 1:
+        return None
+    return {
+        "job_id": job.id,
+        "request_ids": [r.id for r in requests],
+        "requests": len(requests),
+        "forget_classes": forget_classes,
+        "forget_samples_count": len(forget_samples) if forget_samples is not None else None,
+    }
 
 
 def _importance_cache(version_id: str, dataset_id: str) -> str | None:
@@ -138,13 +174,10 @@ def earlier_forgets(
     ancestors forgot."""
     classes: set[int] = set()
     samples: set[str] = set()
-    for v in [version, *lineage.ancestors(session, version)]:
-        earlier = (
-            session.get(DeletionRequest, v.produced_by_request_id)
-            if v.produced_by_request_id
-            else None
-        )
-        if earlier is not None and earlier.dataset_id == dataset_id:
+    lineage_ids = [v.id for v in [version, *lineage.ancestors(session, version)]]
+    # Every request a version's job served: a joint run's version forgot all its members' data.
+    for earlier in repository.requests_that_produced(session, lineage_ids):
+        if earlier.dataset_id == dataset_id:
             classes.update(earlier.forget_classes or ())
             samples.update(earlier.forget_samples or ())
     return sorted(classes), sorted(samples)
@@ -200,6 +233,8 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
             for name, (media, content) in outcome.artifacts.items()
         }
         timings["store_s"] = time.perf_counter() - start  # the checkpoint and the artifacts
+        if ctx.joint is not None:
+            metrics["joint"] = ctx.joint
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
         # From here to the job's last transition: the version, the certificate, the
         # supersession marks, the transition itself and its audit events.
@@ -305,15 +340,26 @@ def _record_outcome(
                 f"{f['check']} (measured {_figure(f['measured'])}, threshold {f['threshold']})"
                 for f in outcome.failures
             )
+            reason = f"the result missed the acceptance thresholds: {checks}"
             moved = states.transition(
                 session,
                 job,
                 JobStatus.rejected,
                 lease=ctx.lease,
-                reason=f"the result missed the acceptance thresholds: {checks}",
+                reason=reason,
                 values={"metrics": metrics, "progress": 1.0, "phase": "save"},
                 details=details,
             )
+            for member in _members(session, ctx, moved):
+                states.transition(
+                    session,
+                    member,
+                    JobStatus.rejected,
+                    lease=ctx.lease,
+                    reason=f"its joint job {job.id}: {reason}",
+                    values={"metrics": metrics, "progress": 1.0, "phase": "save"},
+                    details=details,
+                )
         else:
             version = models.add_version(
                 session,
@@ -326,28 +372,56 @@ def _record_outcome(
                 produced_by_request_id=ctx.request_id,
             )
             now = utcnow()
-            superseded = conclude(session, job, version, metrics, now)
-            details["superseded_version_ids"] = superseded
-            moved = states.transition(
-                session,
-                job,
-                JobStatus.succeeded,
-                reason="unlearning finished",
-                lease=ctx.lease,
-                values={
-                    "metrics": metrics,
-                    "output_version_id": version.id,
-                    "progress": 1.0,
-                    "phase": "save",
-                    "finished_at": now,
-                },
-                details={
-                    "output_version_id": version.id,
-                    "output_sha256": stored.sha256,
-                    **details,
-                },
+            moved = _succeed(
+                session, job, ctx.lease, "unlearning finished", version, metrics, details, now
             )
+            for member in _members(session, ctx, moved):
+                reason = f"unlearning finished in joint job {job.id}"
+                _succeed(session, member, ctx.lease, reason, version, metrics, details, now)
         if not moved:
             # Someone else ended the job meanwhile: roll back, so no version is published.
             session.rollback()
         return moved
+
+
+def _members(session: Session, ctx: JobContext, leader_moved: bool) -> list[Job]:
+    """The jobs joined to the run whose outcome is being recorded (none when it ended
+    elsewhere: the transaction is rolled back)."""
+    if not leader_moved or ctx.joint is None:
+        return []
+    return coalescing.members(session, ctx.job_id, ctx.lease)
+
+
+def _succeed(
+    session: Session,
+    job: Job,
+    lease: str | None,
+    reason: str,
+    version: ModelVersion,
+    metrics: dict[str, Any],
+    details: dict[str, Any],
+    at: datetime,
+) -> bool:
+    """The job's request is certified for ``version`` (a joint run's members each for the one
+    version it produced), the versions still holding its data superseded, the job succeeded."""
+    superseded = conclude(session, job, version, metrics, at)
+    return states.transition(
+        session,
+        job,
+        JobStatus.succeeded,
+        reason=reason,
+        lease=lease,
+        values={
+            "metrics": metrics,
+            "output_version_id": version.id,
+            "progress": 1.0,
+            "phase": "save",
+            "finished_at": at,
+        },
+        details={
+            "output_version_id": version.id,
+            "output_sha256": version.sha256,
+            **details,
+            "superseded_version_ids": superseded,
+        },
+    )

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.orm import DeletionRequest, Job, JobArtifact, JobEvent, JobStatus, ModelVersion, utcnow
+from app.orm import (
+    DeletionRequest,
+    Job,
+    JobArtifact,
+    JobEvent,
+    JobStatus,
+    Model,
+    ModelVersion,
+    utcnow,
+)
 
 
 def find_for_org(session: Session, org_id: str, job_id: str) -> Job | None:
@@ -51,6 +61,18 @@ def find_artifact(session: Session, job_id: str, name: str) -> JobArtifact | Non
 def events(session: Session, job_id: str) -> list[JobEvent]:
     query = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
     return list(session.scalars(query))
+
+
+def claimed_values(lease: str, host: str) -> dict[str, Any]:
+    """What a claim writes on a job that starts running under ``lease`` on worker ``host``."""
+    return {
+        "attempts": Job.attempts + 1,
+        "worker": host,
+        "phase": None,
+        "progress": 0.0,
+        "lease_id": lease,
+        "heartbeat_at": utcnow(),
+    }
 
 
 def mark_cancel_requested(session: Session, job_id: str) -> bool:
@@ -101,30 +123,41 @@ def silent_running(session: Session, cutoff: datetime) -> Sequence[Job]:
     return session.scalars(query).all()
 
 
+def _run_of(job_id: str, lease: str) -> list[ColumnElement[bool]]:
+    """The running job and the jobs joined to its run, all holding ``lease``."""
+    return [
+        or_(Job.id == job_id, Job.joint_job_id == job_id),
+        Job.status == JobStatus.running,
+        Job.lease_id == lease,
+    ]
+
+
 def beat(session: Session, job_id: str, lease: str) -> bool:
-    """Write a heartbeat; False when the job no longer holds ``lease``."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_id == lease)
-        .values(heartbeat_at=utcnow())
+    """Write a heartbeat (for the jobs joined to its run too); False when the job no longer
+    holds ``lease``."""
+    written = session.scalars(
+        update(Job).where(*_run_of(job_id, lease)).values(heartbeat_at=utcnow()).returning(Job.id)
     )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return job_id in set(written)
 
 
 def write_progress(
     session: Session, job_id: str, phase: str, progress: float, lease: str | None
 ) -> bool:
-    """Progress of a running job (holding ``lease``, when given); False when none was written."""
-    condition = [Job.id == job_id, Job.status == JobStatus.running]
+    """Progress of a running job (holding ``lease``, when given, and then of the jobs joined to
+    its run too); False when none was written for the job itself."""
     if lease is not None:
-        condition.append(Job.lease_id == lease)
+        condition = _run_of(job_id, lease)
+    else:
+        condition = [Job.id == job_id, Job.status == JobStatus.running]
     now = utcnow()
-    written = session.execute(
+    written = session.scalars(
         update(Job)
         .where(*condition)
         .values(phase=phase, progress=round(progress, 4), updated_at=now, heartbeat_at=now)
+        .returning(Job.id)
     )
-    return bool(written.rowcount == 1)  # type: ignore[attr-defined]
+    return job_id in set(written)
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
@@ -154,12 +187,18 @@ def mark_sent(session: Session, job_id: str, only_queued: bool = False) -> None:
 # Fair scheduling (app.jobs.service.claim_next): what each organisation has queued and ran.
 
 
+def may_start() -> ColumnElement[bool]:
+    """Queued jobs not waiting for others to join them (app.jobs.coalescing)."""
+    return or_(Job.not_before.is_(None), Job.not_before <= utcnow())
+
+
 def queued_orgs(session: Session) -> dict[str, datetime]:
-    """{org id: when its oldest queued job was created}, for organisations with queued jobs."""
+    """{org id: when its oldest queued job that may start was created}, for organisations with
+    such jobs."""
     query = (
         select(DeletionRequest.org_id, func.min(Job.created_at))
         .join(DeletionRequest, DeletionRequest.id == Job.request_id)
-        .where(Job.status == JobStatus.queued)
+        .where(Job.status == JobStatus.queued, may_start())
         .group_by(DeletionRequest.org_id)
     )
     return {str(org): oldest for org, oldest in session.execute(query)}
@@ -180,11 +219,51 @@ def oldest_queued(session: Session, org_id: str) -> Job | None:
     query = (
         select(Job)
         .join(DeletionRequest, DeletionRequest.id == Job.request_id)
-        .where(DeletionRequest.org_id == org_id, Job.status == JobStatus.queued)
+        .where(DeletionRequest.org_id == org_id, Job.status == JobStatus.queued, may_start())
         .order_by(Job.created_at, Job.id)
         .limit(1)
     )
     return session.scalars(query).first()
+
+
+# Coalescing (app.jobs.coalescing): the queued requests of one version, and a run's members.
+
+
+def model_of_version(session: Session, version_id: str) -> Model:
+    query = select(Model).join(ModelVersion, ModelVersion.model_id == Model.id)
+    return session.scalars(query.where(ModelVersion.id == version_id)).one()
+
+
+def queued_on_version(session: Session, version_id: str) -> list[tuple[Job, DeletionRequest]]:
+    """The queued jobs of requests on ``version_id`` with their requests, oldest first."""
+    query = (
+        select(Job, DeletionRequest)
+        .join(DeletionRequest, DeletionRequest.id == Job.request_id)
+        .where(DeletionRequest.model_version_id == version_id, Job.status == JobStatus.queued)
+        .order_by(Job.created_at, Job.id)
+    )
+    return [(job, request) for job, request in session.execute(query)]
+
+
+def requests_that_produced(session: Session, version_ids: list[str]) -> list[DeletionRequest]:
+    """The requests that produced any of ``version_ids``: each version's own, and every member
+    of the joint run that produced it (their jobs name it as their output)."""
+    own = select(ModelVersion.produced_by_request_id).where(ModelVersion.id.in_(version_ids))
+    joint = select(Job.request_id).where(
+        Job.output_version_id.in_(version_ids), Job.status == JobStatus.succeeded
+    )
+    query = select(DeletionRequest).where(
+        or_(DeletionRequest.id.in_(own.scalar_subquery()), DeletionRequest.id.in_(joint))
+    )
+    return list(session.scalars(query))
+
+
+def joined(session: Session, joint_job_id: str, lease: str | None) -> list[Job]:
+    """The running jobs joined to ``joint_job_id``'s run (holding ``lease``, when given)."""
+    condition = [Job.joint_job_id == joint_job_id, Job.status == JobStatus.running]
+    if lease is not None:
+        condition.append(Job.lease_id == lease)
+    return list(session.scalars(select(Job).where(*condition).order_by(Job.created_at, Job.id)))
 
 
 def org_of(session: Session, job: Job) -> str:

@@ -28,6 +28,10 @@ class JobRead(BaseModel):
     artifacts: list[ArtifactRead] = []
     cancel_requested: bool
     attempts: int
+    # Coalescing (docs/api.md): until when a queued job waits for others to join it, and the
+    # job whose run this one's request was forgotten in.
+    not_before: datetime | None = None
+    joint_job_id: str | None = None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -16,7 +16,7 @@ from app.audit import service as audit
 from app.config import get_settings
 from app.deletions import repository as deletions_repo
 from app.errors import ArtifactNotFound, JobNotCancelable, JobNotFound
-from app.jobs import repository, states
+from app.jobs import coalescing, repository, states
 from app.jobs.schemas import ArtifactRead, JobRead
 from app.models import service as models
 from app.models.service import version_read
@@ -107,6 +107,8 @@ def job_read(job: Job, output: ModelVersion | None, files: list[JobArtifact]) ->
         artifacts=[artifact_read(a) for a in files],
         cancel_requested=job.cancel_requested_at is not None,
         attempts=job.attempts,
+        not_before=job.not_before,
+        joint_job_id=job.joint_job_id,
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
@@ -117,6 +119,9 @@ def job_read(job: Job, output: ModelVersion | None, files: list[JobArtifact]) ->
 def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     """Cancel a queued job at once; ask a running job's worker to stop at its next check."""
     job = get(session, actor.org_id, job_id)
+    if job.status == JobStatus.running and job.joint_job_id is not None:
+        if _leave_joint_run(session, job, actor):
+            return job
     if job.status == JobStatus.running and _ask_to_cancel(session, job, actor):
         return job
     if job.status == JobStatus.queued and states.transition(
@@ -130,6 +135,19 @@ def cancel(session: Session, actor: Actor, job_id: str) -> Job:
     if job.status == JobStatus.running:  # a cancel was asked already
         return job
     raise JobNotCancelable(f"job {job.id} is {job.status}; only queued or running jobs cancel")
+
+
+def _leave_joint_run(session: Session, job: Job, actor: Actor) -> bool:
+    """Cancel a job that runs inside another's run at once: the joint run goes on for the
+    others (its version forgets this request's data too, but certifies nothing for it)."""
+    return states.transition(
+        session,
+        job,
+        JobStatus.canceled,
+        actor=actor,
+        reason=f"canceled by the client while joined to job {job.joint_job_id}; that run goes "
+        "on for its other requests and certifies nothing for this one",
+    )
 
 
 def _ask_to_cancel(session: Session, job: Job, actor: Actor) -> bool:
@@ -149,9 +167,9 @@ def take_unsent(session: Session, grace_s: float) -> list[str]:
     cutoff = utcnow() - timedelta(seconds=grace_s)
     # Jobs held by their organisation's running limit are sent by ``release_held`` instead.
     not_held = Job.phase.is_(None) | (Job.phase != HELD)
-    return repository.take_queued(
-        session, Job.sent_at.is_(None) & (Job.updated_at <= cutoff) & not_held
-    )
+    # Jobs waiting for others to join them are sent once their time has come.
+    unsent = Job.sent_at.is_(None) & (Job.updated_at <= cutoff) & not_held
+    return repository.take_queued(session, unsent & repository.may_start())
 
 
 def count_sent_queued(session: Session) -> int:
@@ -238,16 +256,12 @@ def claim(session: Session, job_id: str) -> str | None:
         job,
         JobStatus.running,
         reason="claimed by a worker",
-        values={
-            "attempts": Job.attempts + 1,
-            "worker": socket.gethostname(),
-            "phase": None,
-            "progress": 0.0,
-            "lease_id": lease,
-            "heartbeat_at": utcnow(),
-        },
+        values=repository.claimed_values(lease, socket.gethostname()),
     )
-    return lease if claimed else None
+    if not claimed:
+        return None
+    coalescing.join(session, job, lease)
+    return lease
 
 
 def finish(
@@ -261,7 +275,44 @@ def finish(
     """A running job ends without a result (canceled or failed)."""
     job = session.get(Job, job_id)
     assert job is not None
-    return states.transition(session, job, to, reason=reason, values={"error": error}, lease=lease)
+    moved = states.transition(session, job, to, reason=reason, values={"error": error}, lease=lease)
+    if moved and lease is not None:
+        _end_members(session, job_id, lease, to, reason, error)
+    return moved
+
+
+def _end_members(
+    session: Session, job_id: str, lease: str, to: JobStatus, reason: str, error: str | None
+) -> None:
+    """The jobs joined to a run that ended without a result: failed with it, or back in the
+    queue when it was canceled (they did not ask to be)."""
+    for member in coalescing.members(session, job_id, lease):
+        if to is JobStatus.canceled:
+            _back_to_queue(session, member, lease, f"its joint job {job_id} was canceled")
+        else:
+            states.transition(
+                session,
+                member,
+                to,
+                lease=lease,
+                reason=f"its joint job {job_id} ended: {reason}",
+                values={"error": error},
+            )
+
+
+def _back_to_queue(session: Session, job: Job, lease: str, why: str) -> bool:
+    """running -> queued without counting the attempt, sent again after commit."""
+    moved = states.transition(
+        session,
+        job,
+        JobStatus.queued,
+        lease=lease,
+        reason=f"handed back: {why}",
+        values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0, "worker": None},
+    )
+    if moved:
+        enqueue_after_commit(session, job.id)
+    return moved
 
 
 def hand_back(session: Session, job_id: str, lease: str) -> bool:
@@ -269,19 +320,15 @@ def hand_back(session: Session, job_id: str, lease: str) -> bool:
     job did not fail, its worker stopped. A job the client asked to cancel is canceled instead."""
     job = session.get(Job, job_id)
     assert job is not None
+    members = coalescing.members(session, job_id, lease)
     if job.cancel_requested_at is not None:
         reason = "canceled by the client as its worker stopped"
-        return states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
-    moved = states.transition(
-        session,
-        job,
-        JobStatus.queued,
-        lease=lease,
-        reason="handed back: its worker was asked to stop",
-        values={"attempts": Job.attempts - 1, "phase": None, "progress": 0.0, "worker": None},
-    )
+        moved = states.transition(session, job, JobStatus.canceled, lease=lease, reason=reason)
+    else:
+        moved = _back_to_queue(session, job, lease, "its worker was asked to stop")
     if moved:
-        enqueue_after_commit(session, job_id)
+        for member in members:
+            _back_to_queue(session, member, lease, f"the worker of job {job_id} was asked to stop")
     return moved
 
 

@@ -86,6 +86,8 @@ def transition(
         changes.setdefault("finished_at", now)
     if to is JobStatus.queued or to.is_terminal:
         changes.setdefault("lease_id", None)
+    if to is JobStatus.queued:  # back on its own: a joint run it was part of is over
+        changes.setdefault("joint_job_id", None)
     condition = [Job.id == job.id, Job.status == current, *where]
     if lease is not None:
         condition.append(Job.lease_id == lease)

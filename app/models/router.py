@@ -20,6 +20,7 @@ from app.models.schemas import (
     ArchitectureList,
     ModelCreate,
     ModelRead,
+    ModelUpdate,
     ModelVersionRead,
     TimmArchitectures,
 )
@@ -78,6 +79,20 @@ def list_models(session: ReadSessionDep, actor: ActorDep) -> list[ModelRead]:
 def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> ModelRead:
     """A model by id or name."""
     return ModelRead.model_validate(service.get_model(session, actor.org_id, model_ref))
+
+
+@router.patch(
+    "/models/{model_ref}",
+    summary="Change a model's coalescing",
+    response_model=ModelRead,
+    responses={404: ModelNotFound.openapi()},
+)
+def update_model(
+    model_ref: str, body: ModelUpdate, session: SessionDep, actor: RegisterDep
+) -> ModelRead:
+    """Turn coalescing on (or change it) for the requests submitted from now on, or off with
+    ``{"coalescing": null}``; requests already waiting keep the wait they were given."""
+    return ModelRead.model_validate(service.update_model(session, actor, model_ref, body))
 
 
 @router.post(

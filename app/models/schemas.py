@@ -56,6 +56,22 @@ class TrainingRecord(Part):
     )
 
 
+class Coalescing(Part):
+    """Requests waiting on one version of the model run as one job that forgets their union:
+    one unlearning run and one new version for many requests, each with its own receipt,
+    certificate and audit trail."""
+
+    max_wait_s: float = Field(
+        gt=0,
+        le=30 * 86400,
+        description="how long a request may wait for others to join it; never past its due "
+        "date less the service's deadline margin (NEPENTHE_COALESCING_DEADLINE_MARGIN_S)",
+    )
+    max_requests: int = Field(
+        100, ge=2, le=1000, description="the most requests one joint job may serve"
+    )
+
+
 class ModelCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["classification", "image_to_image"] = "classification"
@@ -81,6 +97,11 @@ class ModelCreate(Body):
         None,
         description="how the weights were trained (optional): jobs report their cost as a "
         "share of a retrain of this length",
+    )
+    coalescing: Coalescing | None = Field(
+        None,
+        description="opt in to joining the deletion requests that wait on one version into one "
+        "job (default: every request runs as its own job)",
     )
 
     @field_validator("input_shape")
@@ -133,7 +154,16 @@ class ModelRead(BaseModel):
     encoder: list[str] | None = None
     transform: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
+    coalescing: dict[str, Any] | None = None
     created_at: datetime
+
+
+class ModelUpdate(Body):
+    """What may change on a registered model: whether its requests coalesce."""
+
+    coalescing: Coalescing | None = Field(
+        description="the coalescing settings, or null to run every request as its own job"
+    )
 
 
 class ModelVersionRead(BaseModel):

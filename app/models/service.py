@@ -31,7 +31,7 @@ from app.errors import (
 )
 from app.models import lineage
 from app.models import repository as repo
-from app.models.schemas import ModelCreate, ModelVersionRead, TransformIn
+from app.models.schemas import ModelCreate, ModelUpdate, ModelVersionRead, TransformIn
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
 from app.quotas import service as quotas
 from app.storage import ArtifactStore, StoredObject, file_sha256
@@ -67,6 +67,7 @@ def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
         encoder=encoder,
         transform=transform,
         training=body.training.model_dump() if body.training else None,
+        coalescing=body.coalescing.model_dump() if body.coalescing else None,
     )
     try:
         repo.insert_model(session, model)
@@ -150,6 +151,23 @@ def get_model(session: Session, org_id: str, ref: str) -> Model:
     model = repo.find_model(session, org_id, ref)
     if model is None:
         raise ModelNotFound(f"no model {ref!r}")
+    return model
+
+
+def update_model(session: Session, actor: Actor, ref: str, body: ModelUpdate) -> Model:
+    """Change what may change on a model (its coalescing), audited with the old and new value.
+    Requests already waiting keep the wait they were given."""
+    model = repo.lock_model(session, get_model(session, actor.org_id, ref).id)
+    assert model is not None
+    before = model.coalescing
+    model.coalescing = body.coalescing.model_dump() if body.coalescing else None
+    audit.record(
+        session,
+        actor,
+        "model.updated",
+        model_id=model.id,
+        details={"coalescing": {"before": before, "after": model.coalescing}},
+    )
     return model
 
 

@@ -43,11 +43,12 @@ def accepted_since(session: Session, org_id: str, since: datetime) -> list[datet
 
 
 def jobs_by_org(session: Session, statuses: list[JobStatus]) -> dict[tuple[str, str], int]:
-    """{(org id, status): jobs} for the given statuses (the status column is indexed)."""
+    """{(org id, status): jobs} for the given statuses (the status column is indexed). A job
+    joined to another's run (app.jobs.coalescing) is not counted: it is part of that run."""
     query = (
         select(DeletionRequest.org_id, Job.status, func.count())
         .join(DeletionRequest, DeletionRequest.id == Job.request_id)
-        .where(Job.status.in_(statuses))
+        .where(Job.status.in_(statuses), Job.joint_job_id.is_(None))
         .group_by(DeletionRequest.org_id, Job.status)
     )
     return {(org, str(status)): int(n) for org, status, n in session.execute(query)}
@@ -59,6 +60,7 @@ def org_jobs(session: Session, org_id: str, status: JobStatus) -> int:
         .select_from(Job)
         .join(DeletionRequest, DeletionRequest.id == Job.request_id)
         .where(DeletionRequest.org_id == org_id, Job.status == status)
+        .where(Job.joint_job_id.is_(None))  # a joined job is part of another job's run
     )
     return int(session.scalar(query) or 0)
 
