@@ -156,6 +156,10 @@ class Unprocessable(ServiceError):
     status, code, title = 422, "unprocessable", "Unprocessable request"
 
 
+class TrainingRecordRequired(Unprocessable):
+    code = "training_record_required"
+
+
 class InvalidArchitecture(Unprocessable):
     code = "invalid_architecture"
 

@@ -147,6 +147,9 @@ class Model(Base):
     # Opt-in joining of the requests waiting on one version into one job ({"max_wait_s",
     # "max_requests"}); None: every request runs as its own job as soon as a worker is free.
     coalescing: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # How far a version may move from its last fully trained ancestor ({"max_deletions",
+    # "max_retain_accuracy_drop", "max_weight_distance", "retrain"}); None: no limit.
+    drift_budget: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -179,6 +182,10 @@ class ModelVersion(Base):
     superseded_by_request_id: Mapped[str | None] = mapped_column(
         ForeignKey("deletion_request.id", use_alter=True)
     )
+    # A version a job produced: how far it has moved from its last fully trained ancestor (an
+    # upload, or a retrain): deletions since, retain-quality change, weight distance (app.jobs.
+    # drift). None for uploads.
+    drift: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp, default=utcnow)
 
 

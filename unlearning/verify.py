@@ -414,6 +414,25 @@ def weight_distance(model: nn.Module, reference: nn.Module) -> dict[str, object]
     }
 
 
+# Batch-norm statistics follow the data a model last saw, not what it learned: left out.
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def state_distance(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> float | None:
+    """How far the weights ``state`` have moved from ``base``: sqrt(sum ||w - w0||^2 / sum
+    ||w0||^2) over the floating-point tensors both hold (batch-norm statistics left out); None
+    when they share none."""
+    moved = norm = 0.0
+    for name, w0 in base.items():
+        w = state.get(name)
+        if w is None or not w0.is_floating_point() or name.endswith(_STATISTICS):
+            continue
+        w0d = w0.detach().to("cpu", torch.float64)
+        moved += float((w.detach().to("cpu", torch.float64) - w0d).pow(2).sum())
+        norm += float(w0d.pow(2).sum())
+    return math.sqrt(moved / norm) if norm else None
+
+
 def measure(model: nn.Module, sets: EvalSets, spec: InputSpec, device: torch.device) -> dict:
     """Every per-model figure of a job: accuracies per split and class, MIAs, forget predictions."""
     forget_train = model_outputs(model, sets.train, sets.forget_train, spec, device)

@@ -115,6 +115,12 @@ def resolve_reference(
     return {"method": name, "params": params}
 
 
+def retrain_params(training: dict[str, Any] | None) -> dict[str, Any]:
+    """Every parameter of a retrain as the model's training record gives it (a drift
+    budget's retrain runs this)."""
+    return resolve_params(METHODS["retrain"], _recorded_training(training))
+
+
 def _recorded_training(training: dict[str, Any] | None) -> dict[str, Any]:
     """The retrain parameters a training record gives. The retrain runs Adam, so a learning
     rate is taken only from an Adam record (SGD's 0.1 would wreck an Adam run)."""

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 from app.config import get_settings
 from app.datasets.service import resolve_location
 from app.db import session_scope
-from app.deletions import evidence, lifecycle
-from app.jobs import coalescing, repository, states
+from app.deletions import evidence, lifecycle, methods
+from app.jobs import coalescing, drift, repository, states
 from app.models import lineage
 from app.models import repository as models_repo
 from app.models import service as models
@@ -37,7 +37,7 @@ from app.orm import (
 )
 from app.signing import json_value
 from app.storage import StoredObject, get_store
-from unlearning import acceptance, checkpoints, data
+from unlearning import acceptance, checkpoints, data, verify
 from unlearning.jobs import JobSpec, Outcome
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class JobContext:
     # A joint run (app.jobs.coalescing): its jobs, requests and forget sets, which the
     # metrics of every member repeat; None for a job that runs alone.
     joint: dict[str, Any] | None = None
+    # The input's drift and the model's budget (app.jobs.drift).
+    drift: drift.DriftPlan | None = None
 
     def weights_path(self) -> Path:
         """The input checkpoint as a local file (fetched from the store when it is remote)."""
@@ -86,9 +88,13 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
         ]
         together = [request, *(r for r in member_requests if r is not None)]
         forget_classes, forget_samples = union_of(together)
+        drift_plan = drift.plan(session, model, version, len(together))
+        method, params = request.method, dict(request.params)
+        if drift_plan.retrain:  # the budget's retrain is this deletion's method
+            method, params = "retrain", methods.retrain_params(model.training)
         spec = JobSpec(
-            method=request.method,
-            params=dict(request.params),
+            method=method,
+            params=params,
             forget_classes=forget_classes,
             forget_samples=forget_samples,
             acceptance=request.acceptance or _default_acceptance(request),
@@ -125,6 +131,7 @@ def load_context(job_id: str, lease: str | None = None) -> JobContext:
             job=spec,
             lease=lease,
             joint=joint_record(job, together, forget_classes, forget_samples),
+            drift=drift_plan,
         )
 
 
@@ -235,6 +242,8 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
         timings["store_s"] = time.perf_counter() - start  # the checkpoint and the artifacts
         if ctx.joint is not None:
             metrics["joint"] = ctx.joint
+        if outcome.state is not None and ctx.drift is not None:
+            metrics["drift"] = drift_of(ctx.drift, outcome.state, metrics)
         metrics["total_seconds"] = sum(metrics["phase_seconds"].values())
         # From here to the job's last transition: the version, the certificate, the
         # supersession marks, the transition itself and its audit events.
@@ -245,6 +254,15 @@ def store_outcome(ctx: JobContext, outcome: Outcome) -> bool:
         if not moved:  # failed (a full disk), or the job ended elsewhere: publish nothing
             _discard_unreferenced(written)
     return moved
+
+
+def drift_of(plan: drift.DriftPlan, state: dict[str, Any], metrics: dict[str, Any]) -> Any:
+    """The drift record of the version ``state`` will be: its weights against its base's."""
+    distance = None
+    if not plan.retrain:
+        base = checkpoints.load_file(get_store().local_path(plan.base_storage_key))
+        distance = verify.state_distance(state, base)
+    return drift.record(plan, metrics, distance)
 
 
 def _put(content: bytes, suffix: str, written: list[str]) -> StoredObject:
@@ -371,6 +389,7 @@ def _record_outcome(
                 parent_version_id=ctx.version_id,
                 produced_by_request_id=ctx.request_id,
             )
+            version.drift = metrics.get("drift")
             now = utcnow()
             moved = _succeed(
                 session, job, ctx.lease, "unlearning finished", version, metrics, details, now
@@ -378,6 +397,8 @@ def _record_outcome(
             for member in _members(session, ctx, moved):
                 reason = f"unlearning finished in joint job {job.id}"
                 _succeed(session, member, ctx.lease, reason, version, metrics, details, now)
+            if moved:
+                drift.announce(session, model, version, ctx.request_id, job.id)
         if not moved:
             # Someone else ended the job meanwhile: roll back, so no version is published.
             session.rollback()

@@ -72,6 +72,31 @@ class Coalescing(Part):
     )
 
 
+class DriftBudget(Part):
+    """How far the model's versions may move from their last fully trained ancestor (an upload
+    or a retrain) through deletions; a limit left out is not checked."""
+
+    max_deletions: int | None = Field(
+        None, ge=1, le=1_000_000, description="deletion requests served since that ancestor"
+    )
+    max_retain_accuracy_drop: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="classifiers: the summed fall of held-out retain accuracy over those "
+        "deletions (0.02: two points)",
+    )
+    max_weight_distance: float | None = Field(
+        None, gt=0, le=100, description="normalised L2 distance of the weights to that ancestor"
+    )
+    retrain: bool = Field(
+        False,
+        description="when the next deletion would exceed the budget (or the last one did), run "
+        "a retrain from the model's training record as that deletion's method (the model "
+        "needs a training record)",
+    )
+
+
 class ModelCreate(Body):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     task: Literal["classification", "image_to_image"] = "classification"
@@ -102,6 +127,9 @@ class ModelCreate(Body):
         None,
         description="opt in to joining the deletion requests that wait on one version into one "
         "job (default: every request runs as its own job)",
+    )
+    drift_budget: DriftBudget | None = Field(
+        None, description="limits on how far deletions may move the model (default: none)"
     )
 
     @field_validator("input_shape")
@@ -155,15 +183,24 @@ class ModelRead(BaseModel):
     transform: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     coalescing: dict[str, Any] | None = None
+    drift_budget: dict[str, Any] | None = None
     created_at: datetime
 
 
 class ModelUpdate(Body):
-    """What may change on a registered model: whether its requests coalesce."""
+    """What may change on a registered model: its coalescing and its drift budget (a field left
+    out is kept; null turns it off)."""
 
     coalescing: Coalescing | None = Field(
-        description="the coalescing settings, or null to run every request as its own job"
+        None, description="the coalescing settings, or null to run every request as its own job"
     )
+    drift_budget: DriftBudget | None = Field(None, description="the drift budget, or null")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ModelUpdate:
+        if not self.model_fields_set:
+            raise ValueError("name what to change: coalescing, drift_budget")
+        return self
 
 
 class ModelVersionRead(BaseModel):
@@ -194,6 +231,11 @@ class ModelVersionRead(BaseModel):
         "admin's reason",
     )
     superseded_by_request_id: str | None = None
+    drift: dict[str, Any] | None = Field(
+        None,
+        description="a version a deletion produced: how far it has moved from its last fully "
+        "trained ancestor (deletions since, retain change, weight distance, the budget's verdict)",
+    )
     created_at: datetime
     download_url: str = ""
 

@@ -24,6 +24,7 @@ from app.errors import (
     ModelNotFound,
     ModelVersionNotFound,
     NameTaken,
+    TrainingRecordRequired,
     Unprocessable,
     UploadInflatesTooFar,
     VersionConflict,
@@ -31,7 +32,13 @@ from app.errors import (
 )
 from app.models import lineage
 from app.models import repository as repo
-from app.models.schemas import ModelCreate, ModelUpdate, ModelVersionRead, TransformIn
+from app.models.schemas import (
+    DriftBudget,
+    ModelCreate,
+    ModelUpdate,
+    ModelVersionRead,
+    TransformIn,
+)
 from app.orm import DeletionRequest, Job, Model, ModelVersion, utcnow
 from app.quotas import service as quotas
 from app.storage import ArtifactStore, StoredObject, file_sha256
@@ -68,6 +75,7 @@ def create_model(session: Session, body: ModelCreate, actor: Actor) -> Model:
         transform=transform,
         training=body.training.model_dump() if body.training else None,
         coalescing=body.coalescing.model_dump() if body.coalescing else None,
+        drift_budget=_checked_budget(body.drift_budget, body.training),
     )
     try:
         repo.insert_model(session, model)
@@ -155,20 +163,34 @@ def get_model(session: Session, org_id: str, ref: str) -> Model:
 
 
 def update_model(session: Session, actor: Actor, ref: str, body: ModelUpdate) -> Model:
-    """Change what may change on a model (its coalescing), audited with the old and new value.
-    Requests already waiting keep the wait they were given."""
+    """Change what may change on a model (its coalescing, its drift budget), audited with the
+    old and new values. Requests already waiting keep the wait they were given."""
     model = repo.lock_model(session, get_model(session, actor.org_id, ref).id)
     assert model is not None
-    before = model.coalescing
-    model.coalescing = body.coalescing.model_dump() if body.coalescing else None
-    audit.record(
-        session,
-        actor,
-        "model.updated",
-        model_id=model.id,
-        details={"coalescing": {"before": before, "after": model.coalescing}},
-    )
+    changes: dict[str, Any] = {}
+    if "coalescing" in body.model_fields_set:
+        after = body.coalescing.model_dump() if body.coalescing else None
+        changes["coalescing"] = {"before": model.coalescing, "after": after}
+        model.coalescing = after
+    if "drift_budget" in body.model_fields_set:
+        after = _checked_budget(body.drift_budget, model.training)
+        changes["drift_budget"] = {"before": model.drift_budget, "after": after}
+        model.drift_budget = after
+    audit.record(session, actor, "model.updated", model_id=model.id, details=changes)
     return model
+
+
+def _checked_budget(budget: DriftBudget | None, training: Any) -> dict[str, Any] | None:
+    """The budget as stored; a retrain needs a training record to retrain from."""
+    if budget is None:
+        return None
+    if budget.retrain and not training:
+        raise TrainingRecordRequired(
+            "a drift budget with retrain: true needs the model's training record (training: "
+            "epochs, optimizer, lr, batch_size) to retrain from; register it, or set retrain "
+            "to false"
+        )
+    return budget.model_dump()
 
 
 def get_version(session: Session, org_id: str, model_ref: str, number: int) -> ModelVersion:

@@ -1,4 +1,5 @@
-"""coalescing: a model may let requests waiting on one version run as one joint job
+"""coalescing and drift: a model may let requests waiting on one version run as one joint job,
+and declare a drift budget; each version a job produces records its drift
 
 Revision ID: 0011
 Revises: 0010
@@ -19,6 +20,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("model", sa.Column("coalescing", sa.JSON(), nullable=True))
+    op.add_column("model", sa.Column("drift_budget", sa.JSON(), nullable=True))
+    op.add_column("model_version", sa.Column("drift", sa.JSON(), nullable=True))
     with op.batch_alter_table("job") as batch:
         batch.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("joint_job_id", sa.String(length=36), nullable=True))
@@ -32,4 +35,6 @@ def downgrade() -> None:
         batch.drop_constraint("fk_job_joint_job_id_job", type_="foreignkey")
         batch.drop_column("joint_job_id")
         batch.drop_column("not_before")
+    op.drop_column("model_version", "drift")
+    op.drop_column("model", "drift_budget")
     op.drop_column("model", "coalescing")
