@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from job_overhead import NOT_METHOD  # noqa: E402 - bench/, on the path as the script's folder
-from report import cpu_name, documented, wrap  # noqa: E402
+from report import cpu_name, documented, wrap, write_section  # noqa: E402
 
 from unlearning import architectures, data  # noqa: E402
 from unlearning.evaluate import count_correct  # noqa: E402
@@ -115,13 +115,20 @@ class Service:
         return response.json() if response.content else None
 
     def register(self, state: dict[str, torch.Tensor], coalesce: bool) -> tuple[str, str, str]:
+        coalescing = {"max_wait_s": 3600, "max_requests": 1000} if coalesce else None
+        return self.register_with(state, {"coalescing": coalescing})
+
+    def register_with(
+        self, state: dict[str, torch.Tensor], extra: dict[str, Any]
+    ) -> tuple[str, str, str]:
+        """The model (with ``extra`` fields), its weights and the digits: their ids."""
         body = {
             "name": "digits-cnn",
             "architecture": ARCH,
             "input_shape": [1, 8, 8],
             "normalization": {"mean": [0.5], "std": [0.5]},
             "class_names": [str(i) for i in range(10)],
-            "coalescing": {"max_wait_s": 3600, "max_requests": 1000} if coalesce else None,
+            **extra,
         }
         model = self.call("POST", "/v1/models", json=body)
         weights = safetensors.torch.save(state)
@@ -141,12 +148,19 @@ class Service:
         run_job(job_id)
         return dict(self.call("GET", f"/v1/jobs/{job_id}"))
 
-    def weights(self, version_id: str, model_id: str) -> dict[str, torch.Tensor]:
-        versions = self.call("GET", f"/v1/models/{model_id}/versions")
-        items = versions["items"] if isinstance(versions, dict) else versions
-        number = next(v["number"] for v in items if v["id"] == version_id)
-        response = self.client.get(f"/v1/models/{model_id}/versions/{number}/checkpoint")
-        return safetensors.torch.load(response.content)
+    def weights(self, version_id: str) -> dict[str, torch.Tensor]:
+        """The version's weights, read from the store (a download of a version a later
+        deletion superseded would need an admin's reason)."""
+        from app.db import session_scope
+        from app.orm import ModelVersion
+        from app.storage import get_store
+        from unlearning.checkpoints import load_file
+
+        with session_scope() as session:
+            version = session.get(ModelVersion, version_id)
+            assert version is not None
+            key = version.storage_key
+        return load_file(get_store().local_path(key))
 
 
 def time_has_come(job_id: str) -> None:
@@ -166,7 +180,7 @@ def run_scenario(
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     service = Service(folder)
     try:
-        model_id, version_id, dataset_id = service.register(state, coalesce)
+        _, version_id, dataset_id = service.register(state, coalesce)
         start = time.perf_counter()
         jobs: list[dict[str, Any]] = []
         if coalesce:
@@ -194,7 +208,7 @@ def run_scenario(
             "worker_s": sum(j["metrics"]["total_seconds"] for j in ran.values() if j["metrics"]),
             "method_s": sum(_method_seconds(j) for j in ran.values()),
         }
-        final = service.weights(last_version or version_id, model_id)
+        final = service.weights(last_version or version_id)
     finally:
         service.close()
     return figures, final
@@ -293,7 +307,7 @@ def main() -> None:
     lines = table(rows)
     print("\n".join(lines))
     if args.write_docs:
-        write_docs(section(lines, command))
+        write_section(DOCS, SECTION, section(lines, command))
         print(f"wrote {SECTION!r} in {DOCS.relative_to(ROOT)}")
 
 
@@ -352,22 +366,6 @@ def section(lines: list[str], command: str) -> str:
         "",
     ]
     return SECTION + "\n\n" + "\n".join(intro)
-
-
-def write_docs(text: str) -> None:
-    doc = DOCS.read_text()
-    start = doc.find(f"\n{SECTION}\n")
-    if start == -1:
-        DOCS.write_text(doc.rstrip("\n") + "\n\n" + text)
-        return
-    end = doc.find("\n## ", start + len(SECTION) + 2)
-    findings = ""
-    if end == -1:
-        end = len(doc)
-    old = doc[start + 1 : end]
-    if "\n### Findings\n" in old:  # hand-written: kept
-        findings = "\n" + old[old.index("\n### Findings\n") + 1 :].rstrip("\n") + "\n"
-    DOCS.write_text(doc[: start + 1] + text + findings + doc[end:])
 
 
 if __name__ == "__main__":

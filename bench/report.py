@@ -89,3 +89,20 @@ def write_backend_section(
         return
     rest = doc[end + 1 :] if end != -1 else ""
     docs.write_text(doc[: start + 1] + text + ("\n" + rest if rest else ""))
+
+
+def write_section(docs: Path, heading: str, text: str) -> None:
+    """Put ``text`` (starting with ``heading``) in place of the section ``heading`` of ``docs``,
+    keeping a hand-written ``### Findings`` at its end; a new section is appended."""
+    doc = docs.read_text()
+    start = doc.find(f"\n{heading}\n")
+    if start == -1:
+        docs.write_text(doc.rstrip("\n") + "\n\n" + text)
+        return
+    end = doc.find("\n## ", start + len(heading) + 2)
+    end = len(doc) if end == -1 else end
+    old = doc[start + 1 : end]
+    findings = ""
+    if "\n### Findings\n" in old:
+        findings = "\n" + old[old.index("\n### Findings\n") + 1 :].rstrip("\n") + "\n"
+    docs.write_text(doc[: start + 1] + text + findings + doc[end:])

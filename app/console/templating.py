@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from app.actors import Scope
 from app.console.service import SignedIn
+from app.console.views import drift_summary
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -26,6 +27,7 @@ def _when(value: Any) -> str:
     return "—" if value is None else f"{value:%Y-%m-%d %H:%M:%S} UTC"
 
 
+templates.env.filters["drift"] = drift_summary
 templates.env.filters["percent"] = _percent
 templates.env.filters["when"] = _when
 

@@ -221,3 +221,25 @@ def lineage(versions: list[ModelVersionRead]) -> list[LineageNode]:
         parent = nodes.get(v.parent_version_id or "")
         (parent.children if parent is not None else roots).append(nodes[v.id])
     return roots
+
+
+def drift_summary(drift: dict[str, Any] | None) -> str | None:
+    """One line on how far a version has moved from its last fully trained ancestor (None for
+    an upload, which is one)."""
+    if not drift:
+        return None
+    if drift.get("retrained"):
+        because = ", ".join(drift.get("retrained_because") or [])
+        return f"retrained from the training record (a new base; the budget's {because})"
+    parts = [f"{drift['deletions']} deletion{'s' * (drift['deletions'] != 1)} since its base"]
+    change = drift.get("retain_accuracy_change")
+    if change is not None:
+        parts.append(f"retain accuracy {100 * change:+.1f} points")
+    psnr = drift.get("retain_psnr_change")
+    if psnr is not None:
+        parts.append(f"retain PSNR {psnr:+.2f} dB")
+    if drift.get("weight_distance") is not None:
+        parts.append(f"weight distance {drift['weight_distance']:.3f}")
+    if drift.get("exceeded"):
+        parts.append("over its budget: " + ", ".join(drift["exceeded"]))
+    return " · ".join(parts)

@@ -110,3 +110,19 @@ def test_versions_hang_under_the_version_they_came_from():
     )
     assert [n.version.id for n in tree] == ["1", "4"]
     assert [c.version.id for c in tree[0].children] == ["2", "3"]
+
+
+def test_a_version_says_how_far_it_drifted_and_whether_it_is_over_budget():
+    assert views.drift_summary(None) is None  # an upload: a base itself
+    moved = {
+        "deletions": 3,
+        "retain_accuracy_change": -0.0123,
+        "weight_distance": 0.0412,
+        "exceeded": ["max_deletions"],
+    }
+    assert views.drift_summary(moved) == (
+        "3 deletions since its base · retain accuracy -1.2 points · weight distance 0.041 · "
+        "over its budget: max_deletions"
+    )
+    retrained = {"retrained": True, "retrained_because": ["max_deletions"], "deletions": 0}
+    assert "a new base" in str(views.drift_summary(retrained))
