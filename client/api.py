@@ -50,6 +50,10 @@ class NepentheClient:
     def register_model(self, **body: Any) -> dict[str, Any]:
         return dict(self._json(self.http.post("/v1/models", json=body)))
 
+    def update_model(self, model: str, **changes: Any) -> dict[str, Any]:
+        """Change a model's coalescing or drift budget (None turns one off)."""
+        return dict(self._json(self.http.patch(f"/v1/models/{model}", json=changes)))
+
     def upload_version(
         self, model: str, path: Path, parent_version_id: str | None = None
     ) -> dict[str, Any]:

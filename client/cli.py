@@ -86,6 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--transform", help='image_to_image: JSON, e.g. {"kind": "center_square", "size": 0.5}'
     )
 
+    for parser in (reg, settings := sub.add_parser("model-settings", help=MODEL_SETTINGS)):
+        # Left out: not sent (SUPPRESS leaves no attribute); null: sent, turning it off.
+        parser.add_argument(
+            "--coalescing",
+            type=json.loads,
+            default=argparse.SUPPRESS,
+            help='JSON, e.g. {"max_wait_s": 3600, "max_requests": 100}; null turns it off',
+        )
+        parser.add_argument(
+            "--drift-budget",
+            type=json.loads,
+            default=argparse.SUPPRESS,
+            help='JSON, e.g. {"max_deletions": 50, "retrain": true}; null turns it off',
+        )
+    reg.add_argument(
+        "--training",
+        type=json.loads,
+        help='how the weights were trained, JSON: {"epochs": 15, "optimizer": "adam", '
+        '"lr": 0.003, "batch_size": 64}',
+    )
+    settings.add_argument("model", help="the model's name or id")
+
     up = sub.add_parser("upload", help="upload a checkpoint as a new version")
     up.add_argument("model")
     up.add_argument("file", type=Path)
@@ -279,8 +301,19 @@ def _pretrained_architecture(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": name, "args": extra}
 
 
+MODEL_SETTINGS = "change a model's coalescing or drift budget (what is not given is kept)"
+
+
+def _model_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: an option left out is not sent, null is."""
+    return {f: getattr(args, f) for f in ("coalescing", "drift_budget") if hasattr(args, f)}
+
+
 def _register(client: NepentheClient, args: argparse.Namespace) -> None:
     extra: dict[str, Any] = {}
+    if args.training is not None:
+        extra["training"] = args.training
+    extra.update(_model_settings(args))
     if args.encoder:
         extra["encoder"] = args.encoder
     if args.transform:
@@ -311,6 +344,8 @@ def _register(client: NepentheClient, args: argparse.Namespace) -> None:
 def _dispatch(client: NepentheClient, args: argparse.Namespace) -> int:
     if args.command == "register-model":
         _register(client, args)
+    elif args.command == "model-settings":
+        _print(client.update_model(args.model, **_model_settings(args)))
     elif args.command == "upload":
         _print(client.upload_version(args.model, args.file, args.parent))
     elif args.command == "register-dataset":

@@ -127,3 +127,25 @@ def test_register_a_save_pretrained_folder(url, capsys, tmp_path):
     missing = str(tmp_path / "none")
     assert main(["--url", url, "register-model", "--pretrained", missing, *args]) == 1
     assert "config.json" in capsys.readouterr().err
+
+
+def test_a_model_registered_with_its_training_record_then_coalescing_and_a_budget(url, capsys):
+    base = ["register-model", "--name", "settings-cnn", "--arch", "tiny_cnn"]
+    shape = ["--arch-args", '{"in_channels": 1}', "--input-shape", "1,8,8", "--classes", "a,b"]
+    training = '{"epochs": 15, "optimizer": "adam", "lr": 0.003, "batch_size": 64}'
+    code, out = run(url, capsys, *base, *shape, "--training", training)
+    assert code == 0 and json.loads(out)["training"]["epochs"] == 15
+    assert json.loads(out)["coalescing"] is None
+
+    budget = '{"max_deletions": 50, "retrain": true}'
+    code, out = run(url, capsys, "model-settings", "settings-cnn", "--drift-budget", budget)
+    assert code == 0 and json.loads(out)["drift_budget"]["max_deletions"] == 50
+    code, out = run(
+        url, capsys, "model-settings", "settings-cnn", "--coalescing", '{"max_wait_s": 600}'
+    )
+    changed = json.loads(out)
+    assert code == 0 and changed["coalescing"]["max_wait_s"] == 600
+    assert changed["drift_budget"]["retrain"] is True  # left out: kept
+    code, out = run(url, capsys, "model-settings", "settings-cnn", "--coalescing", "null")
+    assert code == 0 and json.loads(out)["coalescing"] is None
+    assert json.loads(out)["drift_budget"] is not None
