@@ -282,3 +282,19 @@ def test_coalescing_is_changed_on_a_registered_model_and_audited(api):
         {"max_wait_s": 600.0, "max_requests": 100},
         None,
     ]
+
+
+def test_a_rejected_joint_run_rejects_every_request_with_the_figures_of_the_union(api):
+    reg = register(api, {"max_wait_s": HOUR})
+    # A threshold no SalUn run on digits meets.
+    strict = {"params": FEW_STEPS, "acceptance": {"max_forget_accuracy": 0.0}}
+    requests = [ask(api, reg, forget_samples=samples(10 * i), **strict) for i in range(3)]
+    leader = requests[0]["job"]["id"]
+    time_has_come(leader)
+    assert run_job(leader) == "rejected"
+    jobs = [job_of(api, r) for r in requests]
+    assert [j["status"] for j in jobs] == ["rejected"] * 3
+    assert all(j["metrics"]["after"]["samples"]["forget_train"] == 30 for j in jobs)
+    assert all(j["output_version"] is None for j in jobs)
+    events = api.get(f"/v1/jobs/{requests[1]['job']['id']}/events").json()
+    assert events[-1]["reason"].startswith(f"its joint job {leader}: the result missed")
