@@ -91,6 +91,9 @@ def test_a_version_past_the_budget_is_announced_and_the_next_deletion_retrains(a
     assert one["metrics"]["method"] == "salun" and one["metrics"]["drift"]["deletions"] == 1
     two = delete_on(api, retrainable, one["output_version"]["id"], 10)
     assert two["metrics"]["method"] == "retrain"  # the budget's retrain ran as the method
+    # Judged on its fitness for use only: it is what the forget-side checks compare with.
+    checked = {k for k, v in two["metrics"]["acceptance"]["thresholds"].items() if v is not None}
+    assert checked == {"max_retain_drop"}
     record = two["metrics"]["drift"]
     assert record["retrained"] is True and record["retrained_because"] == ["max_deletions"]
     assert record["deletions"] == 0 and record["previous_base_version_id"] == v1
