@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app.actors import worker_actor
 from app.audit import service as audit
 from app.models import lineage
-from app.orm import Model, ModelVersion
+from app.orm import DeletionRequest, Model, ModelVersion
 from app.webhooks import service as webhooks
 
 EXCEEDED_EVENT = "model.drift_budget_exceeded"
@@ -153,6 +153,7 @@ def announce(
         "job_id": job_id,
         "drift": figures,
     }
+    request = session.get(DeletionRequest, request_id)
     audit.record(
         session,
         worker_actor(model.org_id),
@@ -161,6 +162,7 @@ def announce(
         model_version_id=version.id,
         request_id=request_id,
         job_id=job_id,
+        caller_reference=request.caller_reference if request else None,
         details=data,
     )
     webhooks.notify(session, model.org_id, request_id, EXCEEDED_EVENT, data)

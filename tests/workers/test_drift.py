@@ -23,7 +23,11 @@ TRAINING = {"epochs": 15, "optimizer": "adam", "lr": 0.003, "batch_size": 64}
 def delete_on(api, reg: dict, version_id: str, start: int) -> dict[str, Any]:
     """One sample deletion of 10 images on ``version_id``, run to its end: its job."""
     request = ask(
-        api, {**reg, "version": {"id": version_id}}, forget_samples=samples(start), params=FEW_STEPS
+        api,
+        {**reg, "version": {"id": version_id}},
+        forget_samples=samples(start),
+        params=FEW_STEPS,
+        caller_reference=f"DSR-{start}",
     )
     assert run_job(request["job"]["id"]) == "succeeded"
     return job_of(api, request)
@@ -109,6 +113,8 @@ def test_a_version_past_the_budget_is_announced_and_the_next_deletion_retrains(a
     events = api.get("/v1/audit/events", params={"action": "model.drift_budget_exceeded"}).json()
     announced = [e["details"]["job_id"] for e in events["items"]]
     assert announced == [first["id"], two["id"]]
+    # An auditor who looks a request up by its reference finds the announcement too.
+    assert [e["caller_reference"] for e in events["items"]] == ["DSR-0", "DSR-10"]
     deliveries = api.get(f"/v1/webhooks/{hook['id']}/deliveries").json()
     items = deliveries["items"] if isinstance(deliveries, dict) else deliveries
     assert sum(d["event_type"] == "model.drift_budget_exceeded" for d in items) == 2
