@@ -13,6 +13,7 @@ from app.errors import (
     ModelNotFound,
     ModelVersionNotFound,
     NameTaken,
+    TrainingRecordRequired,
     VersionSuperseded,
 )
 from app.models import service
@@ -83,15 +84,16 @@ def get_model(model_ref: str, session: ReadSessionDep, actor: ActorDep) -> Model
 
 @router.patch(
     "/models/{model_ref}",
-    summary="Change a model's coalescing",
+    summary="Change a model's coalescing or drift budget",
     response_model=ModelRead,
-    responses={404: ModelNotFound.openapi()},
+    responses={404: ModelNotFound.openapi(), 422: TrainingRecordRequired.openapi()},
 )
 def update_model(
     model_ref: str, body: ModelUpdate, session: SessionDep, actor: RegisterDep
 ) -> ModelRead:
     """Turn coalescing on (or change it) for the requests submitted from now on, or off with
-    ``{"coalescing": null}``; requests already waiting keep the wait they were given."""
+    ``{"coalescing": null}`` (requests already waiting keep the wait they were given); set or
+    remove the drift budget the same way. A field left out is kept."""
     return ModelRead.model_validate(service.update_model(session, actor, model_ref, body))
 
 
