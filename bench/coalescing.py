@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from job_overhead import NOT_METHOD  # noqa: E402 - bench/, on the path as the script's folder
-from report import cpu_name, documented, wrap, write_section  # noqa: E402
+from report import cpu_name, documented, section_text, write_section  # noqa: E402
 
 from unlearning import architectures, data  # noqa: E402
 from unlearning.evaluate import count_correct  # noqa: E402
@@ -342,30 +342,19 @@ def section(lines: list[str], command: str) -> str:
         f"{torch.__version__}, {torch.get_num_threads()} torch threads"
     )
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    intro = [
-        wrap(
-            "`bench/coalescing.py` runs N deletion requests against one registered digits "
-            "`tiny_cnn` (scikit-learn digits, 8x8) with the service's code in one process on the "
-            "embedded backend, twice: one by one (each request on the version the previous one "
-            "produced, each job to its end before the next submission) and coalesced (all N on "
-            "the first version, the first one's wait declared over, one joint job). The service's "
-            "defaults throughout: SalUn for samples, `auto` for classes, the default acceptance "
-            "gate. *First submission → last end* leaves out the coalesced requests' deliberate "
-            "wait (up to the model's `max_wait_s`); *worker* is the jobs' own seconds (load, "
-            "measurements, method, save), once per run; the accuracies are of the last version, "
-            "next to a model retrained here without the union and the original."
-        ),
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        wrap(f"- *Machine*: {machine}; {when}."),
-        "",
-        *lines,
-        "",
-    ]
-    return SECTION + "\n\n" + "\n".join(intro)
+    intro = (
+        "`bench/coalescing.py` runs N deletion requests against one registered digits "
+        "`tiny_cnn` (scikit-learn digits, 8x8) with the service's code in one process on the "
+        "embedded backend, twice: one by one (each request on the version the previous one "
+        "produced, each job to its end before the next submission) and coalesced (all N on "
+        "the first version, the first one's wait declared over, one joint job). The service's "
+        "defaults throughout: SalUn for samples, `auto` for classes, the default acceptance "
+        "gate. *First submission → last end* leaves out the coalesced requests' deliberate "
+        "wait (up to the model's `max_wait_s`); *worker* is the jobs' own seconds (load, "
+        "measurements, method, save), once per run; the accuracies are of the last version, "
+        "next to a model retrained here without the union and the original."
+    )
+    return section_text(SECTION, intro, command, f"{machine}; {when}", lines)
 
 
 if __name__ == "__main__":

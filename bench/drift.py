@@ -44,7 +44,7 @@ from coalescing import (  # noqa: E402 - bench/, on the path as the script's fol
     time_has_come,
     trained,
 )
-from report import cpu_name, documented, wrap, write_section  # noqa: E402
+from report import cpu_name, documented, section_text, write_section  # noqa: E402
 
 from unlearning import data  # noqa: E402
 
@@ -255,30 +255,19 @@ def tables(lives: dict[str, Any], ends: dict[str, Any]) -> list[str]:
 def section(lines: list[str], command: str) -> str:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
-    intro = [
-        wrap(
-            "`bench/drift.py` gives one digits `tiny_cnn` 50 sample deletion requests of 10 "
-            "training images each and then 3 class deletions (3, 5, 8), in three lifetimes from "
-            "the same weights: one by one; coalesced (5 batches of 10 sample requests, then the "
-            "3 class requests, each batch one joint job); and one by one under a drift budget of "
-            "20 deletions with retrain (from the training record: 15 epochs, Adam 3e-3, batch "
-            "64). Per version: its drift record (deletions since its base, summed held-out "
-            "retain-accuracy change, weight distance to the base) and accuracies measured here "
-            "on the held-out images of the classes kept so far and on what was forgotten so far. "
-            "The table shows every tenth request, the class deletions and the retrains; the last "
-            "rows are the original and a model retrained here without everything forgotten."
-        ),
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        wrap(f"- *Machine*: {machine}; {when}."),
-        "",
-        *lines,
-        "",
-    ]
-    return SECTION + "\n\n" + "\n".join(intro)
+    intro = (
+        "`bench/drift.py` gives one digits `tiny_cnn` 50 sample deletion requests of 10 "
+        "training images each and then 3 class deletions (3, 5, 8), in three lifetimes from "
+        "the same weights: one by one; coalesced (5 batches of 10 sample requests, then the "
+        "3 class requests, each batch one joint job); and one by one under a drift budget of "
+        "20 deletions with retrain (from the training record: 15 epochs, Adam 3e-3, batch "
+        "64). Per version: its drift record (deletions since its base, summed held-out "
+        "retain-accuracy change, weight distance to the base) and accuracies measured here "
+        "on the held-out images of the classes kept so far and on what was forgotten so far. "
+        "The table shows every tenth request, the class deletions and the retrains; the last "
+        "rows are the original and a model retrained here without everything forgotten."
+    )
+    return section_text(SECTION, intro, command, f"{machine}; {when}", lines)
 
 
 if __name__ == "__main__":

@@ -106,3 +106,9 @@ def write_section(docs: Path, heading: str, text: str) -> None:
     if "\n### Findings\n" in old:
         findings = "\n" + old[old.index("\n### Findings\n") + 1 :].rstrip("\n") + "\n"
     docs.write_text(doc[: start + 1] + text + findings + doc[end:])
+
+
+def section_text(heading: str, intro: str, command: str, machine: str, lines: list[str]) -> str:
+    """A benchmark's section: what it does, the command, the machine and date, the table."""
+    body = [wrap(intro), "", "```bash", command, "```", "", wrap(f"- *Machine*: {machine}.")]
+    return heading + "\n\n" + "\n".join([*body, "", *lines, ""])
