@@ -73,15 +73,13 @@ def join(session: Session, leader: Job, lease: str) -> list[Job]:
     for job, waiting in repository.queued_on_version(session, request.model_version_id):
         if len(members) >= room:
             break
-        if job.id == leader.id or job.cancel_requested_at is not None:
-            continue
-        if not joinable(waiting) or _joint_key(waiting) != key:
+        if job.id == leader.id or not joinable(waiting) or _joint_key(waiting) != key:
             continue
         if states.transition(
             session,
             job,
             JobStatus.running,
-            reason=f"joined job {leader.id}: one run forgets the data of both",
+            reason=f"joined job {leader.id}: one run forgets the data of its requests together",
             values={
                 **repository.claimed_values(lease, socket.gethostname()),
                 "joint_job_id": leader.id,

@@ -42,7 +42,9 @@ class DriftPlan:
 
 
 def is_base(version: ModelVersion) -> bool:
-    return version.drift is None or bool(version.drift.get("retrained"))
+    """Fully trained: uploaded, or produced by a budget's retrain. (A version a job produced
+    before drift was recorded has no record: it counts as moved, from an unknown count.)"""
+    return version.produced_by_request_id is None or bool((version.drift or {}).get("retrained"))
 
 
 def base_of(session: Session, version: ModelVersion) -> ModelVersion:

@@ -139,7 +139,8 @@ def cancel(session: Session, actor: Actor, job_id: str) -> Job:
 
 def _leave_joint_run(session: Session, job: Job, actor: Actor) -> bool:
     """Cancel a job that runs inside another's run at once: the joint run goes on for the
-    others (its version forgets this request's data too, but certifies nothing for it)."""
+    others and certifies nothing for it (a run that had read its work already forgets its data
+    too)."""
     return states.transition(
         session,
         job,

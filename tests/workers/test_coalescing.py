@@ -140,7 +140,8 @@ def test_waiting_requests_run_as_one_job_and_each_gets_its_own_certificate(api, 
     for request in (second, third):
         events = api.get("/v1/audit/events", params={"request_id": request["id"]}).json()
         reasons = {e["action"]: e["details"].get("reason") for e in events["items"]}
-        assert reasons["job.running"] == f"joined job {leader}: one run forgets the data of both"
+        joined = f"joined job {leader}: one run forgets the data of its requests together"
+        assert reasons["job.running"] == joined
         assert reasons["job.succeeded"] == f"unlearning finished in joint job {leader}"
 
     # A later request on the joint version knows every member's data is already forgotten.
